@@ -1,0 +1,122 @@
+"""The Typer app. Commands live one module per stage (``cli/<stage>.py``); each exposes
+``register(app)``. This module only wires global options, error handling and the core commands."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from pipeline import __version__
+from pipeline.console import console, out, set_quiet
+from pipeline.errors import ClipcurateError
+
+from .state import state
+
+HELP = """Curate CLIP-style image-text data and measure benchmark leakage (CLIP §5).
+
+Stages run in order — queries → download → bench/embed → overlap → review → curate → train → eval —
+and everything lands as Parquet manifests in one workspace folder that `clipcurate sql` queries.
+
+Example:  clipcurate -w ./workspace status
+"""
+
+app = typer.Typer(
+    name="clipcurate",
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Stage command modules, in pipeline order; each issue adds its own line.
+COMMAND_MODULES: list[str] = [
+    "core",
+]
+
+
+def _version(value: bool):
+    if value:
+        out(f"clipcurate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    workspace: Optional[str] = typer.Option(
+        None, "--workspace", "-w", envvar="CLIPCURATE_WORKSPACE",
+        help="Workspace folder (default ./workspace)."),
+    config: Optional[str] = typer.Option(
+        None, "--config", envvar="CLIPCURATE_CONFIG",
+        help="Config file (default: clipcurate.toml in the workspace)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or logs on stderr."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+):
+    state.workspace = workspace
+    state.config_file = config
+    state.quiet = quiet
+    state.debug = debug
+    set_quiet(quiet)
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"cli.{_name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: exit 0 ok, 1 runtime error (one line), 2 usage."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="clipcurate")
+    except ClipcurateError as exc:
+        if debug:
+            raise
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        console.print(f"[red]error:[/] {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)",
+                      soft_wrap=True)
+        sys.exit(1)
+
+
+def echo_table(columns: list[str], rows: list, fmt: str = "table", title: str | None = None) -> None:
+    """Data to stdout as a rich table, CSV or JSON lines."""
+    if fmt == "json":
+        for r in rows:
+            out(json.dumps(dict(zip(columns, r)), default=str))
+    elif fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title, show_lines=False)
+        for c in columns:
+            t.add_column(str(c))
+        for r in rows:
+            t.add_row(*["" if v is None else str(v) for v in r])
+        Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(t)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

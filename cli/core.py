@@ -1,0 +1,74 @@
+"""Core commands: status and sql."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import typer
+
+from pipeline import sql as sqlmod
+from pipeline.registry import status_rows
+
+from .state import state
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def status(fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json.")):
+    """Show each stage: done / partial / missing, with shard and row counts.
+
+    Example:  clipcurate -w ./workspace status --format json
+    """
+    from .app import echo_table
+
+    ws = state.ws(must_exist=True)
+    rows = status_rows(ws)
+    cols = ["stage", "state", "shards", "rows", "command"]
+    data = [[r["stage"], r["state"], f'{r["shards_done"]}/{r["shards_total"]}' if r["shards_total"] else "",
+             ", ".join(f"{k}={v}" for k, v in r["rows"].items()), r["command"]] for r in rows]
+    if fmt == Format.json:
+        from pipeline.console import out
+        import json
+
+        for r in rows:
+            out(json.dumps(r))
+        return
+    echo_table(cols, data, fmt.value, title=f"workspace {ws.root}")
+
+
+def sql(
+    query: str = typer.Argument(None, help="SQL, or the name of a canned report (see --list)."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json."),
+    list_: bool = typer.Option(False, "--list", help="List the views and canned reports, then exit."),
+):
+    """Query the workspace's manifests with DuckDB (one view per manifest).
+
+    Example:  clipcurate sql "select status, count(*) from pool group by 1" --format csv
+    """
+    from .app import echo_table
+
+    ws = state.ws(must_exist=True)
+    if list_:
+        con = sqlmod.connect(ws)
+        views = [r[0] for r in con.execute("select view_name from duckdb_views() where not internal order by 1").fetchall()]
+        rows = [["view", v, ""] for v in views]
+        rows += [["report", r.name, r.doc] for r in sorted(sqlmod.REPORTS.values(), key=lambda r: r.name)
+                 if set(r.needs) <= set(views)]
+        rows += [["report (no data yet)", r.name, r.doc] for r in sorted(sqlmod.REPORTS.values(), key=lambda r: r.name)
+                 if not set(r.needs) <= set(views)]
+        echo_table(["kind", "name", "about"], rows, fmt.value)
+        return
+    if not query:
+        raise typer.BadParameter("give a SQL query or a report name, or use --list")
+    cols, rows = sqlmod.query(ws, query)
+    sqlmod.refresh_database(ws)
+    echo_table(cols, rows, fmt.value)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)
+    app.command("sql")(sql)

@@ -1,0 +1,11 @@
+"""The list of stage modules. Importing this registers every manifest, config section, status
+probe and canned SQL report. Each stage issue adds its module here, in pipeline order."""
+
+# noqa: F401 — imported for their registrations
+STAGE_MODULES: list[str] = [
+]
+
+import importlib as _importlib
+
+for _name in STAGE_MODULES:
+    _importlib.import_module(f"pipeline.{_name}")
