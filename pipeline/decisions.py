@@ -1,0 +1,132 @@
+"""The review decision log: append-only JSON lines, crash-safe, shared by several reviewers.
+
+Each decision is one line appended to ``review/decisions.jsonl`` under an exclusive ``flock``, in a
+single ``write`` of the whole line followed by ``fsync``. A kill -9 can at worst leave a last line
+without its newline; :func:`load` ignores such a torn tail (and counts it), so every line that was
+saved stays readable. Two reviewers appending at once lose nothing: the lock serialises the writes.
+
+A record::
+
+    {"pair_id": "...", "pool_uid": "...", "benchmark": "cifar10", "bench_index": 12,
+     "decision": "duplicate" | "not_duplicate" | "skip" | "flag" | "undo",
+     "reviewer": "ana", "ts": 1764350000.1, "seconds": 2.4, "source": "human" | "auto-demo"}
+
+The effective decision for a pair is the latest non-skip decision of each reviewer (an ``undo``
+removes that reviewer's previous decision); reviewers who disagree are reported by
+:func:`disagreements`, and the pair's verdict is the majority, ties going to ``duplicate``
+(the conservative side for decontamination).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from .uid import make_uid
+from .workspace import Workspace
+
+DECISIONS = ("duplicate", "not_duplicate", "skip", "flag", "undo")
+VERDICTS = ("duplicate", "not_duplicate")
+
+
+def log_path(ws: Workspace) -> Path:
+    return ws.root / "review" / "decisions.jsonl"
+
+
+def pair_id(pool_uid: str, benchmark: str, bench_index: int) -> str:
+    return make_uid("pair-decision", pool_uid, benchmark, int(bench_index))
+
+
+def append(ws: Workspace, records: list[dict]) -> None:
+    """Append decisions atomically (one locked write + fsync per call)."""
+    if not records:
+        return
+    path = log_path(ws)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for r in records:
+        if r.get("decision") not in DECISIONS:
+            raise ValueError(f"decision {r.get('decision')!r} not in {DECISIONS}")
+        rec = {"ts": time.time(), "source": "human", "seconds": None, **r}
+        lines.append(json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n")
+    data = "".join(lines).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # A previous writer killed mid-line leaves a torn tail: start on a fresh line.
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def load(ws: Workspace) -> tuple[list[dict], int]:
+    """All readable records in log order, and the number of torn/unreadable lines skipped."""
+    path = log_path(ws)
+    if not path.exists():
+        return [], 0
+    records, bad = [], 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(rec, dict) and rec.get("decision") in DECISIONS and "pair_id" in rec:
+                records.append(rec)
+            else:
+                bad += 1
+    return records, bad
+
+
+def per_reviewer(records: list[dict]) -> dict[str, dict[str, dict]]:
+    """pair_id → reviewer → that reviewer's effective record (after undo; skip/flag kept as such)."""
+    stacks: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        key = (r["pair_id"], r.get("reviewer") or "unknown")
+        if r["decision"] == "undo":
+            if stacks[key]:
+                stacks[key].pop()
+        else:
+            stacks[key].append(r)
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (pid, reviewer), stack in stacks.items():
+        if stack:
+            out[pid][reviewer] = stack[-1]
+    return out
+
+
+def effective(ws_or_records) -> dict[str, dict]:
+    """pair_id → {"verdict", "votes", "reviewers", "source", "pool_uid", "benchmark", "bench_index"}."""
+    records = load(ws_or_records)[0] if isinstance(ws_or_records, Workspace) else ws_or_records
+    result = {}
+    for pid, by_rev in per_reviewer(records).items():
+        votes = Counter(r["decision"] for r in by_rev.values() if r["decision"] in VERDICTS)
+        if not votes:
+            continue
+        verdict = "duplicate" if votes["duplicate"] >= votes["not_duplicate"] else "not_duplicate"
+        any_rec = next(iter(by_rev.values()))
+        sources = sorted({r.get("source", "human") for r in by_rev.values() if r["decision"] in VERDICTS})
+        result[pid] = {"verdict": verdict, "votes": dict(votes), "reviewers": sorted(by_rev),
+                       "source": "+".join(sources), "pool_uid": any_rec.get("pool_uid"),
+                       "benchmark": any_rec.get("benchmark"), "bench_index": any_rec.get("bench_index")}
+    return result
+
+
+def disagreements(ws_or_records) -> list[dict]:
+    return [dict(pair_id=pid, **v) for pid, v in effective(ws_or_records).items() if len(v["votes"]) > 1]
