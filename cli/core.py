@@ -21,6 +21,7 @@ class Format(str, Enum):
 def status(fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json.")):
     """Show each stage: done / partial / missing, with shard and row counts.
 
+    \b
     Example:  clipcurate -w ./workspace status --format json
     """
     from .app import echo_table
@@ -47,6 +48,7 @@ def sql(
 ):
     """Query the workspace's manifests with DuckDB (one view per manifest).
 
+    \b
     Example:  clipcurate sql "select status, count(*) from pool group by 1" --format csv
     """
     from .app import echo_table

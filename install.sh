@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install clipcurate and everything it needs on a fresh Debian machine with Python ≥ 3.10.
+#   ./install.sh         the tool (+ WordNet 3.0 from Debian's wordnet-base when apt is available)
+#   ./install.sh --dev   the tool and what the tests need
+# Idempotent: rerunning it only checks what is already there.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+extra=""
+[ "${1:-}" = "--dev" ] && extra="[dev]"
+
+log() { printf '\033[1minstall:\033[0m %s\n' "$*" >&2; }
+
+# 1. System packages: WordNet 3.0 dict files (queries build reads /usr/share/wordnet).
+if [ ! -d /usr/share/wordnet ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+  log "apt-get install wordnet-base tmux"
+  $SUDO apt-get update -qq >/dev/null 2>&1 || log "apt-get update failed (continuing)"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base tmux >/dev/null 2>&1 \
+    || log "could not install wordnet-base; queries build will run without WordNet unless --wordnet is given"
+fi
+
+# 2. torch + torchvision first, pinned to the builds this platform serves (a range in pyproject admits them).
+if ! $PY -c "import torch, torchvision" >/dev/null 2>&1; then
+  log "pip install torch torchvision"
+  $PY -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
+    || $PY -m pip install -q "torch>=2.3" "torchvision>=0.18"
+fi
+
+# 3. The project (editable, so examples/ and benchmarks/ run from the checkout).
+log "pip install -e .${extra}"
+$PY -m pip install -q --disable-pip-version-check -e ".${extra}"
+command -v pyenv >/dev/null 2>&1 && pyenv rehash >/dev/null 2>&1 || true
+log "done: $($PY -m cli.app --version)"
