@@ -11,10 +11,14 @@ A record::
      "decision": "duplicate" | "not_duplicate" | "skip" | "flag" | "undo",
      "reviewer": "ana", "ts": 1764350000.1, "seconds": 2.4, "source": "human" | "auto-demo"}
 
-The effective decision for a pair is the latest non-skip decision of each reviewer (an ``undo``
-removes that reviewer's previous decision); reviewers who disagree are reported by
-:func:`disagreements`, and the pair's verdict is the majority, ties going to ``duplicate``
-(the conservative side for decontamination).
+Each reviewer's records for a pair form a stack: an ``undo`` pops that reviewer's previous record
+for the pair (whatever it was). A reviewer's vote is the latest ``duplicate``/``not_duplicate`` left
+on the stack; ``skip`` (not now) and ``flag`` (needs a second look) never replace a vote. Reviewers
+who disagree are reported by :func:`disagreements`, and the pair's verdict is the majority, ties
+going to ``duplicate`` (the conservative side for decontamination).
+
+:class:`LogTail` reads only what was appended since its last call, so a review session sees the
+other reviewers' decisions as they land without rereading the whole log.
 """
 
 from __future__ import annotations
@@ -94,20 +98,41 @@ def load(ws: Workspace) -> tuple[list[dict], int]:
     return records, bad
 
 
-def per_reviewer(records: list[dict]) -> dict[str, dict[str, dict]]:
-    """pair_id → reviewer → that reviewer's effective record (after undo; skip/flag kept as such)."""
-    stacks: dict[tuple[str, str], list[dict]] = defaultdict(list)
+def stacks(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(pair_id, reviewer) → that reviewer's records for the pair, oldest first, undos applied."""
+    out: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
-        key = (r["pair_id"], r.get("reviewer") or "unknown")
-        if r["decision"] == "undo":
-            if stacks[key]:
-                stacks[key].pop()
-        else:
-            stacks[key].append(r)
-    out: dict[str, dict[str, dict]] = defaultdict(dict)
-    for (pid, reviewer), stack in stacks.items():
+        push(out, r)
+    return out
+
+
+def push(stacks_: dict, r: dict) -> tuple[str, str]:
+    """Apply one record to the stacks (an undo pops); returns its (pair_id, reviewer) key."""
+    key = (r["pair_id"], r.get("reviewer") or "unknown")
+    stack = stacks_.setdefault(key, [])
+    if r["decision"] == "undo":
         if stack:
-            out[pid][reviewer] = stack[-1]
+            stack.pop()
+    else:
+        stack.append(r)
+    return key
+
+
+def vote(stack: list[dict]) -> dict | None:
+    """The latest verdict record on a reviewer's stack (skip and flag never replace a vote)."""
+    for r in reversed(stack):
+        if r["decision"] in VERDICTS:
+            return r
+    return None
+
+
+def per_reviewer(records: list[dict]) -> dict[str, dict[str, dict]]:
+    """pair_id → reviewer → that reviewer's effective record: the latest vote if there is one,
+    else the latest skip/flag (after undo)."""
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (pid, reviewer), stack in stacks(records).items():
+        if stack:
+            out[pid][reviewer] = vote(stack) or stack[-1]
     return out
 
 
@@ -130,3 +155,44 @@ def effective(ws_or_records) -> dict[str, dict]:
 
 def disagreements(ws_or_records) -> list[dict]:
     return [dict(pair_id=pid, **v) for pid, v in effective(ws_or_records).items() if len(v["votes"]) > 1]
+
+
+class LogTail:
+    """Incremental reader of the log: :meth:`read_new` returns the records appended since the
+    last call. An unfinished last line (a writer mid-append, or one killed) is left for later; if
+    it is never finished, the next append starts a fresh line and the torn bytes count as bad."""
+
+    def __init__(self, ws: Workspace):
+        self.path = log_path(ws)
+        self.offset = 0
+        self.bad = 0
+
+    def read_new(self) -> list[dict]:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size <= self.offset:
+            return []
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read(size - self.offset)
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        out = []
+        for line in data[:end].split(b"\n"):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                self.bad += 1
+                continue
+            if isinstance(rec, dict) and rec.get("decision") in DECISIONS and "pair_id" in rec:
+                out.append(rec)
+            else:
+                self.bad += 1
+        return out

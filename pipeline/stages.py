@@ -4,6 +4,7 @@ probe and canned SQL report. Each stage issue adds its module here, in pipeline 
 # noqa: F401 — imported for their registrations
 STAGE_MODULES: list[str] = [
     "download",
+    "review",
 ]
 
 import importlib as _importlib

@@ -1,0 +1,153 @@
+"""`clipcurate review`: decide the pairs in overlap's review band (a terminal UI), see progress, export."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from typing import List, Optional
+
+import typer
+
+from pipeline.console import log, out
+from pipeline.errors import ClipcurateError
+
+from .state import state
+
+review_app = typer.Typer(no_args_is_help=False, add_completion=False, rich_markup_mode=None)
+
+
+class Images(str, Enum):
+    auto = "auto"
+    halfcell = "halfcell"
+    sixel = "sixel"
+    kitty = "kitty"
+    none = "none"
+
+
+class ExportFormat(str, Enum):
+    parquet = "parquet"
+    csv = "csv"
+
+
+class StatusFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@review_app.callback(invoke_without_command=True)
+def review(
+    ctx: typer.Context,
+    reviewer: Optional[str] = typer.Option(
+        None, "--reviewer", "-r", metavar="NAME", help="Name saved with each decision (default: $CLIPCURATE_REVIEWER, then $USER)."),
+    benchmark: Optional[List[str]] = typer.Option(
+        None, "--benchmark", "-b", metavar="NAME", help="Only pairs of this benchmark (repeatable)."),
+    sort: Optional[str] = typer.Option(
+        None, "--sort", metavar="ORDER", help="score (queue order), clip, detector, phash, dhash, keypoints, text or benchmark."),
+    signal: Optional[str] = typer.Option(
+        None, "--signal", metavar="SIGNAL", help="Only pairs where this signal was computed (clip, detector, phash, ...)."),
+    images: Optional[Images] = typer.Option(
+        None, "--images", help="auto, halfcell (default), sixel, kitty, or none for text only."),
+    prefetch: Optional[int] = typer.Option(None, "--prefetch", metavar="N", help="Pairs decoded ahead (default 4)."),
+):
+    """Review the pairs that `overlap` could not decide: y duplicate, n not, u undo, ? help.
+
+    \b
+    Example:  clipcurate review --reviewer ana --benchmark cifar10
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from pipeline import review as rv
+
+    ws = state.ws(must_exist=True)
+    cfg = state.config(ws).get("review", {"reviewer": reviewer, "sort": sort, "prefetch": prefetch,
+                                          "images": images.value if images else None})
+    if cfg["images"] not in rv.IMAGE_MODES:
+        raise ClipcurateError(f"[review] images = {cfg['images']!r}: use one of {', '.join(rv.IMAGE_MODES)}")
+    name = rv.default_reviewer(cfg["reviewer"] or None)
+    session = rv.ReviewSession(ws, name, sort=cfg["sort"], benchmarks=benchmark or None, signal=signal)
+    if len(session) == 0:
+        log("nothing to review: the review queue is empty" + (" for this filter" if benchmark or signal else ""))
+        return
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise ClipcurateError("`clipcurate review` needs a terminal; use `clipcurate review status` or "
+                              "`clipcurate review export` in scripts")
+    changed = open_app(ws, session, cfg["images"], int(cfg["prefetch"]))
+    decided, total = session.progress()
+    log(f"{name}: {decided}/{total} pairs decided in this view")
+    if changed:
+        log(rv.refresh_overlap(ws))
+        rv.mark_progress(ws, session.queue)
+
+
+def open_app(ws, session, images: str, prefetch: int) -> bool:
+    """Run the Textual app; returns whether this session wrote decisions."""
+    from pipeline.imageload import MediaLoader
+    from pipeline.review_app import ReviewApp
+
+    if images != "none":
+        import textual_image.widget  # noqa: F401 - asks the terminal for its cell size before Textual starts
+    loader = MediaLoader(ws, decode_images=images != "none")
+    app = ReviewApp(session, loader, images=images, prefetch=prefetch)
+    app.run()
+    return bool(session.changed)
+
+
+@review_app.command("status")
+def status(fmt: StatusFormat = typer.Option(StatusFormat.table, "--format", "-f", help="table or json.")):
+    """Show review progress, each reviewer's decisions, automatic ones and disagreements.
+
+    \b
+    Example:  clipcurate review status --format json
+    """
+    from pipeline import review as rv
+
+    from .app import echo_table
+
+    ws = state.ws(must_exist=True)
+    s = rv.summary(ws)
+    if fmt == StatusFormat.json:
+        out(json.dumps(s, default=str))
+        return
+    queued = s["queued"]
+    rows = [
+        ["queued pairs", "" if queued is None else queued],
+        ["decided", s["decided"]],
+        ["  duplicate (→ overlap)", s["duplicate"]],
+        ["  not duplicate (→ clean)", s["not_duplicate"]],
+        ["  of which automatic (not a person)", s["decided_automatically"]],
+        ["undecided", "" if s["undecided"] is None else s["undecided"]],
+        ["flagged", s["flagged"]],
+        ["disagreements", s["disagreements"]],
+    ]
+    if s["torn_or_bad_lines"]:
+        rows.append(["unreadable log lines skipped", s["torn_or_bad_lines"]])
+    echo_table(["review", "pairs"], rows, title="review progress")
+    if s["reviewers"]:
+        cols = ["reviewer", "kind", "decided", "duplicate", "not_duplicate", "skipped", "flagged", "median_seconds"]
+        echo_table(cols, [[r[c] for c in cols] for r in s["reviewers"]], title="by reviewer")
+    if s["disagreement_pairs"]:
+        cols = ["pair_id", "benchmark", "bench_index", "votes", "verdict", "reviewers"]
+        echo_table(cols, [[d[c] for c in cols] for d in s["disagreement_pairs"]],
+                   title="disagreements (majority wins, ties count as duplicate)")
+
+
+@review_app.command("export")
+def export(
+    output: str = typer.Option(..., "--output", "-o", help="File to write."),
+    fmt: ExportFormat = typer.Option(ExportFormat.parquet, "--format", "-f", help="parquet or csv."),
+):
+    """Write one row per decided pair (verdict, votes, reviewers, scores) to Parquet or CSV.
+
+    \b
+    Example:  clipcurate review export --format csv --output decisions.csv
+    """
+    from pipeline import review as rv
+
+    ws = state.ws(must_exist=True)
+    n = rv.export(ws, output, fmt.value)
+    log(f"wrote {n} decided pairs to {output}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(review_app, name="review")

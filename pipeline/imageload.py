@@ -1,0 +1,280 @@
+"""Images and texts for the review screen, decoded off the UI thread and prefetched.
+
+For a queue row (pool_uid, benchmark, bench_index) :class:`MediaLoader` returns a :class:`PairMedia`:
+
+- **pool side**: the ``pool`` manifest gives the uid's caption, url, shard and key (one
+  uid → row dict, built once); the image is ``{key}.jpg`` (or .png/.webp) in
+  ``pool/shards/{shard}.tar``. Each tar is indexed once — member name → (byte offset, size), read
+  from the tar headers only — and a member is then one ``pread`` at its offset.
+- **benchmark side**: ``benchmarks/{name}/samples.parquet``. Its small columns (index, label,
+  captions, ...) are read once; the ``image`` column is read only for the row group that holds the
+  wanted index, and the last few row groups are cached.
+
+Decoding (PIL: JPEG draft mode, then a thumbnail no larger than ``max_side``) runs in a thread pool;
+:meth:`MediaLoader.request` returns a Future, and :meth:`MediaLoader.prefetch` starts the next few
+pairs so they are ready before the reviewer gets there. Finished results are kept in a small LRU.
+Errors never raise into the UI: a missing file or an undecodable image becomes a one-line ``error``
+on that side of the pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import tarfile
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from . import manifest as mf
+from .workspace import Workspace
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+@dataclasses.dataclass
+class Side:
+    """One side of a pair: its texts, its decoded (thumbnailed) image or why there is none."""
+    title: str = ""
+    lines: list[str] = dataclasses.field(default_factory=list)
+    image: Image.Image | None = None
+    size: tuple[int, int] | None = None  # the stored image's own size (before the thumbnail)
+    format: str = ""
+    error: str = ""
+
+
+@dataclasses.dataclass
+class PairMedia:
+    pair_id: str
+    pool: Side
+    bench: Side
+
+
+def decode(data: bytes, max_side: int) -> tuple[Image.Image | None, tuple[int, int], str]:
+    """Bytes → (RGB thumbnail, original size, format). JPEG draft mode decodes at reduced scale;
+    ``max_side <= 0`` reads only the header (no thumbnail)."""
+    img = Image.open(io.BytesIO(data))
+    size, fmt = img.size, img.format or ""
+    if max_side <= 0:  # text-only mode: the header's size is enough
+        return None, size, fmt
+    if fmt == "JPEG":
+        img.draft("RGB", (max_side, max_side))
+    img = img.convert("RGB")
+    img.thumbnail((max_side, max_side))
+    img.load()
+    return img, size, fmt
+
+
+class TarIndex:
+    """Member name → (data offset, size) for one tar, from its headers; members read by offset."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.members: dict[str, tuple[int, int]] = {}
+        with tarfile.open(self.path, "r:") as tf:
+            for info in tf:
+                if info.isfile():
+                    self.members[info.name] = (info.offset_data, info.size)
+
+    def read(self, name: str) -> bytes | None:
+        loc = self.members.get(name)
+        if loc is None:
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return os.pread(fd, loc[1], loc[0])
+        finally:
+            os.close(fd)
+
+
+def _read_files(ws: Workspace, name: str, glob: str, columns: list[str]):
+    """Read a manifest through the registry when its stage is installed, else by its agreed glob."""
+    if name in mf.REGISTRY:
+        return mf.read_all(name, ws.root, columns)
+    files = sorted(p for p in ws.root.glob(glob) if p.is_file() and not p.name.startswith("."))
+    if not files:
+        return None
+    import pyarrow as pa
+
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in files])
+
+
+class PoolStore:
+    """uid → caption/url/shard/key from the pool manifest, and the image bytes from the shard tar."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self._lock = threading.Lock()
+        self._rows: dict[str, tuple[str, str, str, str]] | None = None
+        self._tars: dict[str, TarIndex] = {}
+
+    def _index(self) -> dict:
+        with self._lock:
+            if self._rows is None:
+                tbl = _read_files(self.ws, "pool", "pool/manifest/*.parquet",
+                                  ["uid", "url", "caption", "shard", "key", "status"])
+                rows = {}
+                if tbl is not None:
+                    cols = [tbl.column(c).to_pylist() for c in ("uid", "url", "caption", "shard", "key", "status")]
+                    for uid, url, caption, shard, key, status in zip(*cols):
+                        if status == "success" or uid not in rows:
+                            rows[uid] = (url or "", caption or "", shard, key)
+                self._rows = rows
+            return self._rows
+
+    def _tar(self, shard: str) -> TarIndex | None:
+        with self._lock:
+            idx = self._tars.get(shard)
+            if idx is None:
+                path = self.ws.root / "pool" / "shards" / f"{shard}.tar"
+                if not path.is_file():
+                    return None
+                idx = self._tars[shard] = TarIndex(path)
+            return idx
+
+    def side(self, uid: str, max_side: int) -> Side:
+        side = Side(title="pool")
+        rows = self._index()
+        if not rows:
+            side.error = "pool manifest not found (run `clipcurate download`)"
+            side.lines = [f"uid  {uid}"]
+            return side
+        if uid not in rows:
+            side.error = f"uid {uid} is not in the pool manifest"
+            return side
+        url, caption, shard, key = rows[uid]
+        side.lines = [caption, f"uid  {uid}", f"url  {url}"]
+        tar = self._tar(shard)
+        if tar is None:
+            side.error = f"pool/shards/{shard}.tar not found"
+            return side
+        data = next((d for d in (tar.read(f"{key}{ext}") for ext in IMAGE_EXTS) if d is not None), None)
+        if data is None:
+            side.error = f"{key}.jpg not in pool/shards/{shard}.tar"
+            return side
+        try:
+            side.image, side.size, side.format = decode(data, max_side)
+        except Exception as exc:
+            side.error = f"cannot decode {key} in {shard}.tar ({exc.__class__.__name__})"
+        return side
+
+
+class BenchStore:
+    """Benchmark sample texts (read once) and images (row group of the wanted index, cached)."""
+
+    META = ["uid", "index", "label", "label_name", "captions"]
+
+    def __init__(self, ws: Workspace, cached_groups: int = 4):
+        self.ws = ws
+        self._lock = threading.Lock()
+        self._meta: dict[str, dict] = {}
+        self._groups: OrderedDict[tuple[str, int], list] = OrderedDict()
+        self.cached_groups = cached_groups
+
+    def _bench(self, name: str) -> dict | None:
+        with self._lock:
+            if name not in self._meta:
+                path = self.ws.root / "benchmarks" / name / "samples.parquet"
+                if not path.is_file():
+                    self._meta[name] = None
+                else:
+                    pf = pq.ParquetFile(path)
+                    cols = [c for c in self.META if c in pf.schema_arrow.names]
+                    where: dict[int, tuple[int, int, dict]] = {}
+                    for g in range(pf.num_row_groups):
+                        part = pf.read_row_group(g, columns=cols).to_pylist()
+                        for j, r in enumerate(part):
+                            where[int(r["index"])] = (g, j, r)
+                    self._meta[name] = {"file": pf, "where": where}
+            return self._meta[name]
+
+    def _image_bytes(self, name: str, b: dict, group: int, row: int) -> bytes | None:
+        key = (name, group)
+        with self._lock:
+            col = self._groups.get(key)
+            if col is None:
+                col = b["file"].read_row_group(group, columns=["image"]).column("image").to_pylist()
+                self._groups[key] = col
+                while len(self._groups) > self.cached_groups:
+                    self._groups.popitem(last=False)
+            else:
+                self._groups.move_to_end(key)
+            return col[row]
+
+    def side(self, name: str, index: int, max_side: int) -> Side:
+        side = Side(title=f"{name} #{index}")
+        b = self._bench(name)
+        if b is None:
+            side.error = f"benchmarks/{name}/samples.parquet not found (run `clipcurate bench add {name}`)"
+            return side
+        hit = b["where"].get(int(index))
+        if hit is None:
+            side.error = f"index {index} is not in benchmark {name}"
+            return side
+        g, j, r = hit
+        label = r.get("label_name") or ("" if r.get("label") is None else str(r.get("label")))
+        caps = r.get("captions") or []
+        side.lines = ([f"label  {label}" + (f" ({r['label']})" if r.get("label") is not None else "")] if label else [])
+        side.lines += [f"caption  {c}" for c in caps[:3]] + [f"uid  {r.get('uid')}"]
+        data = self._image_bytes(name, b, g, j)
+        if not data:
+            side.error = "no image bytes stored for this sample"
+            return side
+        try:
+            side.image, side.size, side.format = decode(data, max_side)
+        except Exception as exc:
+            side.error = f"cannot decode {name} #{index} ({exc.__class__.__name__})"
+        return side
+
+
+class MediaLoader:
+    """Loads pairs in worker threads; ``request`` → Future[PairMedia], ``prefetch`` warms the next ones."""
+
+    def __init__(self, ws: Workspace, max_side: int = 256, workers: int = 2, keep: int = 32,
+                 decode_images: bool = True):
+        self.ws = ws
+        self.max_side = max_side if decode_images else 0
+        self.pool = PoolStore(ws)
+        self.bench = BenchStore(ws)
+        self._exec = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="review-images")
+        self._lock = threading.Lock()
+        self._futures: OrderedDict[str, Future] = OrderedDict()
+        self.keep = keep
+
+    def load(self, pair: dict) -> PairMedia:
+        """Synchronous load of one pair (what the worker threads run)."""
+        try:
+            pool = self.pool.side(pair["pool_uid"], self.max_side)
+        except Exception as exc:  # a broken tar or manifest: say so on screen, never crash the UI
+            pool = Side(title="pool", error=f"{exc.__class__.__name__}: {exc}")
+        try:
+            bench = self.bench.side(pair["benchmark"], pair["bench_index"], self.max_side)
+        except Exception as exc:
+            bench = Side(title=str(pair.get("benchmark")), error=f"{exc.__class__.__name__}: {exc}")
+        return PairMedia(pair["pair_id"], pool, bench)
+
+    def request(self, pair: dict) -> Future:
+        pid = pair["pair_id"]
+        with self._lock:
+            fut = self._futures.get(pid)
+            if fut is not None:
+                self._futures.move_to_end(pid)
+                return fut
+            fut = self._exec.submit(self.load, pair)
+            self._futures[pid] = fut
+            while len(self._futures) > self.keep:
+                self._futures.popitem(last=False)
+            return fut
+
+    def prefetch(self, pairs) -> None:
+        for p in pairs:
+            if p is not None:
+                self.request(p)
+
+    def close(self) -> None:
+        self._exec.shutdown(wait=False, cancel_futures=True)

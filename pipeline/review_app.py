@@ -1,0 +1,284 @@
+"""The review screen: a Textual app that draws a :class:`~pipeline.review.ReviewSession`.
+
+The app holds no review state of its own. A key press calls one session action (which appends to
+the decision log first), then :meth:`ReviewApp.show` redraws the one pair on screen:
+
+1. the texts that the queue row already has (signals, rank, position, votes) are drawn at once;
+2. the images and the texts that live elsewhere (pool caption/url, benchmark label) come from the
+   :class:`~pipeline.imageload.MediaLoader`: a Future decoded in a worker thread. If it is already
+   done (prefetched) the pair is complete in the same frame; otherwise the sides say "loading" and
+   the worker hands the result back to the UI thread with ``loop.call_soon_threadsafe``;
+3. the next ``prefetch`` pairs are requested, so they are decoded while the reviewer looks.
+
+Only the current pair is ever in widgets, so the size of the queue does not matter to the screen.
+The keymap is the ``BINDINGS`` table below, and the help screen (``?``) is generated from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Static
+
+from .imageload import MediaLoader, PairMedia, Side
+from .review import SIGNALS, SORTS, ReviewSession
+
+# The keymap, as data: (keys, action, footer label, help text). `?` shows this table.
+KEYMAP: list[tuple[str, str, str, str]] = [
+    ("y", "decide('duplicate')", "duplicate", "the two images are the same picture (a duplicate)"),
+    ("n", "decide('not_duplicate')", "not dup", "not a duplicate"),
+    ("s", "decide('skip')", "skip", "skip for now (logged; the pair stays undecided)"),
+    ("f", "decide('flag')", "flag", "flag the pair for a second look (keeps your vote)"),
+    ("u", "undo", "undo", "undo this session's last action and go back to its pair"),
+    ("j,down,right", "move(1)", "next", "next pair"),
+    ("k,up,left", "move(-1)", "prev", "previous pair"),
+    ("home", "jump('first')", "first", "first pair of the view"),
+    ("end", "jump('last')", "last", "last pair of the view"),
+    ("o", "cycle_sort", "sort", "sort by: " + ", ".join(SORTS)),
+    ("b", "cycle_benchmark", "benchmark", "show one benchmark at a time, then all"),
+    ("question_mark", "help", "help", "this help"),
+    ("q", "quit_review", "save+quit", "quit (every decision is already saved) and refresh the splits"),
+]
+
+SIGNAL_LABELS = {"clip": "CLIP", "detector": "detector", "phash": "pHash dist", "dhash": "dHash dist",
+                 "keypoints": "keypoint inliers", "text": "text sim"}
+
+
+def _image_widget(mode: str, id: str):
+    """The textual-image widget for --images (half-cell blocks unless sixel/kitty/auto is asked)."""
+    from textual_image import widget as tw
+
+    cls = {"halfcell": tw.HalfcellImage, "sixel": tw.SixelImage, "kitty": tw.TGPImage, "auto": tw.Image}[mode]
+    return cls(None, id=id, classes="image")
+
+
+def _fmt(v, digits=3) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+class HelpScreen(ModalScreen):
+    """The keymap, generated from KEYMAP; any key closes it."""
+
+    BINDINGS = [Binding("escape,question_mark,q", "dismiss", "close")]
+
+    def compose(self) -> ComposeResult:
+        rows = ["[b]clipcurate review — keys[/b]", ""]
+        for keys, _action, _label, text in KEYMAP:
+            shown = keys.replace("question_mark", "?").replace(",", " / ")
+            rows.append(f"  [b]{shown:<16}[/b] {text}")
+        rows += ["", "Every decision is appended to review/decisions.jsonl the moment it is made.",
+                 "Press escape or ? to close."]
+        yield Static("\n".join(rows), id="help")
+
+    def on_key(self, event) -> None:
+        event.stop()
+        self.dismiss()
+
+
+class ReviewApp(App):
+    """Side by side: the pool sample and the benchmark sample of one queued pair."""
+
+    CSS_PATH = "review_app.tcss"
+    TITLE = "clipcurate review"
+    BINDINGS = [Binding(keys, action, label, show=label in ("duplicate", "not dup", "skip", "undo", "flag",
+                                                             "sort", "benchmark", "help", "save+quit"))
+                for keys, action, label, _ in KEYMAP]
+
+    def __init__(self, session: ReviewSession, loader: MediaLoader, *, images: str = "halfcell",
+                 prefetch: int = 4):
+        super().__init__()
+        self.session = session
+        self.loader = loader
+        self.images = images
+        self.prefetch = prefetch
+        self.drawn_pair_id: str | None = None
+        self.drawn_at: float = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ui_thread: int | None = None
+
+    # -- layout -----------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static(id="topbar")
+        with Horizontal(id="sides"):
+            for side in ("pool", "bench"):
+                with Vertical(id=f"{side}-side", classes="side"):
+                    yield Static(id=f"{side}-title", classes="title")
+                    if self.images == "none":
+                        yield Static(id=f"{side}-image", classes="image text-only")
+                    else:
+                        yield _image_widget(self.images, f"{side}-image")
+                    yield Static(id=f"{side}-text", classes="text")
+        yield Static(id="signals")
+        yield Static(id="verdict")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ui_thread = threading.get_ident()
+        self.show()
+
+    def on_unmount(self) -> None:
+        self.loader.close()
+
+    # -- drawing ----------------------------------------------------------------------------
+    def show(self) -> None:
+        """Draw the current pair: queue texts now, images when decoded (usually already)."""
+        s = self.session
+        pair = s.pair()
+        decided, total = s.progress()
+        bench = ",".join(s.benchmarks) if s.benchmarks else "all"
+        top = (f"[b]clipcurate review[/b]  reviewer [b]{s.reviewer}[/b]   "
+               f"pair [b]{s.pos + 1 if pair else 0} / {total}[/b]   decided {decided}/{total}   "
+               f"sort {s.sort}   benchmark {bench}" + (f"   signal {s.signal}" if s.signal else ""))
+        self.query_one("#topbar", Static).update(top)
+        if pair is None:
+            for side in ("pool", "bench"):
+                self._draw_side(side, Side(title=side, error="nothing to review in this view"))
+            self.query_one("#signals", Static).update("")
+            self._draw_state()
+            return
+        self._draw_signals(pair)
+        self._draw_state()
+        fut = self.loader.request(pair)
+        if fut.done():
+            self._apply(fut.result())
+        else:
+            self._draw_loading(pair)
+            fut.add_done_callback(self._from_worker)
+        self.loader.prefetch(s.upcoming(self.prefetch))
+
+    def _from_worker(self, fut) -> None:
+        try:
+            media = fut.result()
+        except Exception:  # cancelled at exit
+            return
+        if threading.get_ident() == self._ui_thread:
+            self._apply(media)
+        elif self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._apply, media)
+
+    def _apply(self, media: PairMedia) -> None:
+        if media.pair_id != self.session.pair_id or not self.is_running:
+            return  # the reviewer has moved on; this result stays in the loader's cache
+        self._draw_side("pool", media.pool)
+        self._draw_side("bench", media.bench)
+        self.call_after_refresh(self._drawn, media.pair_id)
+
+    def _drawn(self, pid: str) -> None:
+        self.drawn_pair_id, self.drawn_at = pid, time.perf_counter()
+
+    def _draw_loading(self, pair: dict) -> None:
+        self.query_one("#pool-title", Static).update("[b]POOL[/b]")
+        self.query_one("#bench-title", Static).update(
+            f"[b]BENCHMARK[/b] {pair['benchmark']} #{pair['bench_index']}")
+        for side in ("pool", "bench"):
+            self.query_one(f"#{side}-text", Static).update("loading…")
+
+    def _draw_side(self, side: str, data: Side) -> None:
+        title = "[b]POOL[/b]" if side == "pool" else f"[b]BENCHMARK[/b] {data.title}"
+        self.query_one(f"#{side}-title", Static).update(title)
+        img = self.query_one(f"#{side}-image")
+        if self.images == "none":
+            img.update(f"[image {data.size[0]}×{data.size[1]} {data.format}]" if data.size else "[no image]")
+        else:
+            img.image = data.image
+        lines = list(data.lines)
+        if data.error:
+            lines.insert(0, f"[red]{data.error}[/red]")
+        from rich.text import Text
+
+        text = Text()
+        for i, line in enumerate(lines):
+            if i:
+                text.append("\n")
+            if line.startswith("[red]"):
+                text.append(line[5:-6], style="red")
+            elif i == (1 if data.error else 0) and side == "pool" and len(lines) > 2:
+                text.append(line, style="bold")  # the caption
+            else:
+                text.append(line)
+        self.query_one(f"#{side}-text", Static).update(text)
+
+    def _draw_signals(self, pair: dict) -> None:
+        parts = []
+        for name, (col, _) in SIGNALS.items():
+            digits = 3 if col.startswith(("score", "text")) else 0
+            parts.append(f"{SIGNAL_LABELS[name]} [b]{_fmt(pair[col], digits)}[/b]")
+        parts.append(f"rank [b]{_fmt(pair['rank'])}[/b]")
+        parts.append(f"queue #{pair['position']}")
+        self.query_one("#signals", Static).update("   ".join(parts))
+
+    def _draw_state(self) -> None:
+        s = self.session
+        if s.pair_id is None:
+            self.query_one("#verdict", Static).update(s.message)
+            return
+        st = s.state()
+        if st["vote"]:
+            mine = f"your vote: [b]{st['vote'].replace('_', ' ')}[/b]"
+            if st["seconds"] is not None:
+                mine += f" ({st['seconds']:.1f} s)"
+        elif st["skipped"]:
+            mine = "your vote: [i]skipped[/i]"
+        else:
+            mine = "your vote: [i]undecided[/i]"
+        if st["flagged"]:
+            mine += "   [b]⚑ flagged[/b]"
+        others = []
+        for rev, dec in st["others"].items():
+            src = st["others_source"][rev]
+            others.append(f"{rev}={dec.replace('_', ' ')}" + ("" if src == "human" else f" [i](automatic, {src})[/i]"))
+        line = mine + ("   others: " + ", ".join(others) if others else "")
+        if s.message:
+            line += f"   — {s.message}"
+        self.query_one("#verdict", Static).update(line)
+
+    # -- actions (the keymap points here) ---------------------------------------------------
+    def action_decide(self, decision: str) -> None:
+        self.session.decide(decision)
+        self.show()
+
+    def action_undo(self) -> None:
+        self.session.undo()
+        self.show()
+
+    def action_move(self, delta: int) -> None:
+        self.session.message = ""
+        self.session.move(delta)
+        self.show()
+
+    def action_jump(self, where: str) -> None:
+        self.session.message = ""
+        self.session.goto(0 if where == "first" else len(self.session) - 1)
+        self.show()
+
+    def action_cycle_sort(self) -> None:
+        s = self.session
+        nxt = SORTS[(SORTS.index(s.sort) + 1) % len(SORTS)]
+        s.set_view(nxt, s.benchmarks, s.signal, keep_pair=True)
+        s.message = f"sorted by {nxt}"
+        self.show()
+
+    def action_cycle_benchmark(self) -> None:
+        s = self.session
+        names = s.queue.benchmarks
+        cur = s.benchmarks[0] if len(s.benchmarks) == 1 else None
+        i = names.index(cur) + 1 if cur in names else 0
+        chosen = [names[i]] if i < len(names) else []
+        s.set_view(s.sort, chosen, s.signal, keep_pair=True)
+        s.message = f"benchmark: {chosen[0] if chosen else 'all'}"
+        self.show()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_quit_review(self) -> None:
+        self.exit(self.session.changed)
