@@ -1,0 +1,183 @@
+"""The Ray executor: same outputs as the local one, and a killed or failed run resumes without duplicates.
+
+One local Ray (2 CPUs) serves the whole module; the per-shard work is the toy stage in
+tests/_ray_helpers.py (shard → float16 vectors + uids, written atomically, marker last).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import _ray_helpers as H
+from pipeline.errors import ClipcurateError
+from pipeline.executor import get_executor
+from pipeline.stage import SUCCESS, Stage, is_done, stage_state
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ray = pytest.importorskip("ray")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    # The tests folder is not on the workers' path: ship the helpers' functions by value.
+    ray.cloudpickle.register_pickle_by_value(H)
+    ctx = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2,
+                   logging_level=logging.WARNING)
+    yield ctx
+    ray.shutdown()
+
+
+def _local_reference(root: Path, shards, **kw):
+    infos = get_executor("local").map_shards(functools.partial(H.toy_work, root, **kw), shards,
+                                             folder=root / "out")
+    return infos, H.read_outputs(root)
+
+
+def test_tasks_match_local_and_keep_input_order(ray_session, tmp_path):
+    shards = H.shard_names(6)
+    want_infos, (want_uids, want_vecs) = _local_reference(tmp_path / "local", shards)
+    ex = get_executor("ray")
+    infos = ex.map_shards(functools.partial(H.toy_work, tmp_path / "ray"), shards, folder=tmp_path / "ray" / "out")
+    uids, vecs = H.read_outputs(tmp_path / "ray")
+    assert uids == want_uids and len(set(uids)) == len(uids) == 6 * H.ROWS
+    np.testing.assert_array_equal(vecs, want_vecs)
+    assert [i["rows"] for i in infos] == [i["rows"] for i in want_infos] == [H.ROWS] * 6
+    assert all(is_done(tmp_path / "ray" / "out", s) for s in shards)
+    # Without a folder nothing is marked and results come back in input order, not finish order.
+    squares = ex.map_shards(lambda s: int(s) ** 2, list(reversed(shards)))
+    assert squares == [int(s) ** 2 for s in reversed(shards)]
+
+
+def test_actor_pool_loads_model_once_per_actor(ray_session, tmp_path):
+    shards = H.shard_names(8)
+    model = H.load_model(tmp_path / "ref")
+    ref = tmp_path / "local"
+    for s in shards:
+        H.toy_work(ref, s, model)
+    want_uids, want_vecs = H.read_outputs(ref)
+
+    root = tmp_path / "ray"
+    infos = get_executor("ray").map_shards(
+        lambda shard, m: H.toy_work(root, shard, m), shards, folder=root / "out",
+        setup=functools.partial(H.load_model, root), gpu=True)  # gpu=True: no GPU here → CPU actors
+    uids, vecs = H.read_outputs(root)
+    assert uids == want_uids
+    np.testing.assert_allclose(vecs.astype(np.float32), want_vecs.astype(np.float32), atol=1e-3)
+    assert len(infos) == 8
+    setups = len(list((root / "setups").iterdir()))
+    assert 1 <= setups <= 2  # one per actor (2 CPUs → at most 2 actors), not one per shard
+    assert sorted(H.runs_of(root)) == shards
+
+
+class ToyStage(Stage):
+    name = "toy"
+
+    def __init__(self, root: Path, n: int, force: bool = False):
+        super().__init__(Path(root) / "out", force=force)
+        self.root, self.n, self.model = Path(root), n, None
+
+    def shards(self):
+        return H.shard_names(self.n)
+
+    def run_shard(self, shard):
+        if self.model is None:  # cached on self: once per actor with run_stage(actors=True)
+            self.model = H.load_model(self.root)
+        return H.toy_work(self.root, shard, self.model)
+
+
+def test_run_stage_matches_stage_run(ray_session, tmp_path):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    want = get_executor("local").run_stage(ToyStage(tmp_path / "local", 5))
+    got = get_executor("ray").run_stage(ToyStage(tmp_path / "ray", 5), actors=True)
+    assert got.counts == want.counts == {"rows": 5 * H.ROWS}
+    assert got.shards_total == got.shards_done == 5
+    assert (tmp_path / "ray" / "out" / SUCCESS).exists()
+    assert stage_state(tmp_path / "ray" / "out") == ("done", 5, 5)
+    assert H.read_outputs(tmp_path / "ray")[0] == H.read_outputs(tmp_path / "local")[0]
+    # A rerun skips every shard; --force redoes them all.
+    again = get_executor("ray").run_stage(ToyStage(tmp_path / "ray", 5), actors=True)
+    assert again.shards_skipped == 5 and len(H.runs_of(tmp_path / "ray")) == 5
+    get_executor("ray").run_stage(ToyStage(tmp_path / "ray", 5, force=True))
+    assert len(H.runs_of(tmp_path / "ray")) == 10
+
+
+def test_failed_shard_then_rerun_finishes_without_duplicates(ray_session, tmp_path):
+    shards = H.shard_names(6)
+    root = tmp_path / "ray"
+    fn = functools.partial(H.toy_work, root, fail_once="00002")
+    ex = get_executor("ray")
+    with pytest.raises(ClipcurateError, match=r"shard 00002: planted failure on shard 00002 .*rerun to resume"):
+        ex.map_shards(fn, shards, folder=root / "out")
+    assert not is_done(root / "out", "00002")
+    first = H.runs_of(root)
+    ex.map_shards(fn, shards, folder=root / "out")
+    second = H.runs_of(root)
+    # The rerun ran the failed shard and whatever had not started; no finished shard ran twice.
+    rerun = list(second)
+    for s in first:
+        rerun.remove(s)
+    assert "00002" in rerun and not set(rerun) & (set(first) - {"00002"})
+    assert sorted(set(second)) == shards
+    uids, vecs = H.read_outputs(root)
+    _local_reference(tmp_path / "local", shards)
+    want_uids, want_vecs = H.read_outputs(tmp_path / "local")
+    assert uids == want_uids and len(set(uids)) == len(uids)
+    np.testing.assert_array_equal(vecs, want_vecs)
+
+
+def test_sigkilled_driver_then_rerun_resumes(ray_session, tmp_path):
+    """A driver connected to the cluster is SIGKILLed mid-run; a new driver finishes the job."""
+    shards = H.shard_names(10)
+    root = tmp_path / "ray"
+    script = textwrap.dedent(f"""
+        import functools, logging, sys
+        sys.path[:0] = [{str(REPO / 'tests')!r}, {str(REPO)!r}]
+        import ray, _ray_helpers as H
+        from pipeline.executor import get_executor
+        ray.cloudpickle.register_pickle_by_value(H)
+        ray.init(address={ray_session.address_info['address']!r}, logging_level=logging.WARNING)
+        get_executor("ray").map_shards(functools.partial(H.toy_work, {str(root)!r}, sleep=0.5),
+                                       H.shard_names(10), folder={str(root / 'out')!r})
+        print("finished", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and sum(is_done(root / "out", s) for s in shards) < 3:
+            assert proc.poll() is None, "driver ended before it could be killed"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done_before = {s for s in shards if is_done(root / "out", s)}
+    assert 3 <= len(done_before) < len(shards), "kill came too late to test resuming"
+    time.sleep(1.0)  # let Ray reap the dead driver's workers
+    done_before = {s for s in shards if is_done(root / "out", s)}
+    runs_before = H.runs_of(root)
+
+    infos = get_executor("ray").map_shards(functools.partial(H.toy_work, root), shards, folder=root / "out")
+    assert [i["rows"] for i in infos] == [H.ROWS] * 10
+    rerun = list(H.runs_of(root))
+    for s in runs_before:
+        rerun.remove(s)
+    assert not set(rerun) & done_before  # finished shards were skipped
+    uids, vecs = H.read_outputs(root)
+    _local_reference(tmp_path / "local", shards)
+    want_uids, want_vecs = H.read_outputs(tmp_path / "local")
+    assert uids == want_uids and len(set(uids)) == len(uids) == 10 * H.ROWS
+    np.testing.assert_array_equal(vecs, want_vecs)

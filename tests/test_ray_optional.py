@@ -1,0 +1,41 @@
+"""Ray stays optional: without it, `--executor ray` says how to get it (no Ray started here)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from pipeline.errors import ClipcurateError, MissingDependency
+from pipeline.executor import LocalExecutor, get_executor
+
+
+def test_without_ray_the_message_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(MissingDependency) as err:
+        get_executor("ray")
+    assert str(err.value) == "pip install 'clipcurate[ray]' to use --executor ray"
+
+
+def test_local_is_the_default_and_unknown_kinds_are_refused():
+    assert isinstance(get_executor(), LocalExecutor) and isinstance(get_executor(None), LocalExecutor)
+    with pytest.raises(ClipcurateError, match="unknown executor 'spark'"):
+        get_executor("spark")
+
+
+def test_local_map_shards_marks_skips_and_keeps_order(tmp_path):
+    calls = []
+
+    def fn(shard):
+        calls.append(shard)
+        return {"n": int(shard)}
+
+    ex = get_executor("local")
+    assert ex.map_shards(fn, ["2", "0", "1"], folder=tmp_path) == [{"n": 2}, {"n": 0}, {"n": 1}]
+    again = ex.map_shards(fn, ["2", "0", "1", "3"], folder=tmp_path)
+    assert calls == ["2", "0", "1", "3"]  # the finished shards were not run again
+    assert [i["n"] for i in again] == [2, 0, 1, 3]
+    ex.map_shards(fn, ["0"], folder=tmp_path, force=True)
+    assert calls[-1] == "0"
+    with pytest.raises(ValueError):
+        ex.map_shards(fn, ["0", "0"])
