@@ -31,12 +31,36 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import config
 from .console import log, progress
 from .errors import ClipcurateError, require
 from .io import clean_temp, write_json, write_text
 from .stage import PLAN, SUCCESS, Stage, StageResult, done_info, is_done, mark_done, marker
 
 KINDS = ("local", "ray")
+
+# `[executor]` in clipcurate.toml (or CLIPCURATE_EXECUTOR__KIND=ray ...) sets the default for every
+# stage that takes --executor; the command-line options win.
+DEFAULTS = {"kind": "local", "ray_address": "", "num_cpus": 0, "gpus_per_task": "auto"}
+DOCS = {
+    "kind": "where per-shard work runs: local (this process) or ray (Ray tasks/actors)",
+    "ray_address": "Ray cluster to join (auto, ray://head:10001, host:port); empty: RAY_ADDRESS, else start a local Ray",
+    "num_cpus": "CPUs of a local Ray started by clipcurate (0 = all)",
+    "gpus_per_task": "GPUs each GPU task/actor asks for: auto (1 when the cluster has GPUs), 0, 0.5, 1, ...",
+}
+config.section("executor", DEFAULTS, DOCS)
+
+
+def from_config(cfg: "config.Config", kind: str | None = None, address: str | None = None) -> "Executor":
+    """The executor for a command: ``--executor``/``--ray-address`` > env > [executor] > local."""
+    sec = cfg.get("executor", {"kind": kind, "ray_address": address})
+    gpus = str(sec["gpus_per_task"]).strip().lower()
+    try:
+        gpus_per_task = None if gpus in ("", "auto") else float(gpus)
+    except ValueError:
+        raise ClipcurateError(f"[executor] gpus_per_task {gpus!r} is not a number or 'auto'") from None
+    return get_executor(sec["kind"], address=sec["ray_address"] or None, num_cpus=sec["num_cpus"] or None,
+                        num_gpus_per_task=gpus_per_task)
 
 
 def get_executor(kind: str | None = "local", address: str | None = None, num_cpus: int | None = None,
