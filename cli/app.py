@@ -37,6 +37,7 @@ app = typer.Typer(
 # Stage command modules, in pipeline order; each issue adds its own line.
 COMMAND_MODULES: list[str] = [
     "core",
+    "queries",
     "review",
 ]
 

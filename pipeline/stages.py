@@ -3,6 +3,7 @@ probe and canned SQL report. Each stage issue adds its module here, in pipeline 
 
 # noqa: F401 — imported for their registrations
 STAGE_MODULES: list[str] = [
+    "queries",
     "executor",  # not a stage: the [executor] config section behind --executor local|ray
     "download",
     "review",

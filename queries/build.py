@@ -1,0 +1,240 @@
+"""Build CLIP's query list: count Wikipedia, then assemble wordnet → unigram → bigram → title.
+
+The work is split in two:
+
+1. **counting** (resumable, parallel): every dump is cut into ranges (:func:`queries.dump.plan_ranges`
+   — groups of bz2 streams for a multistream dump, else the whole file); each range is a shard
+   counted by :func:`queries.counting.count_range` into ``queries/counts/<shard>/`` and then marked
+   done (``queries/<shard>.done``, written last). ``workers`` processes take ranges from a queue, so
+   both the streams of one multistream dump and several dump files run in parallel. A rerun skips
+   the shards already done; changing the inputs or any counting option starts over.
+2. **assembly** (:func:`assemble`): merge the counts partition by partition, apply the thresholds,
+   read page views and WordNet, and write ``queries.parquet`` + ``stats.json``.
+
+PMI is NLTK's ``BigramAssocMeasures.pmi`` as ``BigramCollocationFinder`` feeds it:
+``pmi = log2(n_ii * N) - log2(n_i * n_j)`` with ``n_ii`` the bigram's count, ``n_i``/``n_j`` its
+words' counts and ``N`` the total number of word tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+from pipeline.console import log, progress
+from pipeline.errors import ClipcurateError
+from pipeline.io import clean_temp, read_json, write_json, write_text
+from pipeline.stage import PLAN, SUCCESS, done_info, is_done, mark_done
+
+from . import counting, dump, pageviews, wordnet
+
+SOURCES = ("wordnet", "unigram", "bigram", "title")
+
+DEFAULTS = {
+    "unigram_min_count": 100,
+    "bigram_min_pmi": 30.0,
+    "bigram_min_count": 2,
+    "title_min_views": 70,
+    "title_min_hour_views": 50,
+    "size": 500_000,
+    "workers": 1,
+    "partitions": counting.DEFAULT_PARTITIONS,
+    "spill_entries": counting.DEFAULT_SPILL_ENTRIES,
+    "chunk_mb": 32.0,
+    "wordnet": "auto",
+}
+
+DOCS = {
+    "unigram_min_count": "keep words seen at least this many times (MetaCLIP: 100)",
+    "bigram_min_pmi": "keep bigrams with PMI (log2, NLTK) at least this (MetaCLIP: 30)",
+    "bigram_min_count": "prune bigrams seen fewer times before PMI (bounds memory)",
+    "title_min_views": "keep titles with at least this many summed views (MetaCLIP: 70)",
+    "title_min_hour_views": "count only page-view rows with at least this many views (MetaCLIP: 50)",
+    "size": "cap on the list length (CLIP: 500,000)",
+    "workers": "counting processes (over multistream ranges and dump files)",
+    "partitions": "hash partitions of the on-disk counts (memory of a merge = 1/partitions)",
+    "spill_entries": "spill in-memory counts to disk past this many distinct keys per worker",
+    "chunk_mb": "compressed MB of multistream bz2 per counting shard",
+    "wordnet": "WordNet 3.0 dict dir, 'auto' (/usr/share/wordnet, nltk_data) or 'none'",
+}
+
+
+def pmi(n_ii: float, n_i: float, n_j: float, n_all: float) -> float:
+    """NLTK's ``BigramAssocMeasures.pmi(n_ii, (n_ix, n_xi), n_xxx)``."""
+    return math.log2(n_ii * n_all) - math.log2(n_i * n_j)
+
+
+def _fingerprint(dumps: list[Path], opts: dict) -> dict:
+    files = []
+    for p in dumps:
+        st = p.stat()
+        idx = dump.index_path(p)
+        files.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                      "index": None if idx is None else str(idx)})
+    return {"dumps": files, "partitions": opts["partitions"], "spill_entries": opts["spill_entries"],
+            "chunk_mb": opts["chunk_mb"], "counter": 1}
+
+
+def _shard_name(i: int, rng: dump.Range) -> str:
+    return f"d{i:03d}-{rng.start:013d}"
+
+
+def count_dumps(folder: Path, dumps: list[Path], opts: dict, force: bool = False) -> dict[str, dict]:
+    """Count every dump into ``folder/counts`` (resumable); return each shard's statistics."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_temp(folder)
+    counts_dir = folder / "counts"
+    fp = _fingerprint(dumps, opts)
+    fp_file = counts_dir / "_inputs.json"
+    if force or not fp_file.is_file() or read_json(fp_file) != fp:
+        if counts_dir.exists():
+            log("queries: inputs or counting options changed, counting from scratch")
+        shutil.rmtree(counts_dir, ignore_errors=True)
+        for m in folder.glob("*.done"):
+            m.unlink()
+        (folder / SUCCESS).unlink(missing_ok=True)
+        counts_dir.mkdir(parents=True)
+        write_json(fp_file, fp)
+    for d in counts_dir.glob(".tmp-*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+    chunk_bytes = max(1, int(opts["chunk_mb"] * 1e6))
+    shards: dict[str, tuple[int, dump.Range]] = {}
+    for i, p in enumerate(dumps):
+        for rng in dump.plan_ranges(p, chunk_bytes):
+            shards[_shard_name(i, rng)] = (i, rng)
+    write_json(folder / PLAN, {"stage": "queries", "shards": list(shards)})
+    todo = [s for s in shards if not is_done(folder, s)]
+    if len(todo) < len(shards):
+        log(f"queries: {len(shards) - len(todo)}/{len(shards)} counting shards already done, skipping them")
+    if todo:
+        (folder / SUCCESS).unlink(missing_ok=True)
+    tasks = [(s, shards[s][1], str(counts_dir / s), opts["partitions"], opts["spill_entries"]) for s in todo]
+    workers = max(1, min(int(opts["workers"]), len(tasks) or 1))
+    with progress("queries: counting", total=len(shards)) as advance:
+        advance(len(shards) - len(todo))
+        if workers == 1:
+            results = map(counting.count_range_task, tasks)
+            for shard, info in results:
+                mark_done(folder, shard, info)
+                advance()
+        elif tasks:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(workers) as pool:
+                for shard, info in pool.imap_unordered(counting.count_range_task, tasks):
+                    mark_done(folder, shard, info)  # the shard's data is already in place
+                    advance()
+    infos = {s: done_info(folder, s) for s in shards}
+    for i, p in enumerate(dumps):
+        articles = sum(infos[s].get("articles", 0) for s in shards if shards[s][0] == i)
+        if articles == 0:
+            raise ClipcurateError(f"{p}: no articles (namespace 0, not redirects) in this dump; "
+                                  f"is it an empty or non-article dump?")
+    return {s: {**infos[s], "dump": str(shards[s][1].path)} for s in shards}
+
+
+def assemble(folder: Path, shard_infos: dict[str, dict], opts: dict, pageview_files: list[Path],
+             wordnet_dir: Path | None) -> tuple[list[dict], dict]:
+    """Merge counts, apply thresholds, read views and WordNet; return (rows, stats)."""
+    counts_dir = folder / "counts"
+    dirs = [counts_dir / s for s in shard_infos]
+    P = opts["partitions"]
+    stats: dict = {"inputs": {}, "thresholds": {k: opts[k] for k in (
+        "unigram_min_count", "bigram_min_pmi", "bigram_min_count", "title_min_views",
+        "title_min_hour_views", "size")}}
+    totals = {}
+    for info in shard_infos.values():
+        for k in ("pages", "articles", "redirects", "other_namespaces", "bytes", "words", "bigrams", "spills"):
+            totals[k] = totals.get(k, 0) + int(info.get(k, 0))
+    stats["corpus"] = totals
+    stats["inputs"]["dumps"] = sorted({info["dump"] for info in shard_infos.values()})
+
+    candidates: dict[str, list[dict]] = {s: [] for s in SOURCES}
+
+    # WordNet first: synset head lemmas in NLTK order.
+    if wordnet_dir is not None:
+        stats["inputs"]["wordnet"] = str(wordnet_dir)
+        candidates["wordnet"] = [{"query": q, "source": "wordnet"} for q in wordnet.head_lemmas(wordnet_dir)]
+
+    # Unigrams: merge all partitions, keep what the unigram threshold or the PMI lookup needs.
+    keep_min = min(opts["unigram_min_count"], opts["bigram_min_count"])
+    uni, n_words = counting.merge_unigrams(dirs, P, max(1, keep_min))
+    stats["corpus"]["distinct_words_kept_for_merge"] = len(uni)
+    ucands = [(w, c) for w, c in uni.items() if c >= opts["unigram_min_count"]]
+    ucands.sort(key=lambda wc: (-wc[1], wc[0]))
+    candidates["unigram"] = [{"query": w, "source": "unigram", "count": c} for w, c in ucands]
+
+    # Bigrams: prune by count, then NLTK's PMI against the word counts.
+    bcands = []
+    n_pruned = 0
+    for (a, b), c in counting.merge_bigrams(dirs, P, max(1, opts["bigram_min_count"])):
+        n_pruned += 1
+        score = pmi(c, uni[a], uni[b], n_words)
+        if score >= opts["bigram_min_pmi"]:
+            bcands.append((f"{a} {b}", c, score))
+    bcands.sort(key=lambda t: (-t[2], -t[1], t[0]))
+    stats["corpus"]["bigrams_after_min_count"] = n_pruned
+    candidates["bigram"] = [{"query": q, "source": "bigram", "count": c, "pmi": s} for q, c, s in bcands]
+    del uni
+
+    # Titles from page views.
+    if pageview_files:
+        pv_stats: dict = {}
+        stats["inputs"]["pageviews"] = [str(p) for p in pageview_files]
+        titles = pageviews.popular_titles(pageview_files, opts["title_min_views"], opts["title_min_hour_views"],
+                                          stats=pv_stats)
+        stats["pageviews"] = pv_stats
+        candidates["title"] = [{"query": t, "source": "title", "views": v} for t, v in titles]
+
+    # Assemble: wordnet → unigram → bigram → title, first occurrence wins, capped.
+    rows: list[dict] = []
+    seen: set[str] = set()
+    per_source = {}
+    for src in SOURCES:
+        cands = candidates[src]
+        added = empty = 0
+        for r in cands:
+            q = r["query"]
+            if not q.strip():
+                empty += 1
+                continue
+            if q in seen:
+                continue
+            seen.add(q)
+            rows.append(r)
+            added += 1
+        per_source[src] = {"candidates": len(cands), "after_dedup": added, "empty_skipped": empty}
+    capped = rows[: opts["size"]]
+    for src in SOURCES:
+        per_source[src]["in_list"] = sum(1 for r in capped if r["source"] == src)
+    for i, r in enumerate(capped):
+        r["entry_id"] = i
+    stats["sources"] = per_source
+    stats["size"] = len(capped)
+    stats["deduplicated_total"] = len(rows)
+    return capped, stats
+
+
+def resolve_wordnet(value) -> Path | None:
+    """``auto`` → the first dict dir found (None if none), ``none`` → None, else a checked path."""
+    if value is None or str(value).lower() == "auto" or str(value) == "":
+        found = wordnet.find_dict_dir()
+        if found is None:
+            log("queries: no WordNet dict dir found (/usr/share/wordnet, nltk_data): no wordnet entries; "
+                "install wordnet-base or pass --wordnet DIR")
+        return found
+    if str(value).lower() == "none":
+        return None
+    return wordnet.check_dict_dir(value)
+
+
+def query_list_hash(queries: list[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for q in queries:
+        h.update(q.encode("utf-8", "surrogatepass") + b"\n")
+    return h.hexdigest()
