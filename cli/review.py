@@ -69,7 +69,7 @@ def review(
     if len(session) == 0:
         log("nothing to review: the review queue is empty" + (" for this filter" if benchmark or signal else ""))
         return
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if not _interactive():
         raise ClipcurateError("`clipcurate review` needs a terminal; use `clipcurate review status` or "
                               "`clipcurate review export` in scripts")
     changed = open_app(ws, session, cfg["images"], int(cfg["prefetch"]))
@@ -78,6 +78,10 @@ def review(
     if changed:
         log(rv.refresh_overlap(ws))
         rv.mark_progress(ws, session.queue)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 def open_app(ws, session, images: str, prefetch: int) -> bool:

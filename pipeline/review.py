@@ -488,6 +488,9 @@ def refresh_overlap(ws: Workspace) -> str:
         fn(ws)
     except ClipcurateError as exc:
         return f"decisions saved; splits not refreshed: {exc}"
+    except Exception as exc:  # the decisions are safe in the log whatever happens here
+        return (f"decisions saved; refreshing the splits failed ({exc.__class__.__name__}: {exc}); "
+                f"rerun `clipcurate overlap` to apply them")
     return "decisions saved; overlap splits and decontam list refreshed"
 
 
