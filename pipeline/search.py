@@ -1,0 +1,361 @@
+"""Exact, streaming pool ↔ benchmark search on L2-normalised embeddings (CLIP §5, App. C).
+
+The question: for every benchmark sample, which pool samples are near-copies of it? With
+normalised vectors the cosine similarity is an inner product, so the whole job is one big matrix
+product ``S = B · Pᵀ`` (benchmark rows × pool rows) followed by two reductions over each row of S:
+
+(a) the top-k pool neighbours of every benchmark sample — exact over the whole pool;
+(b) every (benchmark, pool) pair whose score passes a floor (the review threshold) — complete,
+    not capped by k, because one benchmark image can be copied thousands of times in a web pool.
+
+The pool is far bigger than memory, so it streams: one pool shard at a time is multiplied against
+the (small, resident) benchmark matrix, and only a running top-k per benchmark row survives between
+shards. Memory is ``benchmark matrix + one shard + one score block + running top-k``, flat in the
+pool size.
+
+Both reductions come out of the SAME score block, so each pool shard is multiplied once:
+
+    for each query block Bq and pool block Pp:
+        S = Bq · Ppᵀ                                   # the only O(d) work per pair
+        thr = min(floor, running k-th best score)      # per query row
+        cand = nonzero(S >= thr)                       # usually sparse after the first block
+        (b) += cand with score >= floor
+        (a)  = merge(running top-k, cand with score > running k-th)
+
+Until a row's running top-k is full its k-th best is -inf, so the first block of every query row
+goes through a dense ``argpartition`` instead of the mask. Ties are broken deterministically:
+score descending, then pool position ascending (shards in name order, rows in file order), so the
+result does not depend on the block sizes, the backend or the number of shards.
+
+Backends (same algorithm, same results up to float32 summation order):
+
+- ``numpy``: float32 BLAS matmul on the CPU (the default without CUDA);
+- ``torch``: cuBLAS on CUDA (or torch's CPU BLAS): the float16 inputs are multiplied on tensor
+  cores with float32 accumulation and float32 output (``out_dtype``), which is as exact as a float32
+  product because a float16 × float16 product is exact in float32; only candidates leave the GPU;
+- ``faiss``: ``faiss.IndexFlatIP`` per shard, ``search`` for (a) and ``range_search`` for (b) —
+  two passes over the pool shard; kept as a cross-check and for machines where faiss's BLAS is the
+  faster one. faiss-gpu's ``GpuIndexFlatIP`` has no ``range_search``, so on a GPU the one-pass torch
+  backend is used (see docs/overlap.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+import numpy as np
+
+from .errors import ClipcurateError
+
+BACKENDS = ("auto", "numpy", "torch", "faiss")
+
+# Score block budget (elements): 2^24 float32 = 64 MiB on the CPU; larger blocks on a GPU.
+CPU_BLOCK = 1 << 24
+GPU_BLOCK = 1 << 28
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pick_backend(name: str = "auto") -> str:
+    """``auto`` → ``torch`` when CUDA is present, else ``numpy``."""
+    if name not in BACKENDS:
+        raise ClipcurateError(f"search backend {name!r} is not one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        return "torch" if cuda_available() else "numpy"
+    if name == "faiss":
+        from .errors import require
+
+        require("faiss", "faiss-cpu", "the faiss search backend")
+    return name
+
+
+def check_vectors(x: np.ndarray, what: str, dim: int | None = None) -> None:
+    """One clear line for the inputs that would silently poison a search."""
+    if x.ndim != 2:
+        raise ClipcurateError(f"{what}: expected a 2-D array [n, d], got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ClipcurateError(
+            f"{what}: vectors have dimension {x.shape[1]} but the benchmark/model has {dim}; "
+            f"embed everything with the same model (`clipcurate embed --force`)")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ClipcurateError(
+            f"{what}: {len(rows)} vectors contain NaN/inf (first rows {rows[:5].tolist()}); "
+            f"rerun `clipcurate embed --force` for it")
+
+
+@dataclasses.dataclass
+class TopK:
+    """Running top-k: ``scores[i, j]`` / ``pos[i, j]`` = j-th best pool position for query i.
+
+    Empty slots hold score -inf and position -1; rows are always sorted (score desc, pos asc).
+    """
+
+    scores: np.ndarray  # float32 [m, k]
+    pos: np.ndarray  # int64 [m, k]
+
+    @classmethod
+    def empty(cls, m: int, k: int) -> "TopK":
+        return cls(np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64))
+
+    @property
+    def k(self) -> int:
+        return self.scores.shape[1]
+
+
+@dataclasses.dataclass
+class Pairs:
+    """Pairs above the floor: query row, pool position, score (one array each)."""
+
+    query: np.ndarray  # int64
+    pos: np.ndarray  # int64
+    score: np.ndarray  # float32
+
+    @classmethod
+    def concat(cls, parts: list["Pairs"]) -> "Pairs":
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        return cls(np.concatenate([p.query for p in parts]), np.concatenate([p.pos for p in parts]),
+                   np.concatenate([p.score for p in parts]))
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+
+def merge_topk(top: TopK, rows: np.ndarray, cand_row: np.ndarray, cand_pos: np.ndarray,
+               cand_score: np.ndarray) -> None:
+    """Fold sparse candidates (row, pos, score) into the running top-k of ``rows``, in place.
+
+    The running entries of the touched rows and the candidates are sorted together by
+    (row, score desc, pos asc); the first k of each row are kept.
+    """
+    if len(cand_row) == 0:
+        return
+    k = top.k
+    touched = np.unique(cand_row)
+    g_rows = rows[touched] if rows is not None else touched
+    # running entries of the touched rows, as triples
+    run_s = top.scores[g_rows]
+    run_p = top.pos[g_rows]
+    run_r = np.repeat(touched, k)
+    all_r = np.concatenate([run_r, cand_row])
+    all_s = np.concatenate([run_s.ravel(), cand_score.astype(np.float32, copy=False)])
+    all_p = np.concatenate([run_p.ravel(), cand_pos])
+    order = np.lexsort((all_p, -all_s, all_r))
+    all_r, all_s, all_p = all_r[order], all_s[order], all_p[order]
+    # rank of each entry inside its row
+    starts = np.flatnonzero(np.r_[True, all_r[1:] != all_r[:-1]])
+    counts = np.diff(np.r_[starts, len(all_r)])
+    rank = np.arange(len(all_r)) - np.repeat(starts, counts)
+    keep = rank < k
+    slot_row = np.searchsorted(touched, all_r[keep])
+    new_s = np.full((len(touched), k), -np.inf, np.float32)
+    new_p = np.full((len(touched), k), -1, np.int64)
+    new_s[slot_row, rank[keep]] = all_s[keep]
+    new_p[slot_row, rank[keep]] = all_p[keep]
+    top.scores[g_rows] = new_s
+    top.pos[g_rows] = new_p
+
+
+def _dense_candidates(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of the top-k columns of each row of S, ties at the k-th value all included
+    (so that the merge can break them by position)."""
+    m, n = S.shape
+    if n <= k:
+        r, c = np.nonzero(np.ones_like(S, dtype=bool))
+        return r, c
+    part = np.argpartition(S, n - k, axis=1)[:, n - k:]
+    kth = np.take_along_axis(S, part, axis=1).min(axis=1)
+    mask = S >= kth[:, None]  # ≥ k per row; more only when the k-th value is tied
+    return np.nonzero(mask)
+
+
+class Searcher:
+    """Streaming exact search of a fixed query matrix against pool blocks given in pool order.
+
+    ``floor`` is per query row (per-benchmark review thresholds); ``k`` is the top-k size.
+    Call :meth:`add` for each pool shard with its first global position; read :attr:`top` at the
+    end and collect the returned :class:`Pairs` of each call.
+    """
+
+    def __init__(self, queries: np.ndarray, k: int, floor: np.ndarray | float, backend: str = "auto",
+                 block_elems: int | None = None, device: str | None = None):
+        if k < 1:
+            raise ClipcurateError(f"--k {k}: must be at least 1")
+        check_vectors(queries, "benchmark embeddings")
+        self.backend = pick_backend(backend)
+        self.q = np.ascontiguousarray(queries, dtype=np.float32)
+        self.m, self.d = self.q.shape
+        self.floor = np.broadcast_to(np.asarray(floor, np.float32), (self.m,)).copy()
+        self.top = TopK.empty(self.m, k)
+        self.k = k
+        self.pairs_scored = 0
+        if self.backend == "torch":
+            import torch
+
+            self.torch = torch
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self.on_gpu = self.device.type == "cuda"
+            # float16 copies on the GPU (exact: the embeddings are stored as float16)
+            self.q_dev = torch.from_numpy(self.q).to(self.device, torch.float16 if self.on_gpu else torch.float32)
+            self.floor_dev = torch.from_numpy(self.floor).to(self.device)
+            self.block_elems = block_elems or (GPU_BLOCK if self.on_gpu else CPU_BLOCK)
+        else:
+            self.block_elems = block_elems or CPU_BLOCK
+
+    # -- one pool shard ---------------------------------------------------------------------
+    def add(self, x: np.ndarray, base_pos: int) -> Pairs:
+        """Score a pool shard (``x`` float16/32 [n, d], rows at positions base_pos..base_pos+n-1)."""
+        n = len(x)
+        if n == 0:
+            return Pairs.concat([])
+        check_vectors(x, "pool embeddings", self.d)
+        self.pairs_scored += n * self.m
+        if self.backend == "faiss":
+            return self._add_faiss(x, base_pos)
+        if self.backend == "torch":
+            return self._add_torch(x, base_pos)
+        return self._add_numpy(x, base_pos)
+
+    def _blocks(self, n: int):
+        """Query and pool block sizes whose score block fits the budget."""
+        pb = min(n, max(1024, self.block_elems // max(1, self.m)))
+        qb = min(self.m, max(1, self.block_elems // pb))
+        return qb, pb
+
+    def _fold(self, q0: int, S_row: np.ndarray | None, r: np.ndarray, c: np.ndarray, s: np.ndarray,
+              p0: int, out: list) -> None:
+        """Split block candidates into (b) floor pairs and (a) top-k candidates, fold them."""
+        rows = q0 + r
+        pos = p0 + c.astype(np.int64)
+        in_range = s >= self.floor[rows]
+        if in_range.any():
+            out.append(Pairs(rows[in_range].astype(np.int64), pos[in_range], s[in_range].astype(np.float32)))
+        kth = self.top.scores[rows, -1]
+        better = (s > kth) | ((s == kth) & (pos < self.top.pos[rows, -1]))
+        if better.any():
+            merge_topk(self.top, None, rows[better], pos[better], s[better])
+
+    def _add_numpy(self, x: np.ndarray, base_pos: int) -> Pairs:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = len(x)
+        qb, pb = self._blocks(n)
+        out: list[Pairs] = []
+        for p0 in range(0, n, pb):
+            xb = x[p0:p0 + pb]
+            for q0 in range(0, self.m, qb):
+                S = self.q[q0:q0 + qb] @ xb.T
+                kth = self.top.scores[q0:q0 + qb, -1]
+                full = np.isfinite(kth)
+                # rows whose top-k is not full yet: dense top-k of the block (+ the floor pairs)
+                dense = np.flatnonzero(~full)
+                if len(dense):
+                    Sd = S[dense]
+                    r, c = _dense_candidates(Sd, self.k)
+                    rr, cc = np.nonzero(Sd >= self.floor[q0 + dense][:, None])
+                    r = np.concatenate([r, rr])
+                    c = np.concatenate([c, cc])
+                    key = np.unique(r.astype(np.int64) * S.shape[1] + c)
+                    r, c = key // S.shape[1], key % S.shape[1]
+                    self._fold(q0, None, dense[r], c, Sd[r, c], base_pos + p0, out)
+                sparse = np.flatnonzero(full)
+                if len(sparse):
+                    Ss = S[sparse] if len(sparse) < len(S) else S
+                    thr = np.minimum(self.floor[q0 + sparse], kth[sparse])
+                    r, c = np.nonzero(Ss >= thr[:, None])
+                    self._fold(q0, None, sparse[r], c, Ss[r, c], base_pos + p0, out)
+        return Pairs.concat(out)
+
+    def _add_torch(self, x: np.ndarray, base_pos: int) -> Pairs:
+        torch = self.torch
+        n = len(x)
+        qb, pb = self._blocks(n)
+        dtype = torch.float16 if self.on_gpu else torch.float32
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, dtype, non_blocking=True)
+        out: list[Pairs] = []
+        for p0 in range(0, n, pb):
+            xb = xt[p0:p0 + pb]
+            for q0 in range(0, self.m, qb):
+                qd = self.q_dev[q0:q0 + qb]
+                if self.on_gpu:
+                    S = torch.mm(qd, xb.T, out_dtype=torch.float32)
+                else:
+                    S = qd @ xb.T
+                kth_np = self.top.scores[q0:q0 + qb, -1]
+                kth = torch.from_numpy(kth_np).to(self.device)
+                floor = self.floor_dev[q0:q0 + qb]
+                thr = torch.minimum(floor, kth)
+                full = np.isfinite(kth_np)
+                if not full.all():
+                    # not-full rows: every column is a top-k candidate until k are seen; take the
+                    # block's top-k (+ ties at the k-th value) densely, on the device
+                    dense = torch.from_numpy(np.flatnonzero(~full)).to(self.device)
+                    Sd = S[dense]
+                    kk = min(self.k, Sd.shape[1])
+                    kth_d = torch.topk(Sd, kk, dim=1).values[:, -1]
+                    thr[dense] = torch.minimum(floor[dense], kth_d)
+                mask = S >= thr[:, None]
+                r, c = torch.nonzero(mask, as_tuple=True)
+                s = S[r, c]
+                self._fold(q0, None, r.cpu().numpy(), c.cpu().numpy(), s.cpu().numpy(), base_pos + p0, out)
+        return Pairs.concat(out)
+
+    def _add_faiss(self, x: np.ndarray, base_pos: int) -> Pairs:
+        import faiss
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        index = faiss.IndexFlatIP(self.d)
+        index.add(x)
+        kk = min(self.k, len(x))
+        out: list[Pairs] = []
+        # (a) per-shard top-k; faiss breaks ties by keeping the earlier id, like our order
+        D, I = index.search(self.q, kk)
+        r = np.repeat(np.arange(self.m), kk)
+        ok = I.ravel() >= 0
+        cand_r, cand_c, cand_s = r[ok], I.ravel()[ok], D.ravel()[ok]
+        # (b) every pair above the lowest floor, then each row's own floor
+        lims, Dr, Ir = index.range_search(self.q, float(self.floor.min()))
+        rr = np.repeat(np.arange(self.m), np.diff(lims.astype(np.int64)))
+        keep = Dr >= self.floor[rr]
+        rr, Ir, Dr = rr[keep], Ir[keep], Dr[keep]
+        if len(rr):
+            out.append(Pairs(rr.astype(np.int64), base_pos + Ir.astype(np.int64), Dr.astype(np.float32)))
+        pos = base_pos + cand_c.astype(np.int64)
+        kth = self.top.scores[cand_r, -1]
+        better = (cand_s > kth) | ((cand_s == kth) & (pos < self.top.pos[cand_r, -1]))
+        merge_topk(self.top, None, cand_r[better], pos[better], cand_s[better])
+        return Pairs.concat(out)
+
+
+def search(queries: np.ndarray, shards: Iterable[np.ndarray], k: int, floor, backend: str = "auto",
+           block_elems: int | None = None) -> tuple[TopK, Pairs]:
+    """All of it in one call (shards in pool order): ``(top-k, pairs above floor)``."""
+    s = Searcher(queries, k, floor, backend=backend, block_elems=block_elems)
+    base = 0
+    parts = []
+    for x in shards:
+        parts.append(s.add(x, base))
+        base += len(x)
+    return s.top, Pairs.concat(parts)
+
+
+def brute_force(queries: np.ndarray, pool: np.ndarray, k: int, floor) -> tuple[TopK, Pairs]:
+    """The reference: one dense float32 matmul, a stable sort per row (score desc, position asc)."""
+    q = np.asarray(queries, np.float32)
+    S = q @ np.asarray(pool, np.float32).T
+    order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    top = TopK.empty(len(q), k)
+    kk = order.shape[1]
+    top.scores[:, :kk] = np.take_along_axis(S, order, axis=1)
+    top.pos[:, :kk] = order
+    floor = np.broadcast_to(np.asarray(floor, np.float32), (len(q),))
+    r, c = np.nonzero(S >= floor[:, None])
+    return top, Pairs(r.astype(np.int64), c.astype(np.int64), S[r, c].astype(np.float32))
