@@ -40,6 +40,7 @@ COMMAND_MODULES: list[str] = [
     "queries",
     "overlap",
     "review",
+    "curate",
 ]
 
 

@@ -9,6 +9,7 @@ STAGE_MODULES: list[str] = [
     "overlap",
     "calibrate",  # `overlap calibrate`: its config section and the calibration manifest
     "review",
+    "curate",
 ]
 
 import importlib as _importlib
