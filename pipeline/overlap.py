@@ -461,7 +461,7 @@ class SearchRun:
         done = set(folded)
         todo = [i for i, s in enumerate(self.shards) if s.name not in done]
         if done:
-            log(f"overlap: resuming, {len(done)}/{len(self.shards)} pool shards already searched")
+            log(f"overlap: {len(done)}/{len(self.shards)} pool shards already searched (resume point)")
         t_last = time.monotonic()
         t0 = time.perf_counter()
         from .console import progress
@@ -482,13 +482,13 @@ class SearchRun:
                     raise ClipcurateError(f"{s.npy}: {exc}") from None
                 del x
                 _write_part(self.sdir / "pairs" / f"{s.name}.parquet", pairs)
+                _after_shard_hook(s.name)
                 pending.append(s.name)
                 advance()
                 if time.monotonic() - t_last >= self.checkpoint_s:
                     folded += pending
                     self._checkpoint(searcher.top, folded, pending)
                     pending, t_last = [], time.monotonic()
-                _after_shard_hook(s.name)
             if pending:
                 folded += pending
                 self._checkpoint(searcher.top, folded, pending)
@@ -515,7 +515,7 @@ class SearchRun:
 
 
 def _after_shard_hook(shard: str) -> None:
-    """Tests replace this to simulate a crash between shards."""
+    """Called after a shard's pairs are written, before its checkpoint; tests make it crash."""
 
 
 def _write_part(path: Path, p: Pairs) -> None:
@@ -665,7 +665,7 @@ def run(ws: Workspace, overrides: dict | None = None, force: bool = False,
     if not shards:
         raise MissingUpstream(f"pool embeddings (embed/{tag}/pool/*.npy)", "clipcurate embed")
     d = benches[0].vectors.shape[1]
-    for s in shards[:1]:
+    for s in shards:  # the .npy headers only: a wrong shard fails before any search
         shape = _npy_shape(s.npy)
         if len(shape) != 2 or shape[1] != d:
             raise ClipcurateError(

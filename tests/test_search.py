@@ -1,0 +1,111 @@
+"""The search engine against a brute-force numpy reference (pipeline.search.brute_force)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import search as se
+from pipeline.errors import ClipcurateError
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+def _split(x, cuts):
+    edges = [0, *cuts, len(x)]
+    return [x[a:b] for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _pairs_set(p):
+    return sorted(zip(p.query.tolist(), p.pos.tolist()))
+
+
+def _check(top, pairs, ref_top, ref_pairs):
+    # (a): the same neighbours in the same order, the same scores (float32 summation order aside)
+    assert np.array_equal(top.pos, ref_top.pos)
+    np.testing.assert_allclose(top.scores, ref_top.scores, rtol=0, atol=1e-6)
+    # (b): the same set of pairs
+    assert _pairs_set(pairs) == _pairs_set(ref_pairs)
+
+
+BACKENDS = ["numpy", "faiss", "torch"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cuts,block", [([], None), ([1, 500, 503, 1700], None), ([777], 4096)])
+def test_topk_and_range_equal_brute_force(backend, cuts, block):
+    rng = np.random.default_rng(7)
+    q, pool = _unit(rng, 150, 24), _unit(rng, 2500, 24)
+    floor = np.where(np.arange(150) % 2 == 0, 0.5, 0.6).astype(np.float32)  # per-benchmark floors
+    top, pairs = se.search(q, _split(pool, cuts), 10, floor, backend=backend, block_elems=block)
+    _check(top, pairs, *se.brute_force(q, pool, 10, floor))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_broken_by_pool_order_whatever_the_sharding(backend):
+    rng = np.random.default_rng(3)
+    q, pool = _unit(rng, 30, 16), _unit(rng, 600, 16)
+    # exact copies: the same vector at several pool positions → tied scores
+    for pos in (5, 77, 78, 300, 599):
+        pool[pos] = q[4]
+    pool[100:140] = pool[10]  # ties away from the top too
+    ref = se.brute_force(q, pool, 3, 0.7)
+    assert ref[0].pos[4].tolist() == [5, 77, 78]
+    for cuts in ([], [6, 78], [1, 2, 3, 299]):
+        _check(*se.search(q, _split(pool, cuts), 3, 0.7, backend=backend), *ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_range_pairs_not_capped_by_k(backend):
+    rng = np.random.default_rng(5)
+    q, pool = _unit(rng, 20, 16), _unit(rng, 3000, 16)
+    copies = rng.choice(3000, 400, replace=False)
+    pool[copies] = q[0]  # one benchmark image copied 400 times
+    top, pairs = se.search(q, _split(pool, [1000, 2000]), 5, 0.95, backend=backend)
+    hit = sorted(pairs.pos[pairs.query == 0].tolist())
+    assert hit == sorted(copies.tolist())
+    assert top.pos[0].tolist() == sorted(copies.tolist())[:5]
+
+
+def test_fewer_pool_rows_than_k_leaves_empty_slots():
+    rng = np.random.default_rng(1)
+    q, pool = _unit(rng, 4, 8), _unit(rng, 3, 8)
+    top, _ = se.search(q, [pool[:1], pool[1:]], 5, 0.9, backend="numpy")
+    ref, _ = se.brute_force(q, pool, 5, 0.9)
+    assert (top.pos[:, 3:] == -1).all() and np.isinf(top.scores[:, 3:]).all()
+    assert np.array_equal(top.pos[:, :3], ref.pos[:, :3])
+
+
+def test_bad_vectors_are_one_line_errors():
+    rng = np.random.default_rng(0)
+    q, pool = _unit(rng, 4, 8), _unit(rng, 10, 8)
+    bad = pool.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ClipcurateError, match="NaN"):
+        se.search(q, [bad], 2, 0.5, backend="numpy")
+    with pytest.raises(ClipcurateError, match="dimension 6"):
+        se.search(q, [pool[:, :6]], 2, 0.5, backend="numpy")
+    with pytest.raises(ClipcurateError, match="backend 'gpu'"):
+        se.search(q, [pool], 2, 0.5, backend="gpu")
+
+
+@pytest.mark.skipif(not se.cuda_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    rng = np.random.default_rng(11)
+    q, pool = _unit(rng, 3000, 512), _unit(rng, 60000, 512)
+    pool[123] = q[7]
+    ref = se.search(q, _split(pool, [20000, 40000]), 10, 0.3, backend="numpy")
+    gpu = se.search(q, _split(pool, [20000, 40000]), 10, 0.3, backend="torch")
+    # cuBLAS sums in a different order: scores agree to float32 rounding, neighbours exactly
+    # except where two scores are closer than that
+    np.testing.assert_allclose(gpu[0].scores, ref[0].scores, rtol=0, atol=2e-6)
+    differ = gpu[0].pos != ref[0].pos
+    if differ.any():
+        gaps = np.abs(np.diff(ref[0].scores, axis=1))
+        assert (gaps.min(axis=1)[differ.any(axis=1)] < 4e-6).all()
+    a, b = set(_pairs_set(gpu[1])), set(_pairs_set(ref[1]))
+    near = np.abs(ref[1].score - 0.3) < 4e-6
+    assert len(a ^ b) <= int(near.sum()) + 2
