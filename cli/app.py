@@ -38,6 +38,8 @@ app = typer.Typer(
 COMMAND_MODULES: list[str] = [
     "core",
     "queries",
+    "bench",
+    "embed",
     "overlap",
     "review",
     "curate",

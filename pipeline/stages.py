@@ -6,6 +6,8 @@ STAGE_MODULES: list[str] = [
     "queries",
     "executor",  # not a stage: the [executor] config section behind --executor local|ray
     "download",
+    "bench",
+    "embed",
     "overlap",
     "calibrate",  # `overlap calibrate`: its config section and the calibration manifest
     "review",

@@ -1,0 +1,62 @@
+"""`clipcurate embed`: open_clip embeddings of the pool and the benchmarks (pipeline.embed)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from .state import state
+
+
+def embed(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="open_clip architecture or hf-hub:org/name [ViT-B-32]."),
+    pretrained: Optional[str] = typer.Option(
+        None, "--pretrained", "-p", help="Hub tag, checkpoint file (train's epoch_N.pt) or random [laion2b_s34b_b79k]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [auto]."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16 [auto: bf16 on CUDA]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per forward pass [256]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Decoding worker processes [-1: one per core]."),
+    bench: Optional[List[str]] = typer.Option(None, "--bench", help="Only this benchmark (repeatable) [all]."),
+    pool: Optional[bool] = typer.Option(
+        None, "--pool/--no-pool", help="Embed the pool shards [yes when pool/shards has tars or no benchmark exists]."),
+    benchmarks: bool = typer.Option(True, "--benchmarks/--no-benchmarks", help="Embed the benchmarks."),
+    detector: Optional[str] = typer.Option(
+        None, "--detector", help="Write copy-detector descriptors instead (detector.pt or its run folder)."),
+    force: bool = typer.Option(False, "--force", help="Redo shards and benchmarks that are already done."),
+):
+    """Embed pool shards and benchmarks with an open_clip model (resumable per shard).
+
+    \b
+    Example:  clipcurate embed --model ViT-B-32 --pretrained laion2b_s34b_b79k --device cuda
+    """
+    from pipeline import embed as emb
+    from pipeline.console import out
+    from pipeline.models import ModelSpec
+
+    ws = state.ws(must_exist=True)
+    cfg = state.config(ws).get("embed", {
+        "model": model, "pretrained": pretrained, "device": device, "precision": precision,
+        "batch_size": batch_size, "workers": workers, "benchmarks": list(bench) if bench else None})
+    names = (cfg["benchmarks"] or None) if benchmarks else []
+    if pool is None:  # default: the pool when there is one; a workspace with only benchmarks is fine too
+        from pipeline.bench import list_benchmarks
+
+        pool = any(ws.path("pool", "shards").glob("*.tar")) or names == [] or not list_benchmarks(ws)
+    if not pool and names == []:
+        raise typer.BadParameter("--no-pool with --no-benchmarks leaves nothing to embed")
+    if detector:
+        from pipeline.models import resolve_device
+
+        enc = emb.load_encoder("detector", detector)
+        tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=resolve_device(cfg["device"]),
+                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force)
+    else:
+        enc = emb.clip_encoder(ModelSpec(cfg["model"], cfg["pretrained"] or None), cfg["device"], cfg["precision"])
+        tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=enc.device,
+                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force)
+    out(tag)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("embed")(embed)
