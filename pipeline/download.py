@@ -12,6 +12,7 @@ zero-padded to the digits of ``samples_per_shard`` — the same layout img2datas
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from . import config, manifest, registry, sql
 from .io import atomic_path, read_json, write_json, write_text
-from .stage import PLAN, SUCCESS, is_done, mark_done
+from .stage import PLAN, SUCCESS, done_info, is_done, mark_done
 from .uid import pair_uid
 from .workspace import Workspace
 
@@ -214,3 +215,632 @@ def write_pool_shard(ws: Workspace, shard: str, samples: list[dict]) -> dict:
     if all(is_done(folder, s) for s in shards | {shard}):
         write_text(folder / SUCCESS, "")
     return counts
+
+
+# =================================================================================================
+# The real download: plan → pre-check → img2dataset (in a watched child process) → convert.
+# =================================================================================================
+#
+# 1. Plan. The input (candidates.parquet, or a user's Parquet/CSV/TSV/JSONL) is read once, uids are
+#    computed, duplicates dropped, and the rows are cut into shards of `samples_per_shard`. Each
+#    shard's rows are saved as pool/_input/{shard}.parquet, then pool/_input/plan.json (last) with a
+#    fingerprint of the input. A rerun with the same input reuses the plan; a different input is an
+#    error unless --force (which starts the pool over).
+# 2. Pre-check. Every url is checked against the URL safety policy in this process (scheme, and
+#    every address its host resolves to). Refused and malformed urls are decided here: they never
+#    reach img2dataset and no request is sent for them.
+# 3. Fetch. The fetchable rows of all unfinished shards go to ONE img2dataset.download() call, one
+#    input file per shard, so img2dataset shard j is our j-th unfinished shard. It runs in a child
+#    process (its own process group) that we watch: img2dataset's fetch function is replaced in its
+#    workers by urlsafety.fetch (pinned, redirect-checked, deadline, body cap) plus an image header
+#    check (pixel bombs, non-images, truncated files) — see _HookedWriter below.
+# 4. Convert. When img2dataset writes {j}_stats.json (after closing that shard's tar and parquet),
+#    we turn its output into ours: our keys, sha256 of the stored bytes, every input row accounted
+#    for (success / failed / refused + reason). Tar, then manifest, then the marker — so a kill -9
+#    at any moment leaves a shard either finished or redone by the next run.
+# 5. Watchdog. When all shards are converted the child gets a short grace to exit and is then
+#    killed (img2dataset can hang at the end of a run); when no output grows for `stall_timeout`
+#    the child is killed and the unfinished shards get one more round, then the run fails with a
+#    one-line error that says to rerun.
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow.parquet as pq
+
+from . import urlsafety
+from .console import log, progress, warn
+from .errors import ClipcurateError, MissingUpstream
+from .io import clean_temp
+
+INPUT_DIR = "_input"
+WORK_DIR = "_work"
+ROUNDS = 2  # fetch rounds per run for shards that did not finish (img2dataset stalled or crashed)
+END_GRACE = 10.0  # seconds img2dataset gets to exit once every shard is converted
+INPUT_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()), ("caption", pa.string()),
+                          ("query_ids", pa.list_(pa.int32()))])
+
+
+def _conf(cfg: dict | None) -> dict:
+    conf = dict(DEFAULTS)
+    for k, v in (cfg or {}).items():
+        if k not in DEFAULTS:
+            raise ClipcurateError(f"unknown download option {k!r}; known: {', '.join(sorted(DEFAULTS))}")
+        if v is not None:
+            conf[k] = v
+    if conf["samples_per_shard"] < 1:
+        raise ClipcurateError(f"samples_per_shard {conf['samples_per_shard']!r} must be at least 1")
+    if conf["distributor"] not in ("multiprocessing", "ray"):
+        raise ClipcurateError(f"distributor {conf['distributor']!r} is not supported; use multiprocessing")
+    modes = ("no", "keep_ratio", "center_crop", "border", "keep_ratio_largest")
+    if conf["resize_mode"] not in modes:
+        raise ClipcurateError(f"resize_mode {conf['resize_mode']!r} is not one of {', '.join(modes)}")
+    return conf
+
+
+def policy_from(conf: dict) -> urlsafety.Policy:
+    try:
+        return urlsafety.Policy.make(conf["allow_private"], conf["allow_hosts"], conf["hosts"])
+    except ValueError as exc:
+        raise ClipcurateError(f"[download] hosts: {exc}; give IP addresses, e.g. 'cdn.example' = '192.0.2.7'") from None
+
+
+# -- 1. plan ---------------------------------------------------------------------------------------
+
+def read_input(ws: Workspace, input_path: str | os.PathLike | None, conf: dict) -> pa.Table:
+    """The rows to download: uid, url, caption, query_ids (INPUT_SCHEMA), in input order."""
+    if input_path is None:
+        path = ws.path("candidates", "candidates.parquet")
+        if "candidates" in manifest.REGISTRY:
+            files = registry.require_manifest(ws, "candidates")
+            path = files[0]
+        elif not path.exists():
+            raise MissingUpstream(f"candidates ({path})", "clipcurate queries match")
+        url_col, cap_col = "url", "caption"
+    else:
+        path = Path(input_path)
+        url_col, cap_col = conf["url_col"], conf["caption_col"]
+    tbl = _read_table(path)
+    cols = tbl.column_names
+    for want, opt in ((url_col, "--url-col"), (cap_col, "--caption-col")):
+        if want not in cols:
+            raise ClipcurateError(f"{path}: no column {want!r} (columns: {', '.join(cols)}); name it with {opt}")
+    urls = [None if u is None else str(u) for u in tbl.column(url_col).to_pylist()]
+    caps = ["" if c is None else str(c) for c in tbl.column(cap_col).to_pylist()]
+    if "uid" in cols:
+        uids = [str(u) if u is not None else pair_uid(url, cap)
+                for u, url, cap in zip(tbl.column("uid").to_pylist(), urls, caps)]
+    else:
+        uids = [pair_uid(url, cap) for url, cap in zip(urls, caps)]
+    qcol = next((c for c in ("query_ids", "entry_ids") if c in cols), None)
+    if qcol:
+        qids = [[int(q) for q in (v or [])] if isinstance(v, (list, tuple)) else ([] if v is None else [int(v)])
+                for v in tbl.column(qcol).to_pylist()]
+    else:
+        qids = [[] for _ in urls]
+    return pa.table({"uid": uids, "url": urls, "caption": caps, "query_ids": qids}, schema=INPUT_SCHEMA)
+
+
+def _read_table(path: Path) -> pa.Table:
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+
+    if not path.exists():
+        raise ClipcurateError(f"input file {str(path)!r} not found")
+    name = path.name.lower()
+    base = name[:-3] if name.endswith(".gz") else name
+    try:
+        if base.endswith(".parquet"):
+            return pq.read_table(path)
+        if base.endswith(".csv"):
+            return pacsv.read_csv(path)
+        if base.endswith(".tsv"):
+            return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter="\t"))
+        if base.endswith((".jsonl", ".json", ".ndjson")):
+            return pajson.read_json(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ClipcurateError(f"{path}: cannot read it ({str(exc).splitlines()[0][:120]})") from None
+    raise ClipcurateError(f"{path}: unknown file type; use .parquet, .csv, .tsv or .jsonl (optionally .gz)")
+
+
+def _fingerprint(tbl: pa.Table, samples_per_shard: int) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{samples_per_shard}\n".encode())
+    for uid, url in zip(tbl.column("uid").to_pylist(), tbl.column("url").to_pylist()):
+        h.update(f"{uid}\x1f{url}\n".encode())
+    return h.hexdigest()
+
+
+def shard_names(n_rows: int, samples_per_shard: int) -> list[str]:
+    n = max(1, -(-n_rows // samples_per_shard))
+    width = max(5, len(str(n - 1)))
+    return [f"{i:0{width}d}" for i in range(n)]
+
+
+def plan(ws: Workspace, input_path=None, conf: dict | None = None, force: bool = False) -> list[str]:
+    """Cut the input into shards under pool/_input (reused when the input did not change)."""
+    conf = _conf(conf)
+    folder = ws.path(FOLDER)
+    in_dir = folder / INPUT_DIR
+    tbl = read_input(ws, input_path, conf)
+    # Duplicate uids (the same url + caption twice) would be two rows with one uid: keep the first.
+    seen, keep = set(), []
+    for i, uid in enumerate(tbl.column("uid").to_pylist()):
+        if uid not in seen:
+            seen.add(uid)
+            keep.append(i)
+    dupes = tbl.num_rows - len(keep)
+    if dupes:
+        warn(f"download: {dupes} duplicate input rows (same uid) skipped")
+        tbl = tbl.take(keep)
+    sps = int(conf["samples_per_shard"])
+    fp = _fingerprint(tbl, sps)
+    plan_file = in_dir / "plan.json"
+    if plan_file.exists() and not force:
+        old = read_json(plan_file)
+        if old.get("fingerprint") == fp:
+            return old["shards"]
+        done = [s for s in old.get("shards", []) if is_done(folder, s)]
+        if done:
+            raise ClipcurateError(
+                f"pool/ holds {len(done)} shards downloaded from another input (or samples_per_shard); "
+                f"rerun with --force to start the pool over")
+    if folder.exists():
+        shutil.rmtree(folder)
+    shards = shard_names(tbl.num_rows, sps)
+    for i, s in enumerate(shards):
+        with atomic_path(in_dir / f"{s}.parquet") as tmp:
+            pq.write_table(tbl.slice(i * sps, sps), tmp)
+    write_json(plan_file, {"fingerprint": fp, "shards": shards, "rows": tbl.num_rows,
+                           "samples_per_shard": sps, "duplicates_skipped": dupes,
+                           "input": str(input_path) if input_path else "candidates"})
+    return shards
+
+
+# -- 2. pre-check ----------------------------------------------------------------------------------
+
+def precheck(urls: list[str | None], policy: urlsafety.Policy, threads: int = 32) -> list[tuple | None]:
+    """For each url: None (fetch it) or (status, reason) decided without sending anything."""
+    hosts: dict[str, object] = {}
+    split: list = []
+    for url in urls:
+        try:
+            host, _ = urlsafety.split_url(url)
+            split.append(host)
+            hosts.setdefault(host, None)
+        except urlsafety.Refused as exc:
+            split.append(("refused", f"refused: {exc.reason}"))
+        except urlsafety.FetchError as exc:
+            split.append(("failed", exc.reason))
+
+    def check(host):
+        try:
+            policy.addresses(host)
+            return None
+        except urlsafety.Refused as exc:
+            return ("refused", f"refused: {exc.reason}")
+        except urlsafety.FetchError as exc:
+            return ("failed", exc.reason)
+
+    names = list(hosts)
+    with ThreadPoolExecutor(max(1, min(threads, len(names) or 1))) as pool:
+        for host, verdict in zip(names, pool.map(check, names)):
+            hosts[host] = verdict
+    return [hosts[s] if isinstance(s, str) else s for s in split]
+
+
+# -- 3. the img2dataset worker hook ------------------------------------------------------------------
+#
+# img2dataset fetches with img2dataset.downloader.download_image (plain urllib: no address checks,
+# redirects followed anywhere, no deadline, no body cap). Its Downloader is pickled to the worker
+# processes with its sample writer class, so we hand download() a writer class of ours: unpickling
+# imports this module in each worker, and the writer's constructor — which runs at the start of
+# every shard, before any fetch — replaces download_image there with _hooked_download_image. The
+# limits travel in {work}/fetch.json next to img2dataset's output folder, so any distributor with
+# a shared filesystem gets them.
+
+_HOOK: dict = {}
+
+
+def _set_pdeathsig() -> None:
+    """Linux: die with the parent, so a kill -9 of `clipcurate download` leaves no orphans."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # pragma: no cover - best effort
+        pass
+
+
+def _install_hook(output_folder: str) -> None:
+    work = Path(output_folder).parent
+    settings = json.loads((work / "fetch.json").read_text("utf-8"))
+    if _HOOK.get("work") != str(work):
+        _HOOK.clear()
+        _HOOK.update(settings, work=str(work), policy=urlsafety.Policy.from_json(settings["policy"]))
+        if settings.get("pdeathsig"):
+            _set_pdeathsig()
+    import img2dataset.downloader as i2d_downloader
+
+    i2d_downloader.download_image = _hooked_download_image
+
+
+def _hooked_download_image(row, timeout, user_agent_token, disallowed_header_directives):
+    """img2dataset's download_image, fetched through urlsafety and checked as an image."""
+    from img2dataset.downloader import is_disallowed
+
+    key, url = row
+    h = _HOOK
+    try:
+        agent = urlsafety.USER_AGENT
+        if user_agent_token:
+            agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
+        data, headers = urlsafety.fetch(url, h["policy"], timeout=timeout, deadline=h["deadline"],
+                                        max_bytes=h["max_bytes"], user_agent=agent)
+        if disallowed_header_directives and is_disallowed(headers, user_agent_token, disallowed_header_directives):
+            return key, None, "disallowed by X-Robots-Tag"
+        problem = inspect_image(data, h["max_area"])
+        if problem:
+            return key, None, problem
+        return key, io.BytesIO(data), None
+    except urlsafety.Refused as exc:
+        return key, None, f"refused: {exc.reason}"
+    except urlsafety.FetchError as exc:
+        return key, None, exc.reason
+    except Exception as exc:  # noqa: BLE001 - never let one url break the shard
+        return key, None, f"{exc.__class__.__name__}: {str(exc)[:80]}"
+
+
+def inspect_image(data: bytes, max_area: float) -> str | None:
+    """Check a body before anything decodes it in full: a reason, or None when it looks sound.
+
+    - not an image: no decoder recognises the header;
+    - image too large (pixels): width*height from the header exceeds ``max_area`` — a
+      decompression bomb is a tiny file that declares a huge canvas, so this check must come
+      before decoding (cv2 would allocate the whole canvas);
+    - truncated image: a JPEG whose entropy-coded data ends early (cv2 would decode it "fine",
+      grey bottom and all) — decoded at 1/8 scale to keep it cheap; other formats are verified.
+    """
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        return "image too large (pixels)"
+    except Exception:  # noqa: BLE001
+        return "not an image"
+    with im:
+        w, h = im.size
+        if w * h > max_area:
+            return "image too large (pixels)"
+        if w < 1 or h < 1:
+            return "not an image"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if im.format == "JPEG":
+                    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                    im.load()
+                else:
+                    im.verify()
+        except Exception:  # noqa: BLE001
+            return "truncated image"
+    return None
+
+
+class _HookedWriter:
+    """img2dataset's WebDatasetSampleWriter, constructed after installing the fetch hook."""
+
+    def __init__(self, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format):
+        _install_hook(output_folder)
+        from img2dataset.writer import WebDatasetSampleWriter
+
+        self._writer = WebDatasetSampleWriter(shard_id, output_folder, save_caption, oom_shard_count,
+                                              schema, encode_format)
+
+    def write(self, img_str, key, caption, meta):
+        self._writer.write(img_str, key, caption, meta)
+
+    def close(self):
+        self._writer.close()
+
+
+class _NoLogger:
+    """Stands in for img2dataset's LoggerProcess: we report progress ourselves, and a logger
+    process is one more process that could outlive a killed run."""
+
+    def __init__(self, *args, **kwargs):
+        self.done_shards = set()
+
+    def start(self):
+        pass
+
+    def join(self, timeout=None):
+        pass
+
+    def terminate(self):
+        pass
+
+
+def _inline_distributor(processes_count, downloader, reader, subjob_size, max_shard_retry):
+    """processes == 1: run img2dataset's Downloader in the runner itself (saves spawning a pool)."""
+    failed = [row for row in reader if not downloader(row)[0]]
+    for _ in range(max_shard_retry):
+        failed = [row for row in failed if not downloader(row)[0]]
+
+
+def _runner_main(job_file: str) -> None:
+    """The child process (``python -c ... job.json``): dies with us, runs img2dataset.download().
+
+    It is started with its own session (process group), stdout/stderr going to the run's log.
+    """
+    _set_pdeathsig()
+    job = json.loads(Path(job_file).read_text("utf-8"))
+    if os.getppid() != job["parent_pid"]:  # the parent died before prctl took effect
+        os._exit(1)
+    # Second line of defence against bombs in formats PIL does not parse: OpenCV's own limit.
+    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(int(min(job["max_area"], 2 ** 62)))
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
+    import img2dataset  # noqa: F401  (the package re-exports a function named `main`: take the module)
+
+    i2d_main = sys.modules["img2dataset.main"]
+    i2d_main.WebDatasetSampleWriter = _HookedWriter
+    i2d_main.LoggerProcess = _NoLogger
+    if job["inline"]:
+        i2d_main.multiprocessing_distributor = _inline_distributor
+    i2d_main.download(**job["kwargs"])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown: img2dataset's pools have been known to hang in it
+
+
+# -- 4. convert ------------------------------------------------------------------------------------
+
+_REASONS = {
+    "Image decoding error": "not an image (decode failed)",
+    "image area too large": "image too large (pixels)",
+    "Use of image disallowed by X-Robots-Tag directive": "disallowed by X-Robots-Tag",
+}
+
+
+def _reason(msg: str | None) -> str:
+    if not msg:
+        return "unknown error"
+    msg = str(msg).strip().splitlines()[0]
+    return _REASONS.get(msg, msg[:120])
+
+
+def _finish_shard(ws: Workspace, shard: str, rows: list[dict], pre: list, results: dict | None,
+                  images: dict, sps: int) -> dict:
+    """Merge pre-check verdicts and img2dataset results into pool rows; write tar, manifest, marker."""
+    width = key_width(sps)
+    out, stored = [], {}
+    for i, (r, verdict) in enumerate(zip(rows, pre)):
+        key = f"{shard}{i:0{width}d}"
+        row = {"uid": r["uid"], "url": r["url"], "caption": r["caption"], "shard": shard, "key": key,
+               "status": "failed", "error": None, "width": None, "height": None, "sha256": None,
+               "query_ids": r["query_ids"]}
+        if verdict is not None:
+            row["status"], row["error"] = verdict
+        elif results is None or r["uid"] not in results:
+            row["error"] = "lost by img2dataset"
+        else:
+            res = results[r["uid"]]
+            data = images.get(res["key"])
+            if res["status"] == "success" and data is not None:
+                row.update(status="success", width=res["width"], height=res["height"],
+                           sha256=hashlib.sha256(data).hexdigest())
+                stored[key] = data
+            else:
+                err = _reason(res.get("error_message") if res["status"] != "success" else "stored image missing")
+                row["status"] = "refused" if err.startswith("refused:") else "failed"
+                row["error"] = err
+        out.append(row)
+    counts = write_shard_files(ws, shard, out, stored)
+    mark_done(ws.path(FOLDER), shard, counts)
+    return counts
+
+
+def _read_i2d_shard(out_dir: Path, name: str) -> tuple[dict, dict]:
+    """img2dataset's parquet (by uid) and the image bytes of its tar (by its key)."""
+    tbl = pq.read_table(out_dir / f"{name}.parquet",
+                        columns=["uid", "key", "status", "error_message", "width", "height"])
+    results = {r["uid"]: r for r in tbl.to_pylist()}
+    images = {}
+    with tarfile.open(out_dir / f"{name}.tar") as tf:
+        for m in tf:
+            if m.isfile() and m.name.endswith(".jpg"):
+                images[m.name[:-4]] = tf.extractfile(m).read()
+    return results, images
+
+
+# -- 5. one fetch round, watched -----------------------------------------------------------------------
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner leads its own process group
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(5)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for p in path.iterdir() if path.exists() else ():
+        try:
+            total += p.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.Policy, advance) -> None:
+    folder = ws.path(FOLDER)
+    sps = int(conf["samples_per_shard"])
+    work = folder / WORK_DIR / f"run-{os.getpid()}-{time.time_ns()}"
+    in_dir, out_dir = work / "input", work / "out"
+    in_dir.mkdir(parents=True)
+    batch = []  # (shard, rows, pre) of the shards that go to img2dataset, in its shard-id order
+    for shard in todo:
+        rows = pq.read_table(folder / INPUT_DIR / f"{shard}.parquet").to_pylist()
+        pre = precheck([r["url"] for r in rows], policy, threads=int(conf["threads"]))
+        fetch = [r for r, v in zip(rows, pre) if v is None]
+        if not fetch:  # nothing to fetch: finish it here
+            _finish_shard(ws, shard, rows, pre, None, {}, sps)
+            advance()
+            continue
+        pq.write_table(pa.Table.from_pylist(fetch, schema=INPUT_SCHEMA), in_dir / f"{shard}.parquet")
+        batch.append((shard, rows, pre))
+    if not batch:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+
+    processes = int(conf["processes"]) or (os.cpu_count() or 1)
+    processes = max(1, min(processes, len(batch)))
+    oom = max(5, len(str(len(batch) - 1)))
+    write_json(work / "fetch.json", {
+        "policy": policy.to_json(), "deadline": float(conf["fetch_deadline"]),
+        "max_bytes": int(conf["max_body_bytes"]), "max_area": float(conf["max_image_area"]),
+        "pdeathsig": conf["distributor"] == "multiprocessing"})
+    kwargs = dict(
+        url_list=str(in_dir), input_format="parquet", url_col="url", caption_col="caption",
+        save_additional_columns=["uid", "query_ids"], output_folder=str(out_dir), output_format="webdataset",
+        image_size=int(conf["image_size"]), resize_mode=conf["resize_mode"],
+        resize_only_if_bigger=bool(conf["resize_only_if_bigger"]), encode_quality=int(conf["encode_quality"]),
+        encode_format="jpg", processes_count=processes, thread_count=int(conf["threads"]),
+        number_sample_per_shard=sps, timeout=float(conf["timeout"]), retries=int(conf["retries"]),
+        min_image_size=int(conf["min_image_size"]), max_image_area=float(conf["max_image_area"]),
+        oom_shard_count=oom, extract_exif=False, compute_hash=None, incremental_mode="incremental",  # a fresh folder: nothing to skip ("overwrite" deletes its own _tmp)
+        distributor=conf["distributor"], max_shard_retry=1, enable_wandb=False,
+        user_agent_token=conf["user_agent_token"] or None,
+        disallowed_header_directives=list(conf["disallowed_header_directives"]),
+    )
+    stall = float(conf["stall_timeout"]) or (
+        2 * (float(conf["fetch_deadline"]) + float(conf["timeout"])) * (int(conf["retries"]) + 1) + 60)
+    log_path = work / "img2dataset.log"
+    write_json(work / "job.json", {"kwargs": kwargs, "max_area": float(conf["max_image_area"]),
+                                   "inline": processes == 1 and conf["distributor"] == "multiprocessing",
+                                   "parent_pid": os.getpid()})
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from pipeline.download import _runner_main; _runner_main(sys.argv[1])",
+             str(work / "job.json")], stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True)
+    pending = {j: b for j, b in enumerate(batch)}
+    last_size, last_change, finished_at = -1, time.monotonic(), None
+    try:
+        while pending:
+            for j in sorted(pending):
+                name = f"{j:0{oom}d}"
+                if not (out_dir / f"{name}_stats.json").exists():
+                    continue
+                shard, rows, pre = pending.pop(j)
+                try:
+                    results, images = _read_i2d_shard(out_dir, name)
+                except Exception as exc:  # noqa: BLE001 - a broken img2dataset shard is redone next round
+                    warn(f"download: shard {shard}: img2dataset output unreadable ({exc.__class__.__name__}); will retry")
+                    continue
+                _finish_shard(ws, shard, rows, pre, results, images, sps)
+                for suffix in (".tar", ".parquet", "_stats.json"):
+                    (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
+                advance()
+                last_change = time.monotonic()
+            if not pending:
+                break
+            if proc.poll() is not None:
+                if finished_at is None:  # one more look: stats may have landed just before it exited
+                    finished_at = time.monotonic()
+                    continue
+                break
+            size = _dir_size(out_dir) + _dir_size(out_dir / "_tmp")
+            if size != last_size:
+                last_size, last_change = size, time.monotonic()
+            elif time.monotonic() - last_change > stall:
+                warn(f"download: img2dataset made no progress for {stall:.0f}s; stopping it")
+                break
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None and not pending:
+            try:
+                proc.wait(END_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            _kill_group(proc)
+    if pending:
+        tail = ""
+        if log_path.exists():
+            lines = [ln for ln in log_path.read_text("utf-8", "replace").splitlines() if ln.strip()]
+            tail = f" (img2dataset log {log_path}: {lines[-1][:160] if lines else 'empty'})"
+        warn(f"download: {len(pending)} shards unfinished in this round{tail}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -- the stage -------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class DownloadResult:
+    shards_total: int
+    shards_skipped: int
+    counts: dict
+
+
+def download(ws: Workspace, input_path: str | os.PathLike | None = None, *, cfg: dict | None = None,
+             force: bool = False) -> DownloadResult:
+    """Download the candidates (or ``input_path``) into ``pool/``; see the module docstring.
+
+    ``cfg`` holds [download] options (defaults in ``DEFAULTS``); the CLI passes the merged config.
+    A rerun finishes what a killed run left; ``force`` starts the pool over.
+    """
+    conf = _conf(cfg)
+    policy = policy_from(conf)
+    ws.create()
+    folder = ws.path(FOLDER)
+    shards = plan(ws, input_path, conf, force=force)
+    clean_temp(folder)
+    shutil.rmtree(folder / WORK_DIR, ignore_errors=True)  # leftovers of a killed run
+    write_json(folder / PLAN, {"stage": STAGE, "shards": shards})
+    todo = [s for s in shards if not is_done(folder, s)]
+    skipped = len(shards) - len(todo)
+    if skipped:
+        log(f"download: {skipped}/{len(shards)} shards already done, skipping them")
+    if todo:
+        (folder / SUCCESS).unlink(missing_ok=True)
+    if not policy.allow_private:
+        log("download: private, loopback and link-local addresses are refused (--allow-private to fetch them)")
+    with progress("download shards", total=len(shards)) as advance:
+        advance(skipped)
+        for _ in range(ROUNDS):
+            if not todo:
+                break
+            _fetch_round(ws, todo, conf, policy, advance)
+            todo = [s for s in shards if not is_done(folder, s)]
+    if todo:
+        raise ClipcurateError(
+            f"download: {len(todo)} of {len(shards)} shards did not finish (img2dataset stalled or crashed; "
+            f"see pool/{WORK_DIR}/*/img2dataset.log); rerun `clipcurate download` to retry them")
+    counts: dict = {}
+    for s in shards:
+        for k, v in done_info(folder, s).items():
+            if k in ("rows",) + STATUSES:
+                counts[k] = counts.get(k, 0) + v
+    write_text(folder / SUCCESS, "")
+    return DownloadResult(len(shards), skipped, counts)
