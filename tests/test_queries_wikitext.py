@@ -1,0 +1,34 @@
+"""Markup stripping and the tokenizer rule."""
+
+from queries.wikitext import drop_templates_and_tables, is_word, strip_markup, tokens, words
+
+
+def test_templates_and_tables_nested():
+    text = "a {{x|{{y|z}}|w}} b {|\n| {{c}} cell\n{| inner\n|}\n|} c {{d|}} e"
+    assert drop_templates_and_tables(text).split() == ["a", "b", "c", "e"]
+
+
+def test_unbalanced_braces_keep_text():
+    assert "after" in drop_templates_and_tables("before {{unclosed after")
+    assert drop_templates_and_tables("x }} y").split() == ["x", "}}", "y"]
+
+
+def test_links_files_categories_refs():
+    text = ("The [[motion of no confidence|motion]] in [[Germany]]s [[File:A.jpg|thumb|A [[caption]] here]]"
+            "[[Category:Politics]] [[de:Misstrauensvotum]] [[:Category:Shown]]"
+            "<ref name=\"a\">Cited {{cite web|x}}</ref> <ref name=b/> <!-- hidden --> "
+            "'''bold''' ''it'' [http://example.com label] http://bare.example.org/x &nbsp;end __NOTOC__"
+            "<math>x^2</math> <small>small</small><br/>next")
+    plain = strip_markup(text)
+    assert words(plain) == ["The", "motion", "in", "Germanys", "Category", "Shown", "bold", "it", "label",
+                            "end", "small", "next"]
+
+
+def test_tokenizer_rule():
+    toks = tokens("Don't stop, well-known 1990s art_work. New York\nCity — O’Brien")
+    ws = [t for t in toks if is_word(t)]
+    assert ws == ["Don't", "stop", "well-known", "1990s", "art", "work", "New", "York", "City", "O’Brien"]
+    # breaks sit between clauses: no bigram spans "stop, well-known" or "York\nCity"
+    assert "," in toks and "\n" in toks and "." in toks
+    i = toks.index("stop")
+    assert not is_word(toks[i + 1])
