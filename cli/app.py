@@ -40,6 +40,7 @@ COMMAND_MODULES: list[str] = [
     "queries",
     "bench",
     "embed",
+    "detector",
     "overlap",
     "review",
     "curate",

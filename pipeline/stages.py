@@ -8,6 +8,8 @@ STAGE_MODULES: list[str] = [
     "download",
     "bench",
     "embed",
+    "detector",
+    "signals",  # pHash/dHash cache (manifest `hashes`), keypoints, caption MinHash
     "overlap",
     "calibrate",  # `overlap calibrate`: its config section and the calibration manifest
     "review",
