@@ -55,7 +55,7 @@ def check_dict_dir(path) -> Path:
     if not path.is_dir():
         raise ClipcurateError(f"WordNet dict dir {str(path)!r} not found; pass --wordnet DIR (the folder "
                               f"with data.noun, e.g. /usr/share/wordnet from `apt-get install wordnet-base`) "
-                              f"or --no-wordnet")
+                              f"or --wordnet none")
     missing = [f"data.{p}" for p in POS_FILES if not (path / f"data.{p}").is_file()]
     if missing:
         raise ClipcurateError(f"WordNet dict dir {str(path)!r} has no {', '.join(missing)}; pass the folder "
