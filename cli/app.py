@@ -44,6 +44,8 @@ COMMAND_MODULES: list[str] = [
     "overlap",
     "review",
     "curate",
+    "train",
+    "eval",
 ]
 
 

@@ -14,6 +14,8 @@ STAGE_MODULES: list[str] = [
     "calibrate",  # `overlap calibrate`: its config section and the calibration manifest
     "review",
     "curate",
+    "train",
+    "eval",
 ]
 
 import importlib as _importlib

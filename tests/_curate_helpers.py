@@ -94,3 +94,49 @@ def write_decontam(ws: Workspace, uids: list[str], benchmark: str = "shapes") ->
     ensure_manifests()
     mf.write("decontam", [{"pool_uid": u, "benchmark": benchmark, "bench_index": i, "reason": "test"}
                           for i, u in enumerate(uids)], ws.path("overlap", "decontam.parquet"))
+
+
+def make_class_bench(ws: Workspace, tmp, name: str = "shapes", per_class: int = 6, n_classes: int = 4,
+                     size: int = 32, style: str = "bench") -> dict:
+    """An image-folder classification benchmark of synth shapes, added with `bench.add`."""
+    from pipeline import bench
+
+    root = tmp / f"src_{name}"
+    for c in range(n_classes):
+        d = root / f"{c:02d}_{synth.CLASSES[c]}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            synth.make_image(c, 1000 + i, style, size).save(d / f"{i:03d}.png")
+    return bench.add(ws, name, str(root), classes=[synth.CLASSES[c] for c in range(n_classes)])
+
+
+def make_caption_bench(ws: Workspace, tmp, name: str = "capshapes", n: int = 12, size: int = 32) -> dict:
+    """A caption benchmark (captions.jsonl + images), two captions per image."""
+    from pipeline import bench
+
+    root = tmp / f"src_{name}"
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        c = i % len(synth.CLASSES)
+        synth.make_image(c, 2000 + i, "photo", size).save(root / f"{i:03d}.png")
+        lines.append(json.dumps({"image": f"{i:03d}.png",
+                                 "captions": [f"a photo of a {synth.CLASSES[c]}", f"a {synth.CLASSES[c]} number {i}"]}))
+    (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return bench.add(ws, name, str(root))
+
+
+def write_splits(ws: Workspace, overlap: dict[str, set[int]]) -> None:
+    """overlap/splits.parquet for every benchmark in the workspace: the given indices are Overlap."""
+    from pipeline import bench
+
+    ensure_manifests()
+    rows = []
+    for meta in bench.list_benchmarks(ws):
+        b = bench.load(ws, meta["name"], columns=["uid", "index"])
+        for uid, idx in zip(b.samples["uid"].to_pylist(), b.samples["index"].to_pylist()):
+            ov = idx in overlap.get(meta["name"], set())
+            rows.append({"benchmark": meta["name"], "bench_index": idx, "bench_uid": uid,
+                         "split": "overlap" if ov else "clean", "max_score": 0.99 if ov else 0.5,
+                         "nearest_pool_uid": None, "decided_by": "auto", "reason": "test"})
+    mf.write("splits", rows, ws.path("overlap", "splits.parquet"))

@@ -1,0 +1,73 @@
+"""`clipcurate eval`: parse options, call pipeline.eval."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import List, Optional
+
+import typer
+
+from .state import state
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+COLUMNS = ["benchmark", "kind", "n", "n_overlap", "overlap_pct", "acc_all", "acc_clean", "acc_overlap",
+           "all_minus_clean", "p_value", "ci_low", "ci_high", "significant"]
+
+
+def eval_(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="open_clip architecture [the checkpoint's]."),
+    pretrained: Optional[str] = typer.Option(
+        None, "--pretrained", "-p", help="Hub tag, weights file or random (with --model) [latest train/ checkpoint]."),
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="A train checkpoint, e.g. train/RUN/checkpoints/epoch_N.pt [the latest]."),
+    run: Optional[str] = typer.Option(None, "--run", help="Use the latest checkpoint of this train run."),
+    bench: Optional[List[str]] = typer.Option(None, "--bench", help="Only this benchmark (repeatable) [all]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [auto]."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16 [auto]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per forward pass [256]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Decoding worker processes [-1]."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Family-wise level for Bonferroni [0.05]."),
+    force: bool = typer.Option(False, "--force", help="Re-embed the benchmarks even when embeddings exist."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json."),
+):
+    """Zero-shot and retrieval evaluation with the CLIP §5 Overlap/Clean table and report.
+
+    \b
+    Example:  clipcurate -w ./workspace eval --checkpoint train/default/checkpoints/epoch_3.pt
+    """
+    import math
+
+    from pipeline.console import log
+    from pipeline.eval import evaluate
+
+    from .app import echo_table
+
+    ws = state.ws(must_exist=True)
+    cfg = state.config(ws).get("eval", {
+        "model": model, "pretrained": pretrained, "device": device, "precision": precision,
+        "batch_size": batch_size, "workers": workers, "alpha": alpha,
+        "benchmarks": list(bench) if bench else None})
+    res = evaluate(ws, model=cfg["model"] or None, pretrained=cfg["pretrained"] or None, checkpoint=checkpoint,
+                   run=run, benchmarks=cfg["benchmarks"] or None, device=cfg["device"],
+                   precision=cfg["precision"], batch_size=cfg["batch_size"], workers=cfg["workers"],
+                   alpha=cfg["alpha"], force=force)
+
+    def cell(v):
+        if isinstance(v, float):
+            return None if math.isnan(v) else (float(f"{v:.4g}") if fmt != Format.table else f"{v:.4g}")
+        return v
+
+    echo_table(COLUMNS, [[cell(r[c]) for c in COLUMNS] for r in res.rows], fmt.value,
+               title=f"{res.tag}: median overlap {res.summary['median_overlap_pct']:.2f}%, "
+                     f"mean {res.summary['mean_overlap_pct']:.2f}%")
+    log(f"report: {res.folder / 'report.md'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_)

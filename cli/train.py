@@ -1,0 +1,54 @@
+"""`clipcurate train`: parse options, call pipeline.train."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from .state import state
+
+
+def train(
+    name: str = typer.Option("default", "--name", help="Run name: checkpoints and logs go to train/NAME/."),
+    model: Optional[str] = typer.Option(None, "--model", help="open_clip architecture [config: clipcurate-tiny]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size per device [config: 64]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (checkpoints when --samples is set) [config: 1]."),
+    samples: Optional[int] = typer.Option(
+        None, "--samples", help="Total samples seen, drawn with replacement (0: epochs x curated size) [config: 0]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [config: 5e-4]."),
+    wd: Optional[float] = typer.Option(None, "--wd", help="Weight decay [config: 0.2]."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps [config: 10]."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="auto (amp on CUDA, fp32 on CPU), amp, amp_bf16, fp32 [config: auto]."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Dataloader workers [config: 2]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N [config: auto]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [config: 0]."),
+    save_frequency: Optional[int] = typer.Option(None, "--save-frequency", help="Save epoch_N.pt every N epochs [config: 1]."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Log the loss every N steps [config: 10]."),
+    force: bool = typer.Option(False, "--force", help="Delete train/NAME/ and start over."),
+    extra: Optional[List[str]] = typer.Option(
+        None, "--open-clip-arg", help="Extra argument passed as is to open_clip_train (repeatable)."),
+):
+    """Train a CLIP model with open_clip_train on the curated shards (resumes train/NAME/).
+
+    \b
+    Example:  clipcurate -w ./workspace train --name tiny --epochs 3 --batch-size 32
+    """
+    from pipeline.console import out
+    from pipeline.train import train as run
+
+    ws = state.ws(must_exist=True)
+    opts = state.config(ws).get("train", {
+        "model": model, "batch_size": batch_size, "epochs": epochs, "samples": samples, "lr": lr, "wd": wd,
+        "warmup": warmup, "precision": precision, "workers": workers, "device": device, "seed": seed,
+        "save_frequency": save_frequency, "log_every": log_every})
+    res = run(ws, name, force=force, quiet=state.quiet, extra_args=extra, **opts)
+    first = f"{res.losses[0]['loss']:.4f}" if res.losses else ""
+    last = f"{res.losses[-1]['loss']:.4f}" if res.losses else ""
+    out(f"run: {res.run_dir}\ncheckpoint: {res.checkpoint}\nepochs: {res.epochs_done}\n"
+        f"loss_first: {first}\nloss_last: {last}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,196 @@
+"""Stage `eval`: zero-shot accuracy vs plain torch, retrieval vs brute force, the §5 table, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tests._curate_helpers import make_caption_bench, make_class_bench, write_splits
+
+OVERLAP = {"shapes": {0, 1, 2, 7, 8, 13}, "capshapes": {3, 4}}
+
+
+def _tiny_checkpoint(path, seed=7):
+    """A tiny model with its own random weights, saved like open_clip_train saves a checkpoint."""
+    import open_clip
+    import torch
+
+    from pipeline.models import register_configs
+
+    register_configs()
+    torch.manual_seed(seed)
+    model = open_clip.create_model("clipcurate-tiny")
+    torch.save({"epoch": 1, "name": "t", "state_dict": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def evalws(ws, tmp_path):
+    make_class_bench(ws, tmp_path, "shapes", per_class=6, n_classes=4)
+    make_caption_bench(ws, tmp_path, "capshapes", n=12)
+    write_splits(ws, OVERLAP)
+    ck = _tiny_checkpoint(tmp_path / "weights.pt")
+    return ws, ck
+
+
+def _plain_torch_zero_shot(ws, ck):
+    """The straightforward computation: open_clip model + the checkpoint's weights, PIL → preprocess →
+    encode_image, class prompts → encode_text, mean per class, argmax. No pipeline code involved
+    except reading the benchmark's files."""
+    import open_clip
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
+
+    model, _, preprocess = open_clip.create_model_and_transforms("clipcurate-tiny")
+    model.load_state_dict(torch.load(ck, map_location="cpu", weights_only=True)["state_dict"])
+    model.eval()
+    tok = open_clip.get_tokenizer("clipcurate-tiny")
+    folder = ws.path("benchmarks", "shapes")
+    classes = json.loads((folder / "classes.json").read_text())
+    templates = [t for t in (folder / "templates.txt").read_text().splitlines() if t.strip()]
+    t = pq.read_table(folder / "samples.parquet").to_pylist()
+    with torch.no_grad():
+        x = torch.stack([preprocess(Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in t])
+        img = model.encode_image(x)
+        img = img / img.norm(dim=-1, keepdim=True)
+        w = []
+        for c in classes:
+            e = model.encode_text(tok([tp.replace("{}", c) for tp in templates]))
+            e = e / e.norm(dim=-1, keepdim=True)
+            m = e.mean(0)
+            w.append(m / m.norm())
+        w = torch.stack(w)
+    out = {}
+    # float32, and the same vectors rounded to float16 — the precision embed stores them at
+    for name, (a, b) in {"fp32": (img, w), "fp16": (img.half().float(), w.half().float())}.items():
+        logits = a @ b.T
+        top2 = logits.topk(2, dim=1).values
+        out[name] = ({r["index"]: int(p) for r, p in zip(t, logits.argmax(1))},
+                     {r["index"]: float(u - v) for r, (u, v) in zip(t, top2)})
+    return out, {r["index"]: r["label"] for r in t}
+
+
+@pytest.mark.slow
+def test_zero_shot_equals_plain_torch_and_table_matches_predictions(evalws):
+    from scipy import stats as ss
+
+    from pipeline import manifest as mf
+    from pipeline.eval import evaluate
+
+    ws, ck = evalws
+    res = evaluate(ws, model="clipcurate-tiny", pretrained=str(ck), device="cpu", workers=0)
+    assert res.tag.startswith("ckpt__")
+    preds = [r for r in mf.read_all("predictions", ws.root).to_pylist() if r["benchmark"] == "shapes"]
+    ref, ref_label = _plain_torch_zero_shot(ws, ck)
+    got = {p["bench_index"]: p["pred"] for p in preds}
+    assert {p["bench_index"]: p["label"] for p in preds} == ref_label
+    # at the storage precision the straightforward computation agrees sample for sample (barring an
+    # exact tie, which the margins rule out) ...
+    pred16, margin16 = ref["fp16"]
+    assert min(margin16.values()) > 0 and got == pred16
+    # ... and with full float32 it agrees wherever float16 rounding (< 2e-3 on a cosine) cannot matter
+    pred32, margin32 = ref["fp32"]
+    assert all(got[i] == pred32[i] for i in pred32 if margin32[i] > 2e-3)
+    ref_acc = 100.0 * sum(pred16[i] == ref_label[i] for i in pred16) / len(pred16)
+    row = next(r for r in res.rows if r["benchmark"] == "shapes")
+    assert row["acc_all"] == pytest.approx(ref_acc, abs=1e-12)
+
+    # All / Clean / Overlap are groupings of the same predictions; the statistics are scipy's
+    ov = [p["correct"] for p in preds if p["split"] == "overlap"]
+    cl = [p["correct"] for p in preds if p["split"] == "clean"]
+    assert len(ov) == len(OVERLAP["shapes"]) == row["n_overlap"] and row["n"] == len(preds)
+    assert row["acc_overlap"] == pytest.approx(100 * sum(ov) / len(ov))
+    assert row["acc_clean"] == pytest.approx(100 * sum(cl) / len(cl))
+    assert row["overlap_pct"] == pytest.approx(100 * len(ov) / len(preds))
+    p = ss.binomtest(sum(ov), len(ov), sum(cl) / len(cl), alternative="greater").pvalue
+    assert row["p_value"] == pytest.approx(p, abs=1e-9)
+    ci = ss.binomtest(sum(ov), len(ov)).proportion_ci(0.995, method="exact")
+    assert row["ci_low"] == pytest.approx(100 * ci.low, abs=1e-7)
+    assert row["ci_high"] == pytest.approx(100 * ci.high, abs=1e-7)
+
+    table = mf.read_all("eval", ws.root).to_pylist()
+    assert {r["benchmark"] for r in table} == {"shapes", "capshapes"}
+    for f in ("report.md", "figure17.png", "eval.parquet", "predictions.parquet", "summary.json"):
+        assert (res.folder / f).is_file()
+    assert (res.folder / "figure17.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    s = json.loads((res.folder / "summary.json").read_text())
+    pcts = sorted(r["overlap_pct"] for r in table)
+    assert s["median_overlap_pct"] == pytest.approx(sum(pcts) / 2) and s["mean_overlap_pct"] == pytest.approx(sum(pcts) / 2)
+
+
+def _brute_recall(image, indices, captions, cap_index, k):
+    """Loops, no vectorisation: the reference for image→text and text→image recall@k."""
+    img = image.astype(np.float64)
+    cap = captions.astype(np.float64)
+    hits_i = 0
+    for r in range(len(img)):
+        order = sorted(range(len(cap)), key=lambda j: (-float(img[r] @ cap[j]), j))[:k]
+        hits_i += any(cap_index[j] == indices[r] for j in order)
+    hits_t = 0
+    for j in range(len(cap)):
+        order = sorted(range(len(img)), key=lambda r: (-float(cap[j] @ img[r]), r))[:k]
+        hits_t += any(indices[r] == cap_index[j] for r in order)
+    return 100 * hits_i / len(img), 100 * hits_t / len(cap)
+
+
+def test_retrieval_matches_brute_force():
+    from pipeline.eval import retrieval
+
+    rng = np.random.default_rng(0)
+    n, d = 15, 8
+    image = rng.normal(size=(n, d)).astype(np.float32)
+    indices = np.arange(100, 100 + n)
+    cap_index = np.repeat(indices, 3)
+    captions = (np.repeat(image, 3, axis=0) + rng.normal(scale=1.5, size=(3 * n, d))).astype(np.float32)
+    top, rec = retrieval(image, indices, captions, cap_index, chunk=4)
+    for k in (1, 5, 10):
+        i2t, t2i = _brute_recall(image, indices, captions, cap_index, k)
+        assert rec[f"i2t_r{k}"] == pytest.approx(i2t) and rec[f"t2i_r{k}"] == pytest.approx(t2i)
+    sim = image @ captions.T
+    assert list(top) == [int(cap_index[j]) for j in sim.argmax(1)]
+
+
+def test_cli_eval_and_errors(evalws, cli):
+    ws, ck = evalws
+    r = cli("-w", ws.root, "eval", "--model", "clipcurate-tiny", "--pretrained", ck, "--workers", "0",
+            "--device", "cpu", "--format", "csv")
+    assert r.code == 0, r.err
+    header = r.out.splitlines()[0].split(",")
+    assert header[:4] == ["benchmark", "kind", "n", "n_overlap"] and len(r.out.splitlines()) == 3
+
+    # missing checkpoint: one line, exit 1
+    r = cli("-w", ws.root, "eval", "--checkpoint", ws.root / "train" / "x" / "checkpoints" / "epoch_9.pt")
+    assert r.code == 1 and "checkpoint" in r.err and "not found" in r.err and len(r.err.strip().splitlines()) == 1
+    # no train run and no --model: names `clipcurate train`
+    r = cli("-w", ws.root, "eval")
+    assert r.code == 1 and "clipcurate train" in r.err
+    # a benchmark whose class names are gone
+    ws.path("benchmarks", "shapes", "classes.json").write_text("[]")
+    r = cli("-w", ws.root, "eval", "--model", "clipcurate-tiny", "--pretrained", ck, "--workers", "0")
+    assert r.code == 1 and "no class names" in r.err and "--classes" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
+def test_missing_splits_names_overlap(ws, tmp_path, cli):
+    make_class_bench(ws, tmp_path, "shapes", per_class=2, n_classes=2)
+    r = cli("-w", ws.root, "eval", "--model", "clipcurate-tiny", "--pretrained", "random")
+    assert r.code == 1 and "clipcurate overlap" in r.err
+
+
+def test_empty_overlap_and_bonferroni_in_table(evalws):
+    """A benchmark with no Overlap samples gets NaN statistics and significant = null."""
+    from pipeline import manifest as mf
+    from pipeline.eval import evaluate
+
+    ws, ck = evalws
+    write_splits(ws, {"shapes": set(OVERLAP["shapes"])})  # capshapes: all clean
+    res = evaluate(ws, model="clipcurate-tiny", pretrained=str(ck), device="cpu", workers=0)
+    cap = next(r for r in mf.read_all("eval", ws.root).to_pylist() if r["benchmark"] == "capshapes")
+    assert cap["n_overlap"] == 0 and cap["significant"] is None
+    assert math.isnan(cap["p_value"]) and math.isnan(cap["acc_overlap"])
+    assert res.summary["bonferroni_m"] == 1
