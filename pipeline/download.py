@@ -738,6 +738,9 @@ def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.P
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if conf["distributor"] == "ray":  # img2dataset's Ray tasks join the cluster this run is on
+        from .executor import ray_address_env
+        env.update(ray_address_env())
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from pipeline.download import _runner_main; _runner_main(sys.argv[1])",
@@ -804,7 +807,7 @@ class DownloadResult:
 
 
 def download(ws: Workspace, input_path: str | os.PathLike | None = None, *, cfg: dict | None = None,
-             force: bool = False) -> DownloadResult:
+             force: bool = False, executor=None) -> DownloadResult:
     """Download the candidates (or ``input_path``) into ``pool/``; see the module docstring.
 
     ``cfg`` holds [download] options (defaults in ``DEFAULTS``); the CLI passes the merged config.
@@ -831,7 +834,11 @@ def download(ws: Workspace, input_path: str | os.PathLike | None = None, *, cfg:
         for _ in range(ROUNDS):
             if not todo:
                 break
-            _fetch_round(ws, todo, conf, policy, advance)
+            if executor is not None and executor.kind != "local":  # --executor ray: a Ray task per shard
+                from .executor import download_shards
+                download_shards(executor, ws, todo, conf, policy, advance)
+            else:
+                _fetch_round(ws, todo, conf, policy, advance)
             todo = [s for s in shards if not is_done(folder, s)]
     if todo:
         raise ClipcurateError(

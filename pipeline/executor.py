@@ -109,13 +109,14 @@ class Executor:
     def map_shards(self, fn: Callable, shards: Sequence[str], *, folder: str | Path | None = None,
                    setup: Callable[[], Any] | None = None, force: bool = False, gpu: bool = False,
                    cpus_per_task: float = 1, max_workers: int | None = None,
-                   description: str = "") -> list:
+                   description: str = "", advance: Callable[..., Any] | None = None) -> list:
         """Run ``fn(shard)`` (or ``fn(shard, setup())``) for each shard; results in input order.
 
         ``folder``: where the ``<shard>.done`` markers live; shards already marked are skipped
         (``force=True`` deletes their markers first) and give back their marker's dict. Without a
         folder every shard runs and nothing is marked (for pure functions whose result the driver
-        merges, e.g. a per-shard search).
+        merges, e.g. a per-shard search). ``advance``: the caller's progress callback (called once
+        per finished shard) instead of a progress bar of our own.
         """
         shards = list(shards)
         if len(set(shards)) != len(shards):
@@ -133,10 +134,12 @@ class Executor:
             log(f"{description or 'shards'}: {skipped}/{len(shards)} shards already done, skipping them")
         results: dict[str, Any] = {}
         if todo:
-            with progress(description or "shards", total=len(shards)) as advance:
-                advance(skipped)
+            bar = progress(description or "shards", total=len(shards)) if advance is None else None
+            with bar if bar is not None else contextlib.nullcontext(advance) as step:
+                if bar is not None:
+                    step(skipped)
                 results = self._run(fn, todo, folder, setup, gpu=gpu, cpus_per_task=cpus_per_task,
-                                    max_workers=max_workers, advance=advance)
+                                    max_workers=max_workers, advance=step)
         return [results[s] if s in results else done_info(folder, s) for s in shards]
 
     def run_stage(self, stage: Stage, *, actors: bool = False, gpu: bool = False,
@@ -334,3 +337,52 @@ def _cause(exc: BaseException) -> BaseException:
     """The user's exception inside a RayTaskError (Ray wraps it; ``.cause`` holds the original)."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
+
+
+# -- stage adapters: what download / embed / overlap hand to an executor ----------------------------
+#
+# Each stage keeps its own local loop; with --executor ray it calls one of these instead (a 2-3
+# line hook in the stage), so the stage's code stays the one implementation of a shard's work.
+
+def ray_address_env() -> dict[str, str]:
+    """``{"RAY_ADDRESS": ...}`` of the Ray this process is connected to (empty when none), so that a
+    child process (img2dataset's Ray distributor) joins the same cluster instead of starting one."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return {}
+    return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+
+
+def download_shards(executor: Executor, ws, todo: Sequence[str], conf: dict, policy, advance) -> None:
+    """``download --executor ray``: one Ray task per input shard.
+
+    This is img2dataset's Ray distribution (a Ray task runs img2dataset's Downloader on one shard),
+    moved one level up so that the *whole* shard runs on the worker: the URL-safety pre-check (DNS
+    and address rules), img2dataset with our pinned, redirect-checking fetch installed in the process
+    that fetches, the conversion to our keys / sha256 / manifest, and the shard's marker. Nothing
+    but a small dict of counts comes back to the driver, which therefore never reads an image.
+    """
+    fn = _DownloadShard(str(ws.root), dict(conf, processes=1, distributor="multiprocessing"), policy.to_json())
+    executor.map_shards(fn, list(todo), advance=advance, description="download shards")
+
+
+class _DownloadShard:
+    def __init__(self, root: str, conf: dict, policy_json: str):
+        self.root, self.conf, self.policy_json = root, conf, policy_json
+
+    def __call__(self, shard: str) -> dict:
+        import socket
+
+        from . import download as dl
+        from .workspace import Workspace
+
+        ws = Workspace(self.root)
+        policy = dl.urlsafety.Policy.from_json(self.policy_json)
+        folder = ws.path(dl.FOLDER)
+        for _ in range(dl.ROUNDS):  # the same rounds a local run gives a shard that stalled
+            dl._fetch_round(ws, [shard], self.conf, policy, lambda n=1: None)
+            if is_done(folder, shard):
+                return done_info(folder, shard)
+        raise ClipcurateError(
+            f"download: shard {shard} did not finish on {socket.gethostname()} (img2dataset stalled or "
+            f"crashed; see pool/{dl.WORK_DIR}/*/img2dataset.log); rerun `clipcurate download` to retry it")

@@ -181,3 +181,60 @@ def test_sigkilled_driver_then_rerun_resumes(ray_session, tmp_path):
     want_uids, want_vecs = H.read_outputs(tmp_path / "local")
     assert uids == want_uids and len(set(uids)) == len(uids) == 10 * H.ROWS
     np.testing.assert_array_equal(vecs, want_vecs)
+
+
+# -- the stages on Ray: same manifests as the local executor on the same input --------------------
+
+def _pool_files(ws):
+    """Every pool manifest row and every tar member (name → bytes), shard by shard."""
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    rows = []
+    for p in sorted(ws.path("pool", "manifest").glob("*.parquet")):
+        rows += pq.read_table(p).to_pylist()
+    members = {}
+    for p in sorted(ws.path("pool", "shards").glob("*.tar")):
+        with tarfile.open(p) as tf:
+            for m in tf:
+                if m.isfile():
+                    members[f"{p.stem}/{m.name}"] = tf.extractfile(m).read()
+    return rows, members
+
+
+def test_download_on_ray_matches_local_and_keeps_url_safety(ray_session, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from _download_server import ImageServer
+    from pipeline.download import download
+    from pipeline.workspace import Workspace
+
+    with ImageServer(slow_seconds=3) as srv:
+        # cdn.test is a "public" name mapped to the loopback server and exempted by allow_hosts;
+        # plain 127.0.0.1 urls must be refused, and so must the redirect from cdn.test to 127.0.0.1.
+        urls = [srv.url(f"/img/{i}.jpg", host="cdn.test") for i in range(6)]
+        urls += [srv.url("/img/100.jpg"), srv.url("/img/101.jpg"), srv.url("/404", host="cdn.test"),
+                 srv.url("/not-an-image", host="cdn.test"), srv.url("/redirect-private", host="cdn.test")]
+        src = tmp_path / "urls.parquet"
+        pq.write_table(pa.table({"url": urls, "caption": [f"caption {i}" for i in range(len(urls))]}), src)
+        cfg = {"samples_per_shard": 6, "processes": 1, "threads": 4, "timeout": 2.0, "fetch_deadline": 4.0,
+               "allow_hosts": ["cdn.test"], "hosts": {"cdn.test": "127.0.0.1"}}
+        runs = {}
+        for name, kw in (("local", {}), ("ray", {"executor": get_executor("ray")}),
+                         ("i2d-ray", {"cfg_extra": {"distributor": "ray"}})):
+            ws = Workspace(tmp_path / name)
+            res = download(ws, src, cfg=dict(cfg, **kw.pop("cfg_extra", {})), **kw)
+            runs[name] = (res, _pool_files(ws))
+        hits = dict(srv.hits)
+    want_res, (want_rows, want_members) = runs["local"]
+    assert want_res.counts == {"rows": 11, "success": 6, "failed": 2, "refused": 3}
+    for name in ("ray", "i2d-ray"):
+        res, (rows, members) = runs[name]
+        assert res.counts == want_res.counts, name
+        assert rows == want_rows, name  # same uids, keys, statuses, reasons, sizes, sha256
+        assert members == want_members, name
+    # The safety checks ran where the fetching happened: nothing was ever sent to the refused urls.
+    for path in ("/img/100.jpg", "/img/101.jpg", "/redirect-target.jpg"):
+        assert hits.get(path, 0) == 0, path
