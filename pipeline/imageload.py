@@ -46,6 +46,7 @@ class Side:
     size: tuple[int, int] | None = None  # the stored image's own size (before the thumbnail)
     format: str = ""
     error: str = ""
+    prepared: object = None  # what the UI's ``prepare`` hook made from the image in the worker
 
 
 @dataclasses.dataclass
@@ -128,14 +129,20 @@ class PoolStore:
             return self._rows
 
     def _tar(self, shard: str) -> TarIndex | None:
-        with self._lock:
-            idx = self._tars.get(shard)
-            if idx is None:
-                path = self.ws.root / "pool" / "shards" / f"{shard}.tar"
-                if not path.is_file():
-                    return None
-                idx = self._tars[shard] = TarIndex(path)
-            return idx
+        idx = self._tars.get(shard)
+        if idx is None:  # built outside the lock: other shards are not held up meanwhile
+            path = self.ws.root / "pool" / "shards" / f"{shard}.tar"
+            if not path.is_file():
+                return None
+            idx = TarIndex(path)
+            with self._lock:
+                idx = self._tars.setdefault(shard, idx)
+        return idx
+
+    def warm(self) -> None:
+        """Build the uid index and every shard's tar index (run in a worker at start)."""
+        for shard in sorted({r[2] for r in self._index().values()}):
+            self._tar(shard)
 
     def side(self, uid: str, max_side: int) -> Side:
         side = Side(title="pool")
@@ -236,7 +243,7 @@ class MediaLoader:
     """Loads pairs in worker threads; ``request`` → Future[PairMedia], ``prefetch`` warms the next ones."""
 
     def __init__(self, ws: Workspace, max_side: int = 256, workers: int = 2, keep: int = 32,
-                 decode_images: bool = True):
+                 decode_images: bool = True, prepare=None):
         self.ws = ws
         self.max_side = max_side if decode_images else 0
         self.pool = PoolStore(ws)
@@ -245,6 +252,10 @@ class MediaLoader:
         self._lock = threading.Lock()
         self._futures: OrderedDict[str, Future] = OrderedDict()
         self.keep = keep
+        # Optional hook run in the worker after decoding: ("pool"|"bench", side) -> anything the UI
+        # wants ready-made
+        # (the review app renders the half-cell strips there, so the UI thread only swaps them in).
+        self.prepare = prepare
 
     def load(self, pair: dict) -> PairMedia:
         """Synchronous load of one pair (what the worker threads run)."""
@@ -256,6 +267,13 @@ class MediaLoader:
             bench = self.bench.side(pair["benchmark"], pair["bench_index"], self.max_side)
         except Exception as exc:
             bench = Side(title=str(pair.get("benchmark")), error=f"{exc.__class__.__name__}: {exc}")
+        if self.prepare is not None:
+            for which, side in (("pool", pool), ("bench", bench)):
+                if side.image is not None:
+                    try:
+                        side.prepared = self.prepare(which, side)
+                    except Exception:  # the UI renders it itself then
+                        side.prepared = None
         return PairMedia(pair["pair_id"], pool, bench)
 
     def request(self, pair: dict) -> Future:
@@ -270,6 +288,17 @@ class MediaLoader:
             while len(self._futures) > self.keep:
                 self._futures.popitem(last=False)
             return fut
+
+    def warm(self, benchmarks=()) -> Future:
+        """Index the pool manifest, every pool tar and the benchmarks' small columns in the
+        background, so that no later pair waits for an index to be built."""
+
+        def run():
+            self.pool.warm()
+            for b in benchmarks:
+                self.bench._bench(b)
+
+        return self._exec.submit(run)
 
     def prefetch(self, pairs) -> None:
         for p in pairs:

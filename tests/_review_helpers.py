@@ -6,7 +6,9 @@ Writes, for ``n_pairs`` queued pairs:
 - ``overlap/review_queue.parquet`` (highest score first).
 
 Used by tests/test_review*.py and benchmarks/review.py. ``variants`` caps how many distinct images
-are encoded (they are reused cyclically) so that 100,000 pairs build in seconds.
+are encoded (they are reused cyclically) so that 100,000 pairs build in seconds; ``shuffle`` pairs
+queue positions with pool samples in random order (random access into the tars, as a queue sorted
+by score gives).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def build(root: Path, n_pairs: int = 12, *, benchmarks=BENCHMARKS, per_shard: int = 10_000,
           variants: int | None = None, image_size: int = 48, bench_size: int | None = None,
-          texts: bool = True) -> Workspace:
+          texts: bool = True, shuffle: bool = False) -> Workspace:
     ws = Workspace(root).create()
     variants = variants or n_pairs
     rng = np.random.default_rng(0)
@@ -98,12 +100,14 @@ def build(root: Path, n_pairs: int = 12, *, benchmarks=BENCHMARKS, per_shard: in
     q = {"position": [], "pair_id": [], "pool_uid": [], "benchmark": [], "bench_index": [], "bench_uid": [],
          "score_clip": [], "score_detector": [], "phash_dist": [], "dhash_dist": [], "kp_inliers": [],
          "text_sim": [], "rank": []}
+    pool_of = np.random.default_rng(1).permutation(n_pairs) if shuffle else np.arange(n_pairs)
     for i in range(n_pairs):
         b = benchmarks[i % len(benchmarks)]
         idx = (i // len(benchmarks)) % bench_size
+        uid = pool_uids[int(pool_of[i])]
         q["position"].append(i)
-        q["pair_id"].append(pair_id(pool_uids[i], b, idx))
-        q["pool_uid"].append(pool_uids[i])
+        q["pair_id"].append(pair_id(uid, b, idx))
+        q["pool_uid"].append(uid)
         q["benchmark"].append(b)
         q["bench_index"].append(idx)
         q["bench_uid"].append(bench_uid[(b, idx)])
