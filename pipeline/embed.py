@@ -455,11 +455,12 @@ def pool_shards(ws: Workspace) -> list[tuple[str, Path]]:
 
 def embed_pool(ws: Workspace, spec: ModelSpec, device: str = "auto", precision: str = "auto",
                batch_size: int = 256, workers: int = -1, force: bool = False, encoder=None,
-               timing: dict | None = None) -> str:
+               timing: dict | None = None, executor=None) -> str:
     """Embed every downloaded pool shard (images and captions); returns the model tag."""
     enc = encoder or clip_encoder(spec, device, precision)
     return embed_images(ws, enc, pool=True, benchmarks=[], device=_device_of(enc, device), batch_size=batch_size,
-                        workers=workers, force=force, timing=timing)
+                        workers=workers, force=force, timing=timing, executor=executor,
+                        encoder_factory=None if encoder else (lambda: clip_encoder(spec, device, precision)))
 
 
 def embed_benchmarks(ws: Workspace, spec: ModelSpec, names: Sequence[str] | None = None, device: str = "auto",
@@ -479,7 +480,7 @@ def _device_of(enc, device: str) -> str:
 
 def embed_images(ws: Workspace, enc, *, pool: bool = True, benchmarks: Sequence[str] | None = None,
                  device: str = "cpu", batch_size: int = 256, workers: int = -1, force: bool = False,
-                 timing: dict | None = None) -> str:
+                 timing: dict | None = None, executor=None, encoder_factory=None) -> str:
     """The generic path: any encoder with tag, dim, kind, info, preprocess, encode_tensors(x)
     (and, for text, tokenizer + encode_tokens) writes embed/{tag}/ in the contract layout.
     ``benchmarks=None`` means all benchmarks, ``[]`` none."""
@@ -589,6 +590,11 @@ def embed_images(ws: Workspace, enc, *, pool: bool = True, benchmarks: Sequence[
             mark_done(bench_dir, name, {"n": len(uids), "n_bad": n_bad, "bad": bad, "n_captions": n_caps,
                                         "fingerprint": b.meta["fingerprint"]})
 
+    if executor is not None and executor.kind != "local" and pool_todo:  # --executor ray: pool shards on actors
+        from .executor import embed_pool_shards
+        summary["images"] += embed_pool_shards(executor, enc, encoder_factory, pool_dir, pool_todo,
+                                               batch_size=batch_size, workers=workers)
+        parts = [p for p in parts if not p.group.startswith("pool/")]
     _run_parts(enc, parts, device=device, batch_size=batch_size, workers=workers, on_group=on_group,
                description=f"embed {enc.tag}", timing=timing)
     if pool:

@@ -26,13 +26,14 @@ FUSE-mounted bucket), and clipcurate must be installed in the cluster's Python (
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import config
-from .console import log, progress
+from .console import log, progress, set_quiet
 from .errors import ClipcurateError, require
 from .io import clean_temp, write_json, write_text
 from .stage import PLAN, SUCCESS, Stage, StageResult, done_info, is_done, mark_done, marker
@@ -76,8 +77,11 @@ def get_executor(kind: str | None = "local", address: str | None = None, num_cpu
 
 # -- what runs on a worker ----------------------------------------------------------------------
 
-def _do_shard(fn: Callable, shard: str, folder: str | None, state: Any = None, has_state: bool = False):
+def _do_shard(fn: Callable, shard: str, folder: str | None, state: Any = None, has_state: bool = False,
+              worker: bool = False):
     """Run one shard and write its marker last. Runs in the driver (local) or in a Ray worker."""
+    if worker:  # no progress bars or logs from inside Ray workers; the driver draws the bar
+        set_quiet(True)
     # A retried task (its first attempt's reply was lost, or another driver ran it meanwhile) finds
     # the marker and returns what the finished attempt stored, instead of redoing the shard.
     if folder is not None and is_done(Path(folder), shard):
@@ -98,7 +102,7 @@ class _ShardWorker:
         self.state = setup()
 
     def run(self, fn: Callable, shard: str, folder: str | None):
-        return _do_shard(fn, shard, folder, self.state, True)
+        return _do_shard(fn, shard, folder, self.state, True, worker=True)
 
 
 # -- executors ----------------------------------------------------------------------------------
@@ -282,7 +286,7 @@ class RayExecutor(Executor):
                                                  max_retries=self.max_retries)
 
             def submit(shard, _worker):
-                return task.remote(fn_ref, shard, folder_s)
+                return task.remote(fn_ref, shard, folder_s, worker=True)
 
             workers = [None] * (2 * slots)  # keep a window of tasks queued so no slot idles
         else:
@@ -386,3 +390,57 @@ class _DownloadShard:
         raise ClipcurateError(
             f"download: shard {shard} did not finish on {socket.gethostname()} (img2dataset stalled or "
             f"crashed; see pool/{dl.WORK_DIR}/*/img2dataset.log); rerun `clipcurate download` to retry it")
+
+
+def embed_pool_shards(executor: Executor, enc, encoder_factory, pool_dir: Path, todo: dict,
+                      *, batch_size: int, workers: int) -> int:
+    """``embed --executor ray``: the pool shards on a pool of Ray actors; returns images embedded.
+
+    Each actor builds the encoder once (``encoder_factory()``; by default the same open_clip model,
+    seeded, on the actor's own device — its GPU when Ray gave it one) and embeds whole shards with
+    the stage's own reader and writer, marker last. The driver keeps the benchmarks.
+    """
+    from . import embed as emb
+
+    if encoder_factory is None:
+        if isinstance(enc, emb.ClipEncoder):
+            encoder_factory = functools.partial(emb.clip_encoder, enc.lm.spec, "auto", enc.lm.precision)
+        else:
+            encoder_factory = functools.partial(_identity, enc)  # ship this encoder as it is
+    fn = _EmbedShard(str(pool_dir), {s: str(t) for s, t in todo.items()}, batch_size, workers)
+    infos = executor.map_shards(fn, list(todo), setup=encoder_factory, gpu=True,
+                                description=f"embed {enc.tag} on ray")
+    return sum(int(i.get("n", 0)) for i in infos)
+
+
+def _identity(x):
+    return x
+
+
+class _EmbedShard:
+    """One pool shard inside an embed actor: read the tar, encode, write .npy/.text.npy/.parquet, marker."""
+
+    def __init__(self, pool_dir: str, tars: dict, batch_size: int, workers: int):
+        self.pool_dir, self.tars, self.batch_size, self.workers = pool_dir, tars, batch_size, workers
+
+    def __call__(self, shard: str, enc) -> dict:
+        from . import embed as emb
+
+        pool_dir, tar = Path(self.pool_dir), Path(self.tars[shard])
+        device = emb._device_of(enc, "auto")
+
+        def on_group(group: str, accs: list) -> None:
+            # The pool branch of embed_images' on_group: the same files, in the same order.
+            uids = [u for a in accs for u in a.uids]
+            emb._save_npy(pool_dir / f"{shard}.npy", emb._cat([c for a in accs for c in a.image], enc.dim))
+            if hasattr(enc, "encode_tokens"):
+                emb._save_npy(pool_dir / f"{shard}.text.npy", emb._cat([c for a in accs for c in a.text], enc.dim))
+            emb._write_rows(pool_dir / f"{shard}.parquet", enc.tag, "pool", shard, uids, [None] * len(uids))
+            st = tar.stat()
+            mark_done(pool_dir, shard, {"n": len(uids), "n_bad": sum(a.n_bad for a in accs),
+                                        "bad": [r for a in accs for r in a.bad][:emb.MAX_BAD_REASONS],
+                                        "tar_size": st.st_size, "tar_mtime_ns": st.st_mtime_ns})
+
+        emb._run_parts(enc, [emb.Part(f"pool/{shard}", 0, 1, str(tar))], device=device, batch_size=self.batch_size,
+                       workers=self.workers, on_group=on_group, description=f"embed {shard}")
+        return done_info(pool_dir, shard)

@@ -238,3 +238,33 @@ def test_download_on_ray_matches_local_and_keeps_url_safety(ray_session, tmp_pat
     # The safety checks ran where the fetching happened: nothing was ever sent to the refused urls.
     for path in ("/img/100.jpg", "/img/101.jpg", "/redirect-target.jpg"):
         assert hits.get(path, 0) == 0, path
+
+
+def test_embed_on_ray_matches_local(ray_session, tmp_path):
+    import pyarrow.parquet as pq
+
+    from _embed_helpers import TINY, make_pool
+    from pipeline.embed import embed_pool
+    from pipeline.models import ModelSpec
+    from pipeline.stage import done_info
+    from pipeline.workspace import Workspace
+
+    spec = ModelSpec(TINY, None)
+    out = {}
+    for name, ex in (("local", None), ("ray", get_executor("ray"))):
+        ws = Workspace(tmp_path / name)
+        make_pool(ws, shards=3, per_shard=6, bad={1: 1}, size=40)
+        tag = embed_pool(ws, spec, device="cpu", batch_size=4, workers=0, executor=ex)
+        out[name] = (tag, ws.path("embed", tag, "pool"))
+    (tag, want), (tag_ray, got) = out["local"], out["ray"]
+    assert tag == tag_ray
+    for s in ("00000", "00001", "00002"):
+        assert pq.read_table(got / f"{s}.parquet").equals(pq.read_table(want / f"{s}.parquet"))  # same uids, rows
+        for suffix in (".npy", ".text.npy"):
+            a, b = np.load(got / f"{s}{suffix}"), np.load(want / f"{s}{suffix}")
+            assert a.dtype == b.dtype == np.float16 and a.shape == b.shape
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3)
+        keep = ("n", "n_bad", "bad", "tar_size")
+        assert {k: done_info(got, s)[k] for k in keep} == {k: done_info(want, s)[k] for k in keep}
+    assert done_info(got, "00001")["n_bad"] == 1
+    assert (got / SUCCESS).exists()
