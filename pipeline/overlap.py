@@ -315,11 +315,10 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
 
 
 def model_info(ws: Workspace, tag: str) -> dict:
-    p = embed_root(ws) / tag / "model.json"
-    try:
-        return read_json(p)
-    except (OSError, ValueError) as exc:
-        raise ClipcurateError(f"{p}: unreadable ({exc.__class__.__name__}); rerun `clipcurate embed --force`") from None
+    """embed/{tag}/model.json (the embed stage's reader)."""
+    from . import embed
+
+    return embed.model_info(ws, tag)
 
 
 def pool_shards(ws: Workspace, tag: str) -> tuple[list[PoolShard], int]:
@@ -361,29 +360,32 @@ def pool_uids(shard: PoolShard, tag: str) -> np.ndarray:
     return np.asarray(_read_meta(shard.meta, tag, shard.rows).column("uid").to_pylist(), dtype=object)
 
 
-def bench_names(ws: Workspace, tag: str) -> list[str]:
-    return sorted(p.parent.name for p in (embed_root(ws) / tag / "bench").glob("*/image.npy"))
+def bench_names(ws: Workspace, tag: str) -> tuple[list[str], list[str]]:
+    """Embedded benchmarks (``bench/{name}.done`` present), and the unfinished ones."""
+    folder = embed_root(ws) / tag / "bench"
+    found = sorted(p.parent.name for p in folder.glob("*/image.npy"))
+    return [n for n in found if (folder / f"{n}.done").exists()], [n for n in found if not (folder / f"{n}.done").exists()]
 
 
-def load_bench(ws: Workspace, tag: str, name: str, dim: int | None = None) -> Bench:
-    folder = embed_root(ws) / tag / "bench" / name
-    npy = folder / "image.npy"
-    if not npy.is_file():
-        raise MissingUpstream(f"benchmark {name!r} image embeddings ({npy})", f"clipcurate embed")
-    try:
-        x = np.load(npy)
-    except Exception as exc:
-        raise ClipcurateError(f"{npy}: not a readable .npy ({exc.__class__.__name__}); rerun `clipcurate embed --force`") from None
-    if x.ndim != 2 or len(x) == 0:
+def load_bench(ws: Workspace, tag: str, name: str) -> Bench:
+    """One benchmark's image embeddings through the embed stage's reader, plus the checks that
+    the search needs: not empty, finite, one model."""
+    from . import embed
+
+    indices, uids, image, *_ = embed.load_bench(ws, tag, name)
+    npy = embed_root(ws) / tag / "bench" / name / "image.npy"
+    if image.ndim != 2 or len(image) == 0:
         raise ClipcurateError(
-            f"benchmark {name!r} has no embedded images ({npy} has shape {tuple(x.shape)}): add samples with "
+            f"benchmark {name!r} has no embedded images ({npy} has shape {tuple(image.shape)}): add samples with "
             f"`clipcurate bench add {name}` and rerun `clipcurate embed`")
-    if dim is not None and x.shape[1] != dim:
-        raise ClipcurateError(
-            f"{npy}: dimension {x.shape[1]} but model.json says {dim}; rerun `clipcurate embed --force`")
-    meta = _read_meta(folder / "image.parquet", tag, len(x))
-    return Bench(name, x, meta.column("index").to_numpy(zero_copy_only=False).astype(np.int64),
-                 np.asarray(meta.column("uid").to_pylist(), dtype=object))
+    _read_meta(npy.with_suffix(".parquet"), tag, len(image))  # same model, rows 0..n-1
+    from .search import check_vectors
+
+    try:
+        check_vectors(image.astype(np.float32), "benchmark embeddings")
+    except ClipcurateError as exc:
+        raise ClipcurateError(f"{npy}: {exc}") from None
+    return Bench(name, image, np.asarray(indices, np.int64), np.asarray(uids, dtype=object))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -649,12 +651,13 @@ def run(ws: Workspace, overrides: dict | None = None, force: bool = False,
     ws.require()
     opts = options(ws, overrides, cfg)
     tag = pick_tag(ws, opts["model_tag"] or None)
-    info = model_info(ws, tag)
-    dim = info.get("dim")
-    names = bench_names(ws, tag)
+    names, unfinished_b = bench_names(ws, tag)
+    if unfinished_b:
+        warn(f"overlap: benchmark(s) {', '.join(unfinished_b)} not finished embedding (no bench/NAME.done) and "
+             f"left out; rerun `clipcurate embed`")
     if not names:
         raise MissingUpstream(f"benchmark embeddings (embed/{tag}/bench/*/image.npy)", "clipcurate embed")
-    benches = [load_bench(ws, tag, n, dim) for n in names]
+    benches = [load_bench(ws, tag, n) for n in names]
     dims = {b.name: b.vectors.shape[1] for b in benches}
     if len(set(dims.values())) > 1:
         raise ClipcurateError(f"benchmark embeddings of different dimensions {dims}; rerun `clipcurate embed --force`")

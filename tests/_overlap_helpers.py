@@ -61,6 +61,7 @@ def write_bench(root: Path, name: str, x: np.ndarray, tag: str = TAG, uids: list
     uids = uids or [make_uid("bench", name, i, "") for i in index]
     np.save(d / "image.npy", x.astype(np.float16))
     pq.write_table(meta_table(tag, "bench", name, uids, index), d / "image.parquet")
+    (d.parent / f"{name}.done").write_text("{}")  # the embed stage's completion marker
     return uids
 
 

@@ -245,6 +245,11 @@ def test_error_nan_vectors(ws, cli):
     write_pool_shard(ws.root, "00001", x, data["pool_uids"][200:400])
     line = _err(cli, ws)
     assert "00001.npy" in line and "NaN" in line and "[7]" in line
+    b = data["bench"]["stl10"].copy()
+    b[2, 3] = np.nan
+    write_bench(ws.root, "stl10", b)
+    line = _err(cli, ws)
+    assert "stl10/image.npy" in line and "NaN" in line and "[2]" in line
 
 
 def test_error_empty_benchmark(ws, cli):
