@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from . import config
 from .console import log, progress, set_quiet
 from .errors import ClipcurateError, require
@@ -444,3 +446,64 @@ class _EmbedShard:
         emb._run_parts(enc, [emb.Part(f"pool/{shard}", 0, 1, str(tar))], device=device, batch_size=self.batch_size,
                        workers=self.workers, on_group=on_group, description=f"embed {shard}")
         return done_info(pool_dir, shard)
+
+
+def overlap_search_shards(executor: Executor, srun, searcher, todo: Sequence[int], folded: list[str],
+                          advance) -> None:
+    """``overlap --executor ray``: each pool shard searched by a Ray task, merged here in shard order.
+
+    A task scores one shard against every benchmark vector with the stage's own Searcher (same
+    backend, block sizes and floors as the driver's), writes the shard's floor pairs where the
+    local run writes them (``overlap/search/pairs/{shard}.parquet``) and its own top-k next to them
+    (``overlap/search/ray_topk/{shard}.npz``), then its marker there. The driver folds those top-ks
+    into the running one **in shard order** with ``merge_topk``; since every row of a top-k is
+    sorted by (score desc, pool position asc) — a total order, positions being unique — the top-k
+    of the union is the top-k of the per-shard top-ks, so the result equals the local streaming run.
+    Then one checkpoint (state + the stage's ``{shard}.done`` markers), as the local loop does.
+    """
+    from . import search
+
+    names = [srun.shards[i].name for i in todo]
+    if not names:
+        return
+    tdir = srun.sdir / "ray_topk"
+    fn = _SearchShard(searcher.q, searcher.k, searcher.floor, searcher.backend, srun.block_elems,
+                      {srun.shards[i].name: (str(srun.shards[i].npy), int(srun.offsets[i])) for i in todo},
+                      str(srun.sdir / "pairs"), str(tdir))
+    executor.map_shards(fn, names, folder=tdir, description="overlap search on ray", advance=advance)
+    for name in names:  # shard order: a deterministic merge
+        with np_load(tdir / f"{name}.npz") as z:
+            scores, pos = z["scores"], z["pos"]
+            searcher.pairs_scored += int(z["pairs_scored"])
+        rows, cols = np.nonzero(pos >= 0)
+        search.merge_topk(searcher.top, None, rows.astype(np.int64), pos[rows, cols], scores[rows, cols])
+    folded += names
+    srun._checkpoint(searcher.top, folded, names)
+
+
+def np_load(path):
+    return np.load(path, allow_pickle=False)
+
+
+class _SearchShard:
+    """One pool shard against all benchmark vectors, inside a Ray task."""
+
+    def __init__(self, q, k, floor, backend, block_elems, shards: dict, pairs_dir: str, topk_dir: str):
+        self.q, self.k, self.floor, self.backend, self.block_elems = q, k, floor, backend, block_elems
+        self.shards, self.pairs_dir, self.topk_dir = shards, pairs_dir, topk_dir
+
+    def __call__(self, name: str) -> dict:
+        from . import overlap, search
+        from .io import atomic_open
+
+        npy, offset = self.shards[name]
+        x = np.load(npy)
+        s = search.Searcher(self.q, self.k, self.floor, backend=self.backend, block_elems=self.block_elems)
+        try:
+            pairs = s.add(x, offset)
+        except ClipcurateError as exc:
+            raise ClipcurateError(f"{npy}: {exc}") from None
+        overlap._write_part(Path(self.pairs_dir) / f"{name}.parquet", pairs)
+        with atomic_open(Path(self.topk_dir) / f"{name}.npz", "wb") as fh:
+            np.savez(fh, scores=s.top.scores, pos=s.top.pos, pairs_scored=np.int64(s.pairs_scored))
+        return {"pairs": len(pairs), "pairs_scored": int(s.pairs_scored)}

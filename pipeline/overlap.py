@@ -471,7 +471,11 @@ class SearchRun:
         with progress(f"overlap search ({searcher.backend})", total=len(self.shards)) as advance:
             advance(len(done))
             pending: list[str] = []
-            for i in todo:
+            on_ray = getattr(self, "executor", None) is not None and self.executor.kind != "local"
+            if on_ray:  # --executor ray: a task per shard, merged here in shard order, one checkpoint
+                from .executor import overlap_search_shards
+                overlap_search_shards(self.executor, self, searcher, todo, folded, advance)
+            for i in ([] if on_ray else todo):
                 s = self.shards[i]
                 x = np.load(s.npy)
                 if x.ndim != 2 or x.shape[1] != searcher.d:
@@ -646,7 +650,7 @@ def options(ws: Workspace, overrides: dict | None = None, cfg: config.Config | N
 
 
 def run(ws: Workspace, overrides: dict | None = None, force: bool = False,
-        cfg: config.Config | None = None) -> Result:
+        cfg: config.Config | None = None, executor=None) -> Result:
     """Search, decide, split, diagnose. ``overrides`` are the [overlap] options given on the CLI."""
     ws.require()
     opts = options(ws, overrides, cfg)
@@ -680,6 +684,7 @@ def run(ws: Workspace, overrides: dict | None = None, force: bool = False,
         f"{sum(s.rows for s in shards)} pool samples in {len(shards)} shard(s), model {tag}")
     srun = SearchRun(ws, tag, benches, shards, int(opts["k"]), floors, opts["backend"],
                      int(opts["block_elems"]), float(opts["checkpoint_s"]), force)
+    srun.executor = executor  # --executor ray: pool shards searched as Ray tasks
     top, pairs, stats = srun.run()
     files = _write_outputs(ws, opts, tag, benches, shards, srun, top, pairs, ths)
     per = refresh_splits(ws, opts)

@@ -268,3 +268,34 @@ def test_embed_on_ray_matches_local(ray_session, tmp_path):
         assert {k: done_info(got, s)[k] for k in keep} == {k: done_info(want, s)[k] for k in keep}
     assert done_info(got, "00001")["n_bad"] == 1
     assert (got / SUCCESS).exists()
+
+
+def test_overlap_on_ray_gives_the_same_pairs_and_splits(ray_session, tmp_path):
+    import pyarrow.parquet as pq
+
+    from _overlap_helpers import TAG, make_workspace
+    from pipeline import overlap
+    from pipeline.workspace import Workspace
+
+    plants = [("cifar10", 0, 0, 3, 0.97), ("cifar10", 1, 2, 5, 0.9), ("stl10", 2, 1, 7, 0.96), ("stl10", 3, 3, 0, 0.88)]
+    got = {}
+    for name, ex in (("local", None), ("ray", get_executor("ray"))):
+        ws = Workspace(tmp_path / name)
+        make_workspace(ws.root, shards=4, per_shard=60, plants=plants)
+        # An exact tie across shards: pool row 0/3 copied into shard 2 row 9; rank breaks it by position.
+        pool = ws.path("embed", TAG, "pool")
+        x0, x2 = np.load(pool / "00000.npy"), np.load(pool / "00002.npy")
+        x2[9] = x0[3]
+        np.save(pool / "00002.npy", x2)
+        res = overlap.run(ws, {"k": 3}, executor=ex)
+        got[name] = (res, {n: pq.read_table(ws.path("overlap", f"{n}.parquet")).to_pylist()
+                           for n in ("pairs", "splits", "decontam", "review_queue", "neighbors")})
+    (res_l, want), (res_r, have) = got["local"], got["ray"]
+    for n in want:
+        assert have[n] == want[n], n
+    tied = [p for p in want["pairs"] if p["benchmark"] == "cifar10" and p["bench_index"] == 0]
+    assert len(tied) == 2 and sorted(p["rank"] for p in tied) == [1, 2]
+    assert res_r.search["pairs_scored"] == res_l.search["pairs_scored"]
+    # The stage's own resume point: a rerun finds every shard searched and searches none.
+    again = overlap.run(Workspace(tmp_path / "ray"), {"k": 3}, executor=get_executor("ray"))
+    assert again.search["shards_searched"] == 0
