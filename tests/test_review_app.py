@@ -55,6 +55,7 @@ def log_decisions(ws):
     return [(r["decision"], r["pair_id"]) for r in decisions.load(ws)[0]]
 
 
+@pytest.mark.slow
 def test_every_key(rws):
     async def run():
         app = make_app(rws)
