@@ -38,6 +38,7 @@ app = typer.Typer(
 COMMAND_MODULES: list[str] = [
     "core",
     "queries",
+    "download",
     "bench",
     "embed",
     "detector",

@@ -63,6 +63,7 @@ DEFAULTS = {
     "resize_mode": "border",
     "resize_only_if_bigger": False,
     "encode_quality": 95,
+    "skip_reencode": False,
     "processes": 0,
     "threads": 64,
     "samples_per_shard": 10000,
@@ -87,6 +88,7 @@ DOCS = {
     "resize_mode": "img2dataset resize_mode: no, keep_ratio, center_crop, border, keep_ratio_largest",
     "resize_only_if_bigger": "img2dataset resize_only_if_bigger",
     "encode_quality": "JPEG quality of the stored images",
+    "skip_reencode": "img2dataset skip_reencode: keep a JPEG's own bytes when it needs no resize",
     "processes": "img2dataset processes_count (0 = one per CPU core, at most one per pending shard)",
     "threads": "img2dataset thread_count: concurrent fetches per process",
     "samples_per_shard": "input rows per pool shard",
@@ -573,6 +575,27 @@ class _NoLogger:
         pass
 
 
+def _worker_init() -> None:
+    """Start of every img2dataset pool worker: die with the runner, and skip importing torch."""
+    _set_pdeathsig()
+    sys.modules.setdefault("torch", None)  # see _runner_main
+
+
+def _pool_distributor(processes_count, downloader, reader, subjob_size, max_shard_retry):
+    """img2dataset's multiprocessing_distributor, with a worker initializer (_worker_init)."""
+    from multiprocessing import get_context
+
+    from img2dataset.distributor import retrier
+
+    with get_context("spawn").Pool(processes_count, maxtasksperchild=5, initializer=_worker_init) as pool:
+        def run(gen):
+            return [row for ok, row in pool.imap_unordered(downloader, gen) if ok is False]
+
+        retrier(run, run(reader), max_shard_retry)
+        pool.terminate()
+        pool.join()
+
+
 def _inline_distributor(processes_count, downloader, reader, subjob_size, max_shard_retry):
     """processes == 1: run img2dataset's Downloader in the runner itself (saves spawning a pool)."""
     failed = [row for row in reader if not downloader(row)[0]]
@@ -592,13 +615,16 @@ def _runner_main(job_file: str) -> None:
     # Second line of defence against bombs in formats PIL does not parse: OpenCV's own limit.
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(int(min(job["max_area"], 2 ** 62)))
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
+    # img2dataset's writer imports webdataset, which imports torch only to offer a DataLoader; nothing
+    # here needs it, and it is a third of the start-up time. A None entry makes `import torch` fail
+    # fast, and webdataset then falls back to its stand-ins.
+    sys.modules.setdefault("torch", None)
     import img2dataset  # noqa: F401  (the package re-exports a function named `main`: take the module)
 
     i2d_main = sys.modules["img2dataset.main"]
     i2d_main.WebDatasetSampleWriter = _HookedWriter
     i2d_main.LoggerProcess = _NoLogger
-    if job["inline"]:
-        i2d_main.multiprocessing_distributor = _inline_distributor
+    i2d_main.multiprocessing_distributor = _inline_distributor if job["inline"] else _pool_distributor
     i2d_main.download(**job["kwargs"])
     sys.stdout.flush()
     sys.stderr.flush()
@@ -721,6 +747,7 @@ def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.P
         save_additional_columns=["uid", "query_ids"], output_folder=str(out_dir), output_format="webdataset",
         image_size=int(conf["image_size"]), resize_mode=conf["resize_mode"],
         resize_only_if_bigger=bool(conf["resize_only_if_bigger"]), encode_quality=int(conf["encode_quality"]),
+        skip_reencode=bool(conf["skip_reencode"]),
         encode_format="jpg", processes_count=processes, thread_count=int(conf["threads"]),
         number_sample_per_shard=sps, timeout=float(conf["timeout"]), retries=int(conf["retries"]),
         min_image_size=int(conf["min_image_size"]), max_image_area=float(conf["max_image_area"]),

@@ -6,7 +6,7 @@ every failure the web can throw at a crawler. It counts each request by path and
         srv.hits["/img/3.jpg"]     # requests served for that path
 
 Routes (``expected`` gives the reason clipcurate must report for each failure route):
-/img/{i}.jpg  /img/{i}.png   ok images (pipeline.synth, 64 px, seeded by i)
+/img/{i}.jpg  /img/{i}.png   ok images (pipeline.synth, 64 px, seeded by i; ``image_delay`` s late)
 /404 /500                    HTTP errors
 /slow                        sleeps ``slow_seconds`` before answering (→ timeout)
 /trickle                     headers, then one byte every 0.1 s forever (→ fetch deadline)
@@ -14,6 +14,7 @@ Routes (``expected`` gives the reason clipcurate must report for each failure ro
 /not-an-image                an HTML page served as image/jpeg
 /truncated.jpg               the first half of a JPEG, with a matching Content-Length
 /short-body                  Content-Length 5000, 100 bytes, then the connection closes
+/trickle-headers             one header line every 0.1 s forever (→ fetch deadline)
 /huge-length                 Content-Length: 10^12, then a slow trickle
 /endless                     no Content-Length, 64 KiB chunks forever
 /redirect-private            302 to http://127.0.0.1:PORT/redirect-target.jpg
@@ -38,6 +39,7 @@ EXPECTED = {
     "/500": ("failed", "HTTP 500"),
     "/slow": ("failed", "timeout"),
     "/trickle": ("failed", "too slow (fetch deadline)"),
+    "/trickle-headers": ("failed", "too slow (fetch deadline)"),
     "/bomb.png": ("failed", "image too large (pixels)"),
     "/not-an-image": ("failed", "not an image"),
     "/truncated.jpg": ("failed", "truncated image"),
@@ -87,6 +89,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 stem, _, ext = name.partition(".")
                 if not stem.isdigit() or ext not in ("jpg", "png"):
                     return self._send(404, b"no", "text/plain")
+                if srv.image_delay:
+                    time.sleep(srv.image_delay)
                 return self._send(200, srv.image(int(stem), ext), "image/" + ("jpeg" if ext == "jpg" else "png"))
             if path == "/404":
                 return self._send(404, b"not found", "text/plain")
@@ -103,6 +107,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.flush()
                 for _ in range(int(srv.trickle_seconds / 0.1)):
                     self.wfile.write(b"\xff")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                return
+            if path == "/trickle-headers":
+                self.wfile.write(b"HTTP/1.0 200 OK\r\n")
+                for i in range(int(srv.trickle_seconds / 0.1)):
+                    self.wfile.write(b"X-Slow-%d: y\r\n" % i)
                     self.wfile.flush()
                     time.sleep(0.1)
                 return
@@ -157,7 +168,8 @@ class ImageServer:
     """Threaded loopback HTTP server; ``ipv6=True`` also listens on [::1] (same port when free)."""
 
     def __init__(self, slow_seconds: float = 6.0, trickle_seconds: float = 30.0, ipv6: bool = False,
-                 image_size: int = 64):
+                 image_size: int = 64, image_delay: float = 0.0):
+        self.image_delay = image_delay
         self.slow_seconds = slow_seconds
         self.trickle_seconds = trickle_seconds
         self.image_size = image_size

@@ -1,0 +1,72 @@
+"""`clipcurate download`: parse options, call pipeline.download."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import List, Optional
+
+import typer
+
+from .state import state
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def download(
+    input_file: Optional[str] = typer.Option(
+        None, "--input", "-i", help="Parquet/CSV/TSV/JSONL of url + caption (default: candidates/candidates.parquet)."),
+    url_col: Optional[str] = typer.Option(None, "--url-col", help="Input column with the url [config: url]."),
+    caption_col: Optional[str] = typer.Option(None, "--caption-col", help="Input column with the caption [config: caption]."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Side of the stored images in pixels [256]."),
+    resize_mode: Optional[str] = typer.Option(
+        None, "--resize-mode", help="no, keep_ratio, center_crop, border or keep_ratio_largest [border]."),
+    skip_reencode: Optional[bool] = typer.Option(
+        None, "--skip-reencode/--reencode", help="Keep a JPEG's own bytes when no resize is needed [reencode]."),
+    processes: Optional[int] = typer.Option(None, "--processes", help="img2dataset processes (0 = one per core) [0]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Concurrent fetches per process [64]."),
+    samples_per_shard: Optional[int] = typer.Option(None, "--samples-per-shard", help="Input rows per shard [10000]."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds for a connect or one read [10]."),
+    retries: Optional[int] = typer.Option(None, "--retries", help="Retries per url [0]."),
+    fetch_deadline: Optional[float] = typer.Option(
+        None, "--fetch-deadline", help="Seconds a whole fetch may take (stops tricklers) [30]."),
+    max_image_area: Optional[int] = typer.Option(
+        None, "--max-image-area", help="Largest width*height, checked before decoding [89478485]."),
+    distributor: Optional[str] = typer.Option(None, "--distributor", help="img2dataset distributor [multiprocessing]."),
+    allow_private: Optional[bool] = typer.Option(
+        None, "--allow-private/--no-allow-private",
+        help="Fetch from loopback, private, link-local and reserved addresses (refused by default)."),
+    allow_host: Optional[List[str]] = typer.Option(
+        None, "--allow-host", metavar="HOST", help="Host name exempt from the address check (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Start the pool over (delete pool/ and download again)."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="Summary as table, csv or json."),
+):
+    """Download the candidates with img2dataset into webdataset shards + the pool manifest.
+
+    \b
+    Example:  clipcurate -w ./workspace download --processes 4 --threads 64 --image-size 256
+    """
+    from pipeline.download import download as run
+
+    from .app import echo_table
+
+    ws = state.ws(create=True)
+    cfg = state.config(ws).get("download", {
+        "url_col": url_col, "caption_col": caption_col, "image_size": image_size, "resize_mode": resize_mode,
+        "skip_reencode": skip_reencode,
+        "processes": processes, "threads": threads, "samples_per_shard": samples_per_shard,
+        "timeout": timeout, "retries": retries, "fetch_deadline": fetch_deadline,
+        "max_image_area": max_image_area, "distributor": distributor, "allow_private": allow_private,
+        "allow_hosts": list(allow_host) if allow_host else None})
+    res = run(ws, input_file, cfg=cfg, force=force)
+    c = res.counts
+    rows = [[s, c.get(s, 0)] for s in ("success", "failed", "refused")] + [["total", c.get("rows", 0)]]
+    echo_table(["status", "rows"], rows, fmt.value,
+               title=f"pool: {res.shards_total} shards ({res.shards_skipped} already done)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("download")(download)
