@@ -388,10 +388,12 @@ def plan(ws: Workspace, input_path=None, conf: dict | None = None, force: bool =
         if old.get("fingerprint") == fp:
             return old["shards"]
         done = [s for s in old.get("shards", []) if is_done(folder, s)]
-        if done:
-            raise ClipcurateError(
-                f"pool/ holds {len(done)} shards downloaded from another input (or samples_per_shard); "
-                f"rerun with --force to start the pool over")
+    else:
+        done = [] if force else sorted(folder.glob("*.done"))  # e.g. shards written by write_pool_shard
+    if done and not force:
+        raise ClipcurateError(
+            f"pool/ holds {len(done)} shards downloaded from another input (or samples_per_shard); "
+            f"rerun with --force to start the pool over")
     if folder.exists():
         shutil.rmtree(folder)
     shards = shard_names(tbl.num_rows, sps)

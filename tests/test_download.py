@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +167,11 @@ def test_changed_input_needs_force(ws, tmp_path):
         dl.plan(ws, tmp_path / "b.parquet", {"samples_per_shard": 2})
     assert dl.plan(ws, tmp_path / "b.parquet", {"samples_per_shard": 2}, force=True) == shards
     assert not (ws.root / "pool" / "00000.done").exists()
+    # a pool written without a plan (write_pool_shard) is not silently replaced either
+    shutil.rmtree(ws.root / "pool")
+    dl.write_pool_shard(ws, "00000", [{"url": "http://example.com/z.jpg", "caption": "z"}])
+    with pytest.raises(ClipcurateError, match="--force"):
+        dl.plan(ws, tmp_path / "a.parquet", {"samples_per_shard": 2})
 
 
 def _runner_pids(marker: str) -> list[int]:
