@@ -603,27 +603,33 @@ def bench_image_stats(ws: Workspace, name: str, wanted: set[int]) -> dict[int, d
 
 
 def pool_image_stats(ws: Workspace, uids: set[str]) -> dict[str, dict]:
-    """uid → image stats for pool images (pool manifest → shard tar member), when they exist."""
-    if not uids:
+    """uid → image stats for pool images: the ``pool`` manifest gives shard and key, the image is
+    ``{key}.jpg`` (or .png/.webp) in ``pool/shards/{shard}.tar`` (read by offset)."""
+    files = sorted((ws.root / "pool" / "manifest").glob("*.parquet"))
+    if not uids or not files:
         return {}
-    try:
-        from .imageload import PoolStore
-    except ImportError:  # pragma: no cover
-        return {}
-    store = PoolStore(ws)
+    from .imageload import TarIndex
+
+    where: dict[str, list[tuple[str, str]]] = {}
+    for f in files:
+        try:
+            t = pq.read_table(f, columns=["uid", "shard", "key", "status"])
+        except Exception:  # unreadable manifest: the pool side is simply not checked
+            continue
+        for uid, shard, key, status in zip(*(t.column(c).to_pylist() for c in ("uid", "shard", "key", "status"))):
+            if uid in uids and status == "success":
+                where.setdefault(shard, []).append((uid, key))
     out = {}
-    rows = store._index()
-    for uid in uids:
-        if uid not in rows:
+    for shard, items in sorted(where.items()):
+        path = ws.root / "pool" / "shards" / f"{shard}.tar"
+        if not path.is_file():
             continue
-        _, _, shard, key = rows[uid]
-        tar = store._tar(shard)
-        if tar is None:
-            continue
-        data = next((d for d in (tar.read(f"{key}{e}") for e in (".jpg", ".jpeg", ".png", ".webp")) if d), None)
-        st = image_stats(data)
-        if st is not None:
-            out[uid] = st
+        tar = TarIndex(path)
+        for uid, key in items:
+            data = next((d for d in (tar.read(f"{key}{e}") for e in (".jpg", ".jpeg", ".png", ".webp")) if d), None)
+            st = image_stats(data)
+            if st is not None:
+                out[uid] = st
     return out
 
 

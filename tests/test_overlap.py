@@ -177,8 +177,15 @@ def test_degenerate_matches_have_their_own_reason_and_diagnostics(ws, cli):
 
     from pipeline.synth import make_image
 
+    from _overlap_helpers import pool_uid
+    from pipeline.download import write_pool_shard as write_downloaded
+
     make_workspace(ws.root, plants=[("cifar10", 0, 0, 0, 0.99), ("cifar10", 1, 0, 1, 0.99),
-                                    ("cifar10", 2, 0, 2, 0.99)])
+                                    ("cifar10", 2, 0, 2, 0.99), ("cifar10", 3, 0, 3, 0.99)])
+    # the downloaded pool images of rows 0-3 of shard 00000: row 3 is a flat grey frame
+    write_downloaded(ws, "00000", [{"url": f"http://x/{r}.jpg", "caption": "c", "uid": pool_uid("00000", r),
+                                    "image": Image.new("RGB", (64, 64), (128, 128, 128)) if r == 3
+                                    else make_image(r, r, "photo")} for r in range(4)])
     imgs = [make_image(i % 10, i, "bench") for i in range(40)]
     imgs[0] = Image.new("RGB", (64, 64), (3, 3, 3))  # a black frame
     imgs[1] = make_image(1, 1, "bench").resize((8, 8))  # tiny
@@ -188,12 +195,13 @@ def test_degenerate_matches_have_their_own_reason_and_diagnostics(ws, cli):
     assert pairs[0]["decision"] == "degenerate" and "near-constant" in pairs[0]["reason"]
     assert pairs[1]["decision"] == "degenerate" and "tiny" in pairs[1]["reason"]
     assert pairs[2]["decision"] == "overlap"
+    assert pairs[3]["decision"] == "degenerate" and pairs[3]["reason"].startswith("pool image near-constant")
     splits = {(s["benchmark"], s["bench_index"]): s for s in _table(ws, "splits")}
     assert splits[("cifar10", 0)]["split"] == "clean" and "degenerate" in splits[("cifar10", 0)]["reason"]
     assert splits[("cifar10", 2)]["split"] == "overlap"
-    assert {r["bench_index"] for r in _table(ws, "review_queue")} == {0, 1}  # shown, not silently counted
+    assert {r["bench_index"] for r in _table(ws, "review_queue")} == {0, 1, 3}  # shown, not silently counted
     diag = json.loads((ws.root / "overlap" / "diagnostics.json").read_text())["cifar10"]
-    assert diag["pairs"]["degenerate"] == 2 and diag["degenerate_samples"] == 2
+    assert diag["pairs"]["degenerate"] == 3 and diag["degenerate_samples"] == 3
     assert diag["n_overlap"] == 1
     assert "note" in diag["class_chi2"] or "p_value" in diag["class_chi2"]
     assert diag["images_overlap"]["measured"] == 1 and diag["images_clean"]["measured"] == 39
