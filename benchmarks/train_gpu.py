@@ -62,6 +62,42 @@ def _shard(args):
     return n
 
 
+def _memory_probe(model_name: str, batch: int, device: str, steps: int = 3) -> dict:
+    """Peak GPU memory and step time of `batch` ViT-B-32 training steps at AMP (the recipe's batch)."""
+    import open_clip
+    import torch
+    from open_clip.loss import ClipLoss
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    model = open_clip.create_model(model_name, device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.2)
+    scaler = torch.amp.GradScaler(device="cuda")
+    loss_fn = ClipLoss()
+    size = model.visual.image_size
+    size = size if isinstance(size, (tuple, list)) else (size, size)
+    x = torch.randn(batch, 3, *size, device=device)
+    t = torch.randint(0, 49408, (batch, 77), device=device)
+    times = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        s = time.time()
+        with torch.autocast("cuda", dtype=torch.float16):
+            f_i, f_t, scale = model(x, t)
+            loss = loss_fn(f_i, f_t, scale)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        torch.cuda.synchronize()
+        times.append(time.time() - s)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del model, opt, x, t
+    torch.cuda.empty_cache()
+    return {"batch": batch, "peak_gib": round(peak, 1), "step_s": round(min(times), 3),
+            "samples_per_s": round(batch / min(times), 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/train_gpu"))
@@ -74,6 +110,7 @@ def main() -> None:
     ap.add_argument("--precision", default="amp")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--small", action="store_true", help="tiny model, 256 samples at 32 px")
+    ap.add_argument("--probe-batch", type=int, default=4096, help="recipe batch for the memory probe (0: skip)")
     a = ap.parse_args()
     if a.small:
         a.samples, a.size, a.model, a.batch_size, a.workers, a.precision = 256, 32, "clipcurate-tiny", 32, 2, "fp32"
@@ -93,6 +130,8 @@ def main() -> None:
         from pipeline.workspace import Workspace
 
         ws = Workspace(work / "ws").create()
+        if a.device.startswith("cuda") and a.probe_batch:
+            res["recipe_batch_probe"] = _memory_probe(a.model, a.probe_batch, a.device)
 
         # 1. a synthetic pool, 1024 samples per shard, made in parallel
         per = 1024 if not a.small else 64
