@@ -6,6 +6,8 @@ from typing import List, Optional
 
 import typer
 
+from pipeline.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
+
 from .state import state
 
 
@@ -24,6 +26,8 @@ def embed(
     detector: Optional[str] = typer.Option(
         None, "--detector", help="Write copy-detector descriptors instead (detector.pt or its run folder)."),
     force: bool = typer.Option(False, "--force", help="Redo shards and benchmarks that are already done."),
+    executor: Optional[Kind] = typer.Option(None, "--executor", help=EXECUTOR_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ):
     """Embed pool shards and benchmarks with an open_clip model (resumable per shard).
 
@@ -45,16 +49,21 @@ def embed(
         pool = any(ws.path("pool", "shards").glob("*.tar")) or names == [] or not list_benchmarks(ws)
     if not pool and names == []:
         raise typer.BadParameter("--no-pool with --no-benchmarks leaves nothing to embed")
+    from pipeline.executor import from_config
+
+    ex = from_config(state.config(ws), executor, ray_address)  # --executor ray: pool shards on Ray actors
     if detector:
         from pipeline.models import resolve_device
 
         enc = emb.load_encoder("detector", detector)
         tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=resolve_device(cfg["device"]),
-                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force)
+                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force, executor=ex)
     else:
-        enc = emb.clip_encoder(ModelSpec(cfg["model"], cfg["pretrained"] or None), cfg["device"], cfg["precision"])
+        spec = ModelSpec(cfg["model"], cfg["pretrained"] or None)
+        enc = emb.clip_encoder(spec, cfg["device"], cfg["precision"])
         tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=enc.device,
-                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force)
+                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force, executor=ex,
+                               encoder_factory=lambda: emb.clip_encoder(spec, cfg["device"], cfg["precision"]))
     out(tag)
 
 

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from pipeline.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
+
 from .core import Format
 from .state import state
 
@@ -22,7 +24,7 @@ overlap_app = typer.Typer(
     invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None)
 
 
-def _run(model_tag, k, high, low, backend, force, fmt):
+def _run(model_tag, k, high, low, backend, force, fmt, executor=None, ray_address=None):
     from pipeline import overlap
 
     from .app import echo_table
@@ -31,7 +33,9 @@ def _run(model_tag, k, high, low, backend, force, fmt):
     cfg = state.config(ws)
     overrides = {"model_tag": model_tag, "k": k, "high": high, "low": low,
                  "backend": backend.value if backend else None}
-    res = overlap.run(ws, overrides, force=force, cfg=cfg)
+    from pipeline.executor import from_config
+
+    res = overlap.run(ws, overrides, force=force, cfg=cfg, executor=from_config(cfg, executor, ray_address))
     s = res.search
     from pipeline.console import log
 
@@ -50,6 +54,8 @@ def _options_doc():
         low=typer.Option(None, "--low", help="CLIP cosine for the review band and search floor [config: 0.85]."),
         backend=typer.Option(None, "--backend", help="Search backend [config: auto = torch on CUDA, else numpy]."),
         force=typer.Option(False, "--force", help="Search again even if a finished search matches."),
+        executor=typer.Option(None, "--executor", help=EXECUTOR_HELP),
+        ray_address=typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     )
 
 
@@ -66,6 +72,8 @@ def overlap_callback(
     backend: Optional[Backend] = _O["backend"],
     force: bool = _O["force"],
     fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json."),
+    executor: Optional[Kind] = _O["executor"],
+    ray_address: Optional[str] = _O["ray_address"],
 ):
     """Search the pool for copies of benchmark samples; write pairs, splits, decontam, review queue.
 
@@ -73,7 +81,7 @@ def overlap_callback(
     Example:  clipcurate overlap --k 10 --high 0.95 --low 0.85
     """
     if ctx.invoked_subcommand is None:
-        _run(model_tag, k, high, low, backend, force, fmt)
+        _run(model_tag, k, high, low, backend, force, fmt, executor, ray_address)
 
 
 @overlap_app.command("run")
@@ -85,13 +93,15 @@ def run_cmd(
     backend: Optional[Backend] = _O["backend"],
     force: bool = _O["force"],
     fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json."),
+    executor: Optional[Kind] = _O["executor"],
+    ray_address: Optional[str] = _O["ray_address"],
 ):
     """Same as `clipcurate overlap`: search, decide, split, diagnose.
 
     \b
     Example:  clipcurate overlap run --model-tag ViT-B-32__laion2b_s34b_b79k --force
     """
-    _run(model_tag, k, high, low, backend, force, fmt)
+    _run(model_tag, k, high, low, backend, force, fmt, executor, ray_address)
 
 
 @overlap_app.command("refresh")

@@ -26,6 +26,7 @@ FUSE-mounted bucket), and clipcurate must be installed in the cluster's Python (
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import logging
 import sys
@@ -42,6 +43,18 @@ from .stage import PLAN, SUCCESS, Stage, StageResult, done_info, is_done, mark_d
 
 KINDS = ("local", "ray")
 
+
+class Kind(str, enum.Enum):
+    """``--executor`` values (an Enum so that Typer rejects others as a usage error)."""
+
+    local = "local"
+    ray = "ray"
+
+
+# The help of the two options every sharded command takes (download, embed, overlap).
+EXECUTOR_HELP = "Where the per-shard work runs: local (this process) or ray (Ray tasks/actors) [config: local]."
+RAY_ADDRESS_HELP = "Ray cluster for --executor ray (auto, host:6379, ray://head:10001) [RAY_ADDRESS, else start a local Ray]."
+
 # `[executor]` in clipcurate.toml (or CLIPCURATE_EXECUTOR__KIND=ray ...) sets the default for every
 # stage that takes --executor; the command-line options win.
 DEFAULTS = {"kind": "local", "ray_address": "", "num_cpus": 0, "gpus_per_task": "auto"}
@@ -56,6 +69,7 @@ config.section("executor", DEFAULTS, DOCS)
 
 def from_config(cfg: "config.Config", kind: str | None = None, address: str | None = None) -> "Executor":
     """The executor for a command: ``--executor``/``--ray-address`` > env > [executor] > local."""
+    kind = kind.value if isinstance(kind, Kind) else kind
     sec = cfg.get("executor", {"kind": kind, "ray_address": address})
     gpus = str(sec["gpus_per_task"]).strip().lower()
     try:

@@ -299,3 +299,17 @@ def test_overlap_on_ray_gives_the_same_pairs_and_splits(ray_session, tmp_path):
     # The stage's own resume point: a rerun finds every shard searched and searches none.
     again = overlap.run(Workspace(tmp_path / "ray"), {"k": 3}, executor=get_executor("ray"))
     assert again.search["shards_searched"] == 0
+
+
+def test_overlap_cli_with_executor_ray(ray_session, ws, cli, tmp_path):
+    from _overlap_helpers import make_workspace
+
+    plants = [("cifar10", 0, 0, 3, 0.97), ("stl10", 2, 1, 7, 0.9)]
+    local = tmp_path / "local"
+    for root in (ws.root, local):
+        make_workspace(root, shards=3, per_shard=40, plants=plants)
+    r_ray = cli("-w", ws.root, "overlap", "--executor", "ray", "--format", "json")
+    r_local = cli("-w", local, "overlap", "--format", "json")
+    assert r_ray.code == 0 and r_local.code == 0, r_ray.err
+    assert r_ray.out == r_local.out and '"n_overlap": 1' in r_ray.out
+    assert (ws.root / "overlap" / "search" / "ray_topk" / "00002.done").exists()  # it did run on Ray
