@@ -238,7 +238,7 @@ def thresholds_for(cfg: dict, benchmark: str) -> dict[str, tuple[float, float]]:
 
 def decide(row: dict, th: dict[str, tuple[float, float]]) -> tuple[str, str]:
     """(decision, reason) for one pair from its signal columns (before the degenerate check)."""
-    votes, why = [], []
+    votes, why, named = [], [], {}
     for name, sig in SIGNALS.items():
         v = row.get(sig.column)
         hi, lo = th[name]
@@ -246,6 +246,7 @@ def decide(row: dict, th: dict[str, tuple[float, float]]) -> tuple[str, str]:
         if vote is None:
             continue
         votes.append(vote)
+        named[name] = vote
         op = (">=" if vote == "overlap" else "in band" if vote == "review" else "<") if sig.higher_is_better else \
              ("<=" if vote == "overlap" else "in band" if vote == "review" else ">")
         ref = hi if vote == "overlap" else f"[{lo}, {hi})" if vote == "review" else lo
@@ -253,6 +254,15 @@ def decide(row: dict, th: dict[str, tuple[float, float]]) -> tuple[str, str]:
             ref = f"({hi}, {lo}]"
         val = f"{v:.3f}" if isinstance(v, float) else str(v)
         why.append(f"{name} {val} {op} {ref}")
+    if named.get("detector") is not None:  # the copy detector scored it: its rule (pipeline.signals, docs/detector.md)
+        from .signals import detector_rule
+
+        return detector_rule(named), "; ".join(why)
+    # Hashes, keypoints and caption text can confirm a copy but never veto one: a heavy App. C copy
+    # has a far pHash and few inliers (pipeline.signals.CONFIRM_ONLY).
+    from .signals import CONFIRM_ONLY
+
+    votes = [v for n, v in named.items() if not (v == "clean" and n in CONFIRM_ONLY)]
     return combine(votes), "; ".join(why) or "no signal"
 
 
@@ -457,8 +467,7 @@ class SearchRun:
         sfile = self.sdir / "state.npz"
         if sfile.is_file():
             with np.load(sfile, allow_pickle=False) as z:
-                searcher.top.scores[:] = z["scores"]
-                searcher.top.pos[:] = z["pos"]
+                searcher.set_top(z["scores"], z["pos"])
                 folded = [str(s) for s in z["folded"]]
         done = set(folded)
         todo = [i for i, s in enumerate(self.shards) if s.name not in done]
@@ -502,7 +511,8 @@ class SearchRun:
         parts = [_read_part(self.sdir / "pairs" / f"{s.name}.parquet") for s in self.shards]
         pairs = Pairs.concat(parts)
         # filter to this run's k and floors (the state may come from a wider search)
-        top = TopK(searcher.top.scores[:, :self.k].copy(), searcher.top.pos[:, :self.k].copy())
+        final = searcher.top
+        top = TopK(final.scores[:, :self.k].copy(), final.pos[:, :self.k].copy())
         floor_now = np.concatenate([np.full(len(b.vectors), self.floors[b.name], np.float32) for b in self.benches])
         keep = pairs.score >= floor_now[pairs.query]
         pairs = Pairs(pairs.query[keep], pairs.pos[keep], pairs.score[keep])
@@ -750,23 +760,33 @@ def _write_outputs(ws, opts, tag, benches, shards, srun: SearchRun, top: TopK, p
     bidx = all_index[q]
     buid = all_uid[q]
 
-    # image statistics for the degenerate check (benchmark side always, pool side when the tars exist)
-    bstats = {b.name: bench_image_stats(ws, b.name, set(bidx[bname == b.name].tolist())) for b in benches}
-    pstats = pool_image_stats(ws, set(puid.tolist()))
     rows = []
     for i in range(len(q)):
-        r = {"pair_id": dec.pair_id(puid[i], bname[i], int(bidx[i])), "pool_uid": puid[i], "benchmark": bname[i],
-             "bench_index": int(bidx[i]), "bench_uid": buid[i], "score_clip": float(score[i]),
-             "score_detector": None, "phash_dist": None, "dhash_dist": None, "kp_inliers": None, "text_sim": None,
-             "rank": prank[i]}
-        decision, reason = decide(r, ths[bname[i]])
+        rows.append({"pair_id": dec.pair_id(puid[i], bname[i], int(bidx[i])), "pool_uid": puid[i], "benchmark": bname[i],
+                     "bench_index": int(bidx[i]), "bench_uid": buid[i], "score_clip": float(score[i]),
+                     "score_detector": None, "phash_dist": None, "dhash_dist": None, "kp_inliers": None,
+                     "text_sim": None, "rank": prank[i]})
+    # the other signals (detector, hashes, keypoints, captions) and the pairs only the detector or
+    # the captions propose (pipeline.signals)
+    from .signals import fill_pair_signals
+
+    n_search = len(rows)
+    rows = fill_pair_signals(ws, tag, rows, ths)
+    if len(rows) > n_search:  # added pairs: back to the order benchmark, index, CLIP score desc
+        rows.sort(key=lambda r: (r["benchmark"], r["bench_index"], -(r["score_clip"] if r["score_clip"] is not None
+                                                                     else -9.0), r["pool_uid"]))
+    # image statistics for the degenerate check (benchmark side always, pool side when the tars exist)
+    bstats = {b.name: bench_image_stats(ws, b.name, {r["bench_index"] for r in rows if r["benchmark"] == b.name})
+              for b in benches}
+    pstats = pool_image_stats(ws, {r["pool_uid"] for r in rows})
+    for r in rows:
+        decision, reason = decide(r, ths[r["benchmark"]])
         if decision != "clean":
-            deg = (degenerate_reason(bstats[bname[i]].get(int(bidx[i])), opts, "benchmark")
-                   or degenerate_reason(pstats.get(puid[i]), opts, "pool"))
+            deg = (degenerate_reason(bstats[r["benchmark"]].get(int(r["bench_index"])), opts, "benchmark")
+                   or degenerate_reason(pstats.get(r["pool_uid"]), opts, "pool"))
             if deg:
                 decision, reason = "degenerate", f"{deg}; {reason}"
         r["decision"], r["reason"] = decision, reason
-        rows.append(r)
     mf.write("pairs", rows, folder / "pairs.parquet")
     write_review_queue(ws, rows)
     write_json(folder / "run.json", {"model_tag": tag, "k": int(opts["k"]),

@@ -42,6 +42,7 @@ Backends (same algorithm, same results up to float32 summation order):
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Iterable
 
 import numpy as np
@@ -192,6 +193,39 @@ def _dense_candidates(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.divmod(np.flatnonzero(S >= kth[:, None]), n)
 
 
+_POOL = None
+
+
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _ge_rows(S: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of ``S >= thr[row]``. The matmul uses every core (BLAS) but a numpy ufunc only
+    one, so on a many-core box the mask would cost more than the product: split the rows over a
+    thread pool (numpy releases the GIL in the comparison and in flatnonzero)."""
+    global _POOL
+    m, n = S.shape
+    t = _threads()
+    if t == 1 or S.size < (1 << 22):
+        return np.divmod(np.flatnonzero(S >= thr[:, None]), n)
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(t, thread_name_prefix="search-mask")
+    bounds = np.linspace(0, m, min(t, m) + 1).astype(int)
+
+    def work(a: int, b: int):
+        r, c = np.divmod(np.flatnonzero(S[a:b] >= thr[a:b, None]), n)
+        return r + a, c
+
+    parts = list(_POOL.map(lambda ab: work(*ab), zip(bounds[:-1], bounds[1:])))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 class Searcher:
     """Streaming exact search of a fixed query matrix against pool blocks given in pool order.
 
@@ -209,7 +243,7 @@ class Searcher:
         self.q = np.ascontiguousarray(queries, dtype=np.float32)
         self.m, self.d = self.q.shape
         self.floor = np.broadcast_to(np.asarray(floor, np.float32), (self.m,)).copy()
-        self.top = TopK.empty(self.m, k)
+        self._top = TopK.empty(self.m, k)
         self.k = k
         self.pairs_scored = 0
         if self.backend == "torch":
@@ -221,9 +255,27 @@ class Searcher:
             # float16 copies on the GPU (exact: the embeddings are stored as float16)
             self.q_dev = torch.from_numpy(self.q).to(self.device, torch.float16 if self.on_gpu else torch.float32)
             self.floor_dev = torch.from_numpy(self.floor).to(self.device)
+            # the running top-k lives on the device; :attr:`top` copies it out
+            self.top_s = torch.from_numpy(self._top.scores).to(self.device)
+            self.top_p = torch.from_numpy(self._top.pos).to(self.device)
             self.block_elems = block_elems or (GPU_BLOCK if self.on_gpu else CPU_BLOCK)
         else:
             self.block_elems = block_elems or CPU_BLOCK
+
+    @property
+    def top(self) -> TopK:
+        """The running top-k (a host copy for the torch backend)."""
+        if self.backend == "torch":
+            return TopK(self.top_s.cpu().numpy().copy(), self.top_p.cpu().numpy().copy())
+        return self._top
+
+    def set_top(self, scores: np.ndarray, pos: np.ndarray) -> None:
+        """Restore a running top-k (a resume point)."""
+        self._top.scores[:] = scores
+        self._top.pos[:] = pos
+        if self.backend == "torch":
+            self.top_s.copy_(self.torch.from_numpy(self._top.scores))
+            self.top_p.copy_(self.torch.from_numpy(self._top.pos))
 
     # -- one pool shard ---------------------------------------------------------------------
     def add(self, x: np.ndarray, base_pos: int) -> Pairs:
@@ -257,10 +309,10 @@ class Searcher:
         in_range = s >= self.floor[rows]
         if in_range.any():
             out.append(Pairs(rows[in_range].astype(np.int64), pos[in_range], s[in_range].astype(np.float32)))
-        kth = self.top.scores[rows, -1]
-        better = (s > kth) | ((s == kth) & (pos < self.top.pos[rows, -1]))
+        kth = self._top.scores[rows, -1]
+        better = (s > kth) | ((s == kth) & (pos < self._top.pos[rows, -1]))
         if better.any():
-            merge_topk(self.top, None, rows[better], pos[better], s[better])
+            merge_topk(self._top, None, rows[better], pos[better], s[better])
 
     def _add_numpy(self, x: np.ndarray, base_pos: int) -> Pairs:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -272,7 +324,7 @@ class Searcher:
             for q0 in range(0, self.m, qb):
                 S = self.q[q0:q0 + qb] @ xb.T
                 ncol = S.shape[1]
-                not_full = np.flatnonzero(~np.isfinite(self.top.scores[q0:q0 + qb, -1]))
+                not_full = np.flatnonzero(~np.isfinite(self._top.scores[q0:q0 + qb, -1]))
                 if len(not_full):
                     # seed the running top-k of rows that have none yet from a prefix of the block
                     # (a dense argpartition over a few columns), so that the k-th best is finite
@@ -280,12 +332,11 @@ class Searcher:
                     pre = min(ncol, max(1024, 64 * self.k))
                     Sd = S[not_full, :pre]
                     r, c = _dense_candidates(Sd, self.k)
-                    merge_topk(self.top, None, q0 + not_full[r], base_pos + p0 + c, Sd[r, c])
+                    merge_topk(self._top, None, q0 + not_full[r], base_pos + p0 + c, Sd[r, c])
                 # one mask for both results: above the floor (b) or better than the k-th best (a)
-                thr = np.minimum(self.floor[q0:q0 + qb], self.top.scores[q0:q0 + qb, -1])
-                idx = np.flatnonzero(S >= thr[:, None])
-                r, c = np.divmod(idx, ncol)
-                self._fold(q0, None, r, c, S.ravel()[idx], base_pos + p0, out)
+                thr = np.minimum(self.floor[q0:q0 + qb], self._top.scores[q0:q0 + qb, -1])
+                r, c = _ge_rows(S, thr)
+                self._fold(q0, None, r, c, S[r, c], base_pos + p0, out)
         return Pairs.concat(out)
 
     def _mm(self, a, b):
@@ -308,6 +359,8 @@ class Searcher:
             torch.backends.cuda.matmul.allow_tf32 = prev
 
     def _add_torch(self, x: np.ndarray, base_pos: int) -> Pairs:
+        """Everything on the device: the product, the floor mask (b), the block's top-k and its
+        merge into the running top-k (a). Only the floor pairs (few) come back to the host."""
         torch = self.torch
         n = len(x)
         qb, pb = self._blocks(n)
@@ -318,28 +371,42 @@ class Searcher:
         if bool(bad.any()):
             check_vectors(x, "pool embeddings", self.d)
         out: list[Pairs] = []
+        k = self.k
         for p0 in range(0, n, pb):
             xb = xt[p0:p0 + pb]
+            ncol = xb.shape[0]
+            base = base_pos + p0
             for q0 in range(0, self.m, qb):
-                qd = self.q_dev[q0:q0 + qb]
-                S = self._mm(qd, xb)
-                kth_np = self.top.scores[q0:q0 + qb, -1]
-                kth = torch.from_numpy(kth_np).to(self.device)
-                floor = self.floor_dev[q0:q0 + qb]
-                thr = torch.minimum(floor, kth)
-                full = np.isfinite(kth_np)
-                if not full.all():
-                    # not-full rows: every column is a top-k candidate until k are seen; take the
-                    # block's top-k (+ ties at the k-th value) densely, on the device
-                    dense = torch.from_numpy(np.flatnonzero(~full)).to(self.device)
-                    Sd = S[dense]
-                    kk = min(self.k, Sd.shape[1])
-                    kth_d = torch.topk(Sd, kk, dim=1).values[:, -1]
-                    thr[dense] = torch.minimum(floor[dense], kth_d)
-                mask = S >= thr[:, None]
-                r, c = torch.nonzero(mask, as_tuple=True)
-                s = S[r, c]
-                self._fold(q0, None, r.cpu().numpy(), c.cpu().numpy(), s.cpu().numpy(), base_pos + p0, out)
+                S = self._mm(self.q_dev[q0:q0 + qb], xb)
+                q1 = q0 + S.shape[0]
+                # (b) every pair above the row's floor
+                r, c = torch.nonzero(S >= self.floor_dev[q0:q1, None], as_tuple=True)
+                if len(r):
+                    out.append(Pairs((q0 + r).cpu().numpy().astype(np.int64), base + c.cpu().numpy().astype(np.int64),
+                                     S[r, c].cpu().numpy().astype(np.float32)))
+                # (a) the block's top-k; one more to see a tie at the k-th value
+                kk = min(k + 1, ncol)
+                vals, idx = torch.topk(S, kk, dim=1)
+                if kk > k:
+                    tied = vals[:, k - 1] == vals[:, k]
+                    vals, idx = vals[:, :k], idx[:, :k]
+                    if bool(tied.any()):  # rare: exact copies at the boundary; redo those rows exactly
+                        vals, idx = vals.clone(), idx.clone()
+                        for row in torch.nonzero(tied).flatten().tolist():
+                            srow = S[row].cpu().numpy()
+                            cols = np.flatnonzero(srow >= srow[int(idx[row, k - 1])])
+                            best = cols[np.lexsort((cols, -srow[cols]))][:k]
+                            idx[row] = torch.from_numpy(best).to(idx)
+                            vals[row] = torch.from_numpy(srow[best]).to(vals)
+                # merge: running entries (lower positions) first, block entries in position order,
+                # then a stable sort by score: among equal scores the lower position stays first
+                idx, perm = torch.sort(idx, dim=1)
+                vals = torch.gather(vals, 1, perm)
+                cat_s = torch.cat([self.top_s[q0:q1], vals], dim=1)
+                cat_p = torch.cat([self.top_p[q0:q1], idx.to(torch.int64) + base], dim=1)
+                order = torch.sort(cat_s, dim=1, descending=True, stable=True).indices[:, :k]
+                self.top_s[q0:q1] = torch.gather(cat_s, 1, order)
+                self.top_p[q0:q1] = torch.gather(cat_p, 1, order)
         return Pairs.concat(out)
 
     def _add_faiss(self, x: np.ndarray, base_pos: int) -> Pairs:
@@ -363,9 +430,9 @@ class Searcher:
         if len(rr):
             out.append(Pairs(rr.astype(np.int64), base_pos + Ir.astype(np.int64), Dr.astype(np.float32)))
         pos = base_pos + cand_c.astype(np.int64)
-        kth = self.top.scores[cand_r, -1]
-        better = (cand_s > kth) | ((cand_s == kth) & (pos < self.top.pos[cand_r, -1]))
-        merge_topk(self.top, None, cand_r[better], pos[better], cand_s[better])
+        kth = self._top.scores[cand_r, -1]
+        better = (cand_s > kth) | ((cand_s == kth) & (pos < self._top.pos[cand_r, -1]))
+        merge_topk(self._top, None, cand_r[better], pos[better], cand_s[better])
         return Pairs.concat(out)
 
 
