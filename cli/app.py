@@ -47,6 +47,7 @@ COMMAND_MODULES: list[str] = [
     "curate",
     "train",
     "eval",
+    "run",
 ]
 
 

@@ -45,7 +45,7 @@ STEPS: dict[str, tuple[Callable[..., dict | None], str]] = {}
 
 # parameter names whose values are file paths (resolved against the pipeline file's folder)
 PATH_KEYS = {"dumps", "pageviews", "wordnet", "input", "source", "classes", "templates", "checkpoint",
-             "detector", "path", "truth", "queries_file"}
+             "detector", "path", "truth", "queries_file", "serve"}
 
 
 def step(kind: str, command: str):
@@ -86,7 +86,8 @@ class Pipeline:
         base = self.path.parent
 
         def fix(v):
-            if isinstance(v, str) and not v.startswith(("http://", "https://", "torchvision:", "hf-hub:")):
+            if isinstance(v, str) and v not in ("auto", "none", "random", "") and \
+                    not v.startswith(("http://", "https://", "torchvision:", "hf-hub:")):
                 p = Path(v).expanduser()
                 return str(p if p.is_absolute() else (base / p))
             return v

@@ -16,6 +16,7 @@ STAGE_MODULES: list[str] = [
     "curate",
     "train",
     "eval",
+    "run",  # `clipcurate run` / `demo`: step markers under run/
 ]
 
 import importlib as _importlib

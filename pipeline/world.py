@@ -8,8 +8,9 @@
 - ``pageviews-20240101-000000.gz``: hourly page views for those article titles;
 - ``images/``: the web pool's images (``photo`` style) and the *planted* copies: App. C
   transformations of benchmark images, each with a caption that names its label;
-- ``candidates.parquet``: (url, caption) pairs pointing at a loopback server (``{BASE}`` is
-  replaced by the server's address), including URLs that will fail (404) and captions that match no
+- ``candidates.parquet``: (url, caption) pairs whose URLs use the placeholder host
+  :data:`PLACEHOLDER`, pointed at a loopback server at download time (uids stay those of the
+  placeholder URLs, so they do not depend on the server's port), including URLs that will fail (404) and captions that match no
   query (so matching has something to drop);
 - ``benchmarks/{name}/{class}/*.png``: labelled evaluation sets drawn in styles that are rare in
   the pool (checkerboard ``bench`` style, high-frequency ``texture`` style), so that seeing a
@@ -38,6 +39,7 @@ from .augment import app_c_copy
 from .io import atomic_path, write_json
 from .synth import CLASSES, caption_for, jpeg_bytes, make_image, png_bytes
 
+PLACEHOLDER = "http://world.clipcurate.invalid"
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "black", "white")
 FILLER = ("the", "a", "of", "and", "in", "is", "shape", "drawn", "with", "on", "paper", "geometry",
           "symbol", "used", "often", "found", "logo", "design", "history", "form", "sides", "figure",
@@ -143,7 +145,7 @@ def build_world(folder: str | Path, size: str = "small", seed: int = 0) -> dict:
         label = int(rng.integers(len(CLASSES)))
         name = f"pool-{i:05d}.jpg"
         (img_dir / name).write_bytes(jpeg_bytes(make_image(label, 10_000 + i, "photo", 64)))
-        rows.append({"url": f"{{BASE}}/{name}", "caption": caption_for(label, rng)})
+        rows.append({"url": f"{PLACEHOLDER}/{name}", "caption": caption_for(label, rng)})
 
     # 2. benchmarks in rare styles, and planted App. C copies of some of their images
     truth = []
@@ -163,17 +165,17 @@ def build_world(folder: str | Path, size: str = "small", seed: int = 0) -> dict:
                     name = f"plant-{bench}-{cls}-{j:04d}.jpg"
                     (img_dir / name).write_bytes(jpeg_bytes(copy, quality=int(rng.integers(60, 95))))
                     caption = f"{cls} {prng.choice(['picture', 'pattern', 'wallpaper', 'print'])}"
-                    rows.append({"url": f"{{BASE}}/{name}", "caption": caption})
-                    truth.append({"url": f"{{BASE}}/{name}", "caption": caption, "benchmark": bench,
+                    rows.append({"url": f"{PLACEHOLDER}/{name}", "caption": caption})
+                    truth.append({"url": f"{PLACEHOLDER}/{name}", "caption": caption, "benchmark": bench,
                                   "class_name": cls, "file": f"{cls}/{fname}"})
                 index += 1
 
     # 3. noise the pipeline must account for: dead links and captions that match no query
     for i in range(sz.failures):
-        rows.append({"url": f"{{BASE}}/missing-{i}.jpg", "caption": f"a photo of a {CLASSES[i % len(CLASSES)]}"})
+        rows.append({"url": f"{PLACEHOLDER}/missing-{i}.jpg", "caption": f"a photo of a {CLASSES[i % len(CLASSES)]}"})
     for i in range(sz.unmatched):
         name = f"pool-{i % max(1, sz.pool):05d}.jpg"
-        rows.append({"url": f"{{BASE}}/{name}?u={i}", "caption": f"zzq{i} qqx"})
+        rows.append({"url": f"{PLACEHOLDER}/{name}?u={i}", "caption": f"zzq{i} qqx"})
     prng.shuffle(rows)
     with atomic_path(folder / "candidates.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
@@ -197,15 +199,32 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return super().translate_path(path.split("?", 1)[0])
 
 
+def preferred_port(ws) -> int:
+    """The port the demo's server used last time in this workspace (0: any), so a rerun after a
+    kill fetches the same URLs."""
+    import json
+
+    p = Path(ws.root) / "world" / "server.json"
+    try:
+        return int(json.loads(p.read_text())["port"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 class ImageServer:
     """``with ImageServer(folder) as base:`` serves ``folder`` on 127.0.0.1 and always stops."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, port: int = 0):
         self.folder = str(folder)
+        self.port = port
 
     def __enter__(self) -> str:
         handler = lambda *a, **kw: _Handler(*a, directory=self.folder, **kw)  # noqa: E731
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        try:
+            self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        except OSError:  # the preferred port is taken: any free one
+            self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        write_json(Path(self.folder).parent / "server.json", {"port": self.httpd.server_address[1]})
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

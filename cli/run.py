@@ -1,0 +1,65 @@
+"""`clipcurate run PIPELINE.toml` and `clipcurate demo`."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .state import state
+
+
+class Size(str, Enum):
+    tiny = "tiny"
+    small = "small"
+
+
+def run(pipeline: Path = typer.Argument(..., help="The pipeline file (TOML with [[step]] tables)."),
+        force: bool = typer.Option(False, "--force", help="Rerun every step, even finished ones.")):
+    """Run the stages of a pipeline file in order, skipping finished steps.
+
+    \b
+    Example:  clipcurate -w ./workspace run examples/demo/pipeline.toml
+    """
+    from pipeline.run import Pipeline, run_pipeline
+    from pipeline.workspace import Workspace
+
+    p = Pipeline.load(pipeline)
+    ws = state.ws() if state.workspace else Workspace((p.path.parent / (p.workspace or ".")).resolve())
+    run_pipeline(p, ws, force=force)
+    typer.echo(f"pipeline finished: {ws.root}")
+
+
+def demo(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
+                                                   help="Workspace for the demo (default: the global -w or ./workspace)."),
+         size: Size = typer.Option(Size.small, "--size", help="World size: small (the demo) or tiny (tests)."),
+         seed: int = typer.Option(0, "--seed", help="Seed of the generated world."),
+         force: bool = typer.Option(False, "--force", help="Start over: delete the demo's outputs first.")):
+    """Generate a small world and run every real stage on it (2 CPU cores, no network).
+
+    \b
+    Example:  clipcurate demo --workspace ./demo-workspace
+    """
+    from pipeline.console import console
+    from pipeline.demo import run_demo
+    from pipeline.workspace import Workspace
+
+    from .app import echo_table
+
+    ws = Workspace(workspace) if workspace else state.ws()
+    t0 = time.time()
+    rows = run_demo(ws, size=size.value, seed=seed, force=force)
+    echo_table(["what", "measured"], [list(r) for r in rows], "table", title=f"clipcurate demo ({time.time() - t0:.0f} s)")
+    report = sorted(ws.path("eval").glob("*/report.md"))
+    if report:
+        console.print(f"report: {report[-1]} (figure: {report[-1].with_name('figure17.png')})")
+    console.print(f"query it:   clipcurate -w {ws.root} sql --list")
+    console.print(f"review it:  clipcurate -w {ws.root} review   (the demo's automatic decisions are marked auto-demo)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("demo")(demo)
