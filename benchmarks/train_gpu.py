@@ -131,7 +131,16 @@ def main() -> None:
 
         ws = Workspace(work / "ws").create()
         if a.device.startswith("cuda") and a.probe_batch:
-            res["recipe_batch_probe"] = _memory_probe(a.model, a.probe_batch, a.device)
+            import torch
+
+            try:
+                res["recipe_batch_probe"] = _memory_probe(a.model, a.probe_batch, a.device)
+            except torch.OutOfMemoryError as exc:
+                res["recipe_batch_probe"] = {"batch": a.probe_batch, "oom": str(exc).splitlines()[0][:200]}
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
 
         # 1. a synthetic pool, 1024 samples per shard, made in parallel
         per = 1024 if not a.small else 64
@@ -158,7 +167,7 @@ def main() -> None:
                "--save-frequency", "0"]
         if a.small:
             cmd += ["--force-image-size", str(a.size)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
         pre = "import sys; from pipeline.models import register_configs; register_configs(); " \
               "from open_clip_train.main import main; main(sys.argv[1:])"
         t = time.time()
