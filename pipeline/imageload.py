@@ -72,15 +72,51 @@ def decode(data: bytes, max_side: int) -> tuple[Image.Image | None, tuple[int, i
 
 
 class TarIndex:
-    """Member name → (data offset, size) for one tar, from its headers; members read by offset."""
+    """Member name → (data offset, size) for one tar, from its headers; members read by offset.
+
+    The headers are walked directly: a 512-byte ustar header gives the name (bytes 0-100, with the
+    ustar prefix at 345-500) and the size (octal, bytes 124-136); the data follows, padded to 512.
+    That is ~10x faster than ``tarfile`` on 100,000s of members. Anything unusual — pax or GNU
+    long-name headers, base-256 sizes — sends the whole tar to ``tarfile`` instead.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.members: dict[str, tuple[int, int]] = {}
+        try:
+            self.members = self._scan()
+        except _Unusual:
+            self.members = self._scan_tarfile()
+
+    def _scan(self) -> dict[str, tuple[int, int]]:
+        members: dict[str, tuple[int, int]] = {}
+        with open(self.path, "rb") as fh:
+            data = fh.read()  # one sequential read; a shard is a few hundred MB at most
+        pos, end = 0, len(data)
+        while pos + 512 <= end:
+            h = data[pos:pos + 512]
+            if h[0] == 0:  # two zero blocks end the archive
+                break
+            kind = h[156:157]
+            size_field = h[124:136]
+            if kind in (b"x", b"g", b"L", b"K") or size_field[0] & 0x80:
+                raise _Unusual
+            size = int(size_field.rstrip(b"\0 ").strip() or b"0", 8)
+            if kind in (b"0", b"\0", b"7"):
+                name = h[0:100].split(b"\0", 1)[0]
+                prefix = h[345:500].split(b"\0", 1)[0] if h[257:262] == b"ustar" else b""
+                if prefix:
+                    name = prefix + b"/" + name
+                members[name.decode("utf-8", "surrogateescape")] = (pos + 512, size)
+            pos += 512 + (size + 511) // 512 * 512
+        return members
+
+    def _scan_tarfile(self) -> dict[str, tuple[int, int]]:
+        members = {}
         with tarfile.open(self.path, "r:") as tf:
             for info in tf:
                 if info.isfile():
-                    self.members[info.name] = (info.offset_data, info.size)
+                    members[info.name] = (info.offset_data, info.size)
+        return members
 
     def read(self, name: str) -> bytes | None:
         loc = self.members.get(name)
@@ -91,6 +127,10 @@ class TarIndex:
             return os.pread(fd, loc[1], loc[0])
         finally:
             os.close(fd)
+
+
+class _Unusual(Exception):
+    """A tar header the fast scan does not handle."""
 
 
 def _read_files(ws: Workspace, name: str, glob: str, columns: list[str]):
@@ -108,25 +148,36 @@ def _read_files(ws: Workspace, name: str, glob: str, columns: list[str]):
 class PoolStore:
     """uid → caption/url/shard/key from the pool manifest, and the image bytes from the shard tar."""
 
+    COLUMNS = ["uid", "url", "caption", "shard", "key", "status"]
+
     def __init__(self, ws: Workspace):
         self.ws = ws
         self._lock = threading.Lock()
-        self._rows: dict[str, tuple[str, str, str, str]] | None = None
+        self._rows: dict[str, int] | None = None  # uid → row in self._cols
+        self._cols: dict[str, list] = {}
         self._tars: dict[str, TarIndex] = {}
 
-    def _index(self) -> dict:
+    def _index(self) -> dict[str, int]:
         with self._lock:
             if self._rows is None:
-                tbl = _read_files(self.ws, "pool", "pool/manifest/*.parquet",
-                                  ["uid", "url", "caption", "shard", "key", "status"])
-                rows = {}
-                if tbl is not None:
-                    cols = [tbl.column(c).to_pylist() for c in ("uid", "url", "caption", "shard", "key", "status")]
-                    for uid, url, caption, shard, key, status in zip(*cols):
-                        if status == "success" or uid not in rows:
-                            rows[uid] = (url or "", caption or "", shard, key)
+                tbl = _read_files(self.ws, "pool", "pool/manifest/*.parquet", self.COLUMNS)
+                rows: dict[str, int] = {}
+                if tbl is not None and tbl.num_rows:
+                    self._cols = {c: tbl.column(c).to_pylist() for c in ("url", "caption", "shard", "key")}
+                    ok = tbl.column("status").to_pylist()
+                    # a uid may have several rows (retries): a success wins, else the first
+                    for i, uid in enumerate(tbl.column("uid").to_pylist()):
+                        if uid not in rows or ok[i] == "success":
+                            rows[uid] = i
                 self._rows = rows
             return self._rows
+
+    def _row(self, uid: str) -> tuple[str, str, str, str] | None:
+        i = self._index().get(uid)
+        if i is None:
+            return None
+        c = self._cols
+        return c["url"][i] or "", c["caption"][i] or "", c["shard"][i], c["key"][i]
 
     def _tar(self, shard: str) -> TarIndex | None:
         idx = self._tars.get(shard)
@@ -141,20 +192,22 @@ class PoolStore:
 
     def warm(self) -> None:
         """Build the uid index and every shard's tar index (run in a worker at start)."""
-        for shard in sorted({r[2] for r in self._index().values()}):
-            self._tar(shard)
+        self._index()
+        for shard in sorted(set(self._cols.get("shard", ()))):
+            if shard:
+                self._tar(shard)
 
     def side(self, uid: str, max_side: int) -> Side:
         side = Side(title="pool")
-        rows = self._index()
-        if not rows:
+        if not self._index():
             side.error = "pool manifest not found (run `clipcurate download`)"
             side.lines = [f"uid  {uid}"]
             return side
-        if uid not in rows:
+        row = self._row(uid)
+        if row is None:
             side.error = f"uid {uid} is not in the pool manifest"
             return side
-        url, caption, shard, key = rows[uid]
+        url, caption, shard, key = row
         side.lines = [caption, f"uid  {uid}", f"url  {url}"]
         tar = self._tar(shard)
         if tar is None:

@@ -8,7 +8,8 @@ the decision log first), then :meth:`ReviewApp.show` redraws the one pair on scr
    :class:`~pipeline.imageload.MediaLoader`: a Future decoded in a worker thread. If it is already
    done (prefetched) the pair is complete in the same frame; otherwise the sides say "loading" and
    the worker hands the result back to the UI thread with ``loop.call_soon_threadsafe``;
-3. the next ``prefetch`` pairs are requested, so they are decoded while the reviewer looks.
+3. once that pair is on screen, the next ``prefetch`` pairs are requested, so they are decoded
+   (and their half-cell strips rendered) while the reviewer looks.
 
 Only the current pair is ever in widgets, so the size of the queue does not matter to the screen.
 The keymap is the ``BINDINGS`` table below, and the help screen (``?``) is generated from it.
@@ -229,7 +230,6 @@ class ReviewApp(App):
         else:
             self._draw_loading(pair)
             fut.add_done_callback(self._from_worker)
-        self.loader.prefetch(s.upcoming(self.prefetch))
 
     def _from_worker(self, fut) -> None:
         try:
@@ -252,6 +252,10 @@ class ReviewApp(App):
         # the benchmark reads these: when the pair was complete on screen (wall clock, and CPU
         # time of the UI thread, which other processes on a busy machine do not inflate)
         self.drawn_pair_id, self.drawn_at, self.drawn_cpu = pid, time.perf_counter(), time.thread_time()
+        # only now start decoding the next pairs: the workers would otherwise compete for the GIL
+        # with the UI thread while it draws this one
+        if pid == self.session.pair_id:
+            self.loader.prefetch(self.session.upcoming(self.prefetch))
 
     def _draw_loading(self, pair: dict) -> None:
         self.query_one("#pool-title", Static).update("[b]POOL[/b]")
