@@ -214,3 +214,17 @@ def test_snapshot_help(rws, snap_compare):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(120, 36), run_before=before)
+
+
+@pytest.mark.parametrize("mode", ["auto", "sixel", "kitty"])
+def test_other_image_modes_draw_and_decide(rws, mode):
+    async def run():
+        app = make_app(rws, images=mode)
+        async with app.run_test(size=SIZE) as pilot:
+            await drawn(app, pilot)
+            assert app.query_one("#pool-image").image is not None
+            await pilot.press("y")
+            await drawn(app, pilot)
+            assert app.session.pos == 1
+
+    asyncio.run(run())
