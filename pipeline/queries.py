@@ -399,4 +399,4 @@ def match(ws: Workspace, candidates: str | os.PathLike, queries_file: str | os.P
 
 
 def _match_batch(matcher, caps: list) -> list[list[int]]:
-    return [matcher.match(c) if c is not None else [] for c in caps]
+    return matcher.match_many(["" if c is None else c for c in caps])

@@ -26,6 +26,7 @@ import os
 import shutil
 import zlib
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -60,7 +61,7 @@ class Counts:
     def add(self, toks: list[str]) -> None:
         """Count one document's tokens (words and breaks, in order)."""
         self.uni.update(toks)
-        self.bi.update(zip(toks, toks[1:]))
+        self.bi.update(pairwise(toks))
         if len(self.uni) + len(self.bi) > self.spill_entries:
             self.spill()
 

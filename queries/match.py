@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 PUNCTS = (",", ".", ";", ":", "?", "!", "`")
 SPACES = ("\t", "\n", "\r")
 
-_TABLE = str.maketrans({**{p: f" {p} " for p in PUNCTS}, **{c: " " for c in SPACES}})
+_WRAP = tuple((p, f" {p} ") for p in PUNCTS)
 
 
 def spacing_reference(text: str) -> str:
@@ -48,8 +48,15 @@ def spacing_reference(text: str) -> str:
 
 
 def spacing(text: str) -> str:
-    """Same result as :func:`spacing_reference`, in one ``str.translate`` pass."""
-    return " " + text.translate(_TABLE) + " "
+    """Same result as :func:`spacing_reference`; a replace is skipped when its character is absent
+    (a ``in`` scan is cheaper than a ``replace`` copy; ``str.translate`` measured 4x slower)."""
+    for p, wrapped in _WRAP:
+        if p in text:
+            text = text.replace(p, wrapped)
+    for c in SPACES:
+        if c in text:
+            text = text.replace(c, " ")
+    return f" {text} "
 
 
 def naive_match(caption: str, entries: Sequence[str]) -> list[int]:
@@ -73,6 +80,8 @@ class Matcher:
                 self.dups.setdefault(j, [j]).append(i)
         self._keys = list(first)
         self._ids = list(first.values())
+        # match_many joins captions with NUL: only possible when no key contains one
+        self._batchable = self.n > 0 and not any("\x00" in k for k in self._keys)
         if engine == "pyahocorasick":
             import ahocorasick
 
@@ -105,8 +114,49 @@ class Matcher:
     def match(self, caption: str) -> list[int]:
         return self.match_spaced(spacing(caption))
 
-    def match_many(self, captions: Iterable[str]) -> list[list[int]]:
-        return [self.match_spaced(" " + c.translate(_TABLE) + " ") for c in captions]
+    def match_many(self, captions: Sequence[str], chunk: int = 8192) -> list[list[int]]:
+        """``[match(c) for c in captions]``, faster: one automaton walk per ``chunk`` captions.
+
+        The spaced captions are joined with NUL, which no key contains (checked at build time), so
+        no key can match across two captions; each match's end offset tells which caption it is in
+        (``searchsorted`` over the captions' end offsets), and ``np.unique`` over
+        ``caption * n_entries + entry_id`` gives each caption's sorted, distinct ids. The per-caption
+        Python work of :meth:`match` (a generator, a set, a sort) was 2/3 of its time.
+        """
+        if not self._batchable:
+            return [self.match(c) for c in captions]
+        out: list[list[int]] = []
+        for i in range(0, len(captions), chunk):
+            out.extend(self._match_chunk(captions[i:i + chunk]))
+        return out
+
+    def _match_chunk(self, captions: Sequence[str]) -> list[list[int]]:
+        import numpy as np
+
+        spaced = [spacing(c) for c in captions]
+        n = len(spaced)
+        ends = np.cumsum(np.fromiter((len(s) + 1 for s in spaced), dtype=np.int64, count=n))
+        big = "\x00".join(spaced)
+        if self.engine == "pyahocorasick":
+            flat = np.fromiter((x for t in self._iter(big) for x in t), dtype=np.int64)
+            pos, ids = flat[0::2], flat[1::2]  # pos = index of the key's last character
+        else:
+            hits = self._rs.find_matches_as_indexes(big, overlapping=True)
+            flat = np.fromiter((x for t in hits for x in t[:2]), dtype=np.int64)
+            pos, ids = flat[1::2], np.asarray(self._ids, dtype=np.int64)[flat[0::2]]
+        which = np.searchsorted(ends, pos, side="right")
+        key = np.unique(which * self.n + ids)
+        kc, ki = key // self.n, (key % self.n).tolist()
+        bounds = np.searchsorted(kc, np.arange(n + 1)).tolist()
+        res = [ki[bounds[j]:bounds[j + 1]] for j in range(n)]
+        if self.dups:
+            for j, found in enumerate(res):
+                if any(i in self.dups for i in found):
+                    full = set(found)
+                    for i in found:
+                        full.update(self.dups.get(i, ()))
+                    res[j] = sorted(full)
+        return res
 
 
 # -- balancing -----------------------------------------------------------------------------------

@@ -53,8 +53,10 @@ GOLDEN = [
 @pytest.mark.parametrize("caption,expected", GOLDEN)
 def test_golden_semantics(caption, expected):
     assert naive_match(caption, ENTRIES) == expected
-    assert Matcher(ENTRIES).match(caption) == expected
-    assert Matcher(ENTRIES, "ahocorasick_rs").match(caption) == expected
+    for engine in ("pyahocorasick", "ahocorasick_rs"):
+        m = Matcher(ENTRIES, engine)
+        assert m.match(caption) == expected
+        assert m.match_many(["x", caption, caption + " cat"]) == [[], expected, naive_match(caption + " cat", ENTRIES)]
 
 
 def test_spacing_is_metaclip_spacing():
@@ -73,10 +75,15 @@ def test_automaton_equals_naive_loop_on_random_input():
     captions = ["".join(rng.choice(["ab", "a", "b", "c", " ", " ", ",", ".", "?", "\n", "AB"])
                         for _ in range(rng.randint(0, 25))) for _ in range(1500)]
     m1, m2 = Matcher(entries), Matcher(entries, "ahocorasick_rs")
-    for c in captions:
-        want = naive_match(c, entries)
-        assert m1.match(c) == want, c
-        assert m2.match(c) == want, c
+    want = [naive_match(c, entries) for c in captions]
+    for c, w in zip(captions, want):
+        assert m1.match(c) == w, c
+        assert m2.match(c) == w, c
+    # the batched path (captions joined with NUL, one automaton walk per chunk)
+    assert m1.match_many(captions, chunk=97) == want
+    assert m2.match_many(captions, chunk=1000) == want
+    assert Matcher(entries + ["x\x00y"]).match_many(captions[:50]) == [naive_match(c, entries + ["x\x00y"])
+                                                                         for c in captions[:50]]
 
 
 def test_draw_is_uniform_and_keyed():

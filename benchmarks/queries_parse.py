@@ -1,0 +1,145 @@
+"""Benchmark `queries build` counting: parse MB/s against raw bz2 decompression MB/s of the same file,
+measured in the same run, per worker and with several workers.
+
+    python benchmarks/queries_parse.py                          # real fixture pages, repeated
+    python benchmarks/queries_parse.py --copies 100 --workers 1,2
+    python benchmarks/queries_parse.py --dump enwiki-...-multistream.xml.bz2 --workers 1,4,8
+
+Without ``--dump`` the input is the real 5-article fragment (../shared/fixtures/wikipedia, heavy table
+markup) repeated ``--copies`` times into a multistream dump with an index (100 pages per stream,
+as Wikimedia does). Rates are MB of decompressed XML per second (the same bytes for every line):
+
+- ``bz2 decompress``: just ``bz2`` reading the whole file (the baseline);
+- ``expat pages``: decompress + XML → pages (no markup stripping, no counting);
+- ``count, 1 worker``: decompress + XML + strip markup + tokenize + count + spill (what one worker does);
+- ``count, N workers``: the multistream ranges over N processes (``--workers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from queries import build as qbuild  # noqa: E402
+from queries import counting, dump  # noqa: E402
+
+FIXTURE = ROOT.parent / "shared" / "fixtures" / "wikipedia" / "enwiki-table-markup.xml.bz2"
+
+
+def make_multistream(src: Path, copies: int, out: Path) -> Path:
+    """Repeat the fixture's pages ``copies`` times into ``out`` (+ its -index.txt.bz2)."""
+    xml = bz2.decompress(src.read_bytes()).decode()
+    head, rest = xml.split("<page>", 1)
+    body, _ = ("<page>" + rest).rsplit("</mediawiki>", 1)
+    pages = ["  <page>" + p for p in body.split("<page>")[1:]]
+    blob = bytearray(bz2.compress(head.encode()))
+    index = []
+    batch = []
+    n = 0
+    for c in range(copies):
+        for p in pages:
+            n += 1
+            batch.append(p.replace("<title>", f"<title>Copy {c} ", 1))
+            if len(batch) == 100:
+                off = len(blob)
+                index += [f"{off}:{n}:x\n"] * len(batch)
+                blob += bz2.compress("".join(batch).encode())
+                batch = []
+    if batch:
+        off = len(blob)
+        index += [f"{off}:{n}:x\n"] * len(batch)
+        blob += bz2.compress("".join(batch).encode())
+    blob += bz2.compress(b"</mediawiki>\n")
+    out.write_bytes(bytes(blob))
+    out.with_name(out.name[: -len(".xml.bz2")] + "-index.txt.bz2").write_bytes(bz2.compress("".join(index).encode()))
+    return out
+
+
+def timed(fn):
+    t = time.perf_counter()
+    r = fn()
+    return time.perf_counter() - t, r
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dump", type=Path, help="a real (multistream) dump; default: the fixture, repeated")
+    ap.add_argument("--copies", type=int, default=60, help="fixture repeats (60 ≈ 15 MB of XML)")
+    ap.add_argument("--workers", default="1,2", help="worker counts to measure, e.g. 1,2,4")
+    ap.add_argument("--repeat", type=int, default=2, help="best of N for the single-process lines")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="qparse-"))
+    try:
+        if args.dump:
+            path = args.dump
+        else:
+            if not FIXTURE.is_file():
+                sys.exit(f"fixture {FIXTURE} not found; pass --dump")
+            path = make_multistream(FIXTURE, args.copies, tmp / "bench-multistream.xml.bz2")
+        csize = path.stat().st_size
+
+        def decompress():
+            n = 0
+            with bz2.open(path, "rb") as fh:
+                while True:
+                    b = fh.read(1 << 20)
+                    if not b:
+                        return n
+                    n += len(b)
+
+        def pages():
+            st = {}
+            n = sum(1 for _ in dump.iter_pages(path, st))
+            return st["bytes"]
+
+        def count1():
+            out = tmp / "c1"
+            shutil.rmtree(out, ignore_errors=True)
+            return counting.count_range(dump.Range(str(path)), str(out))["bytes"]
+
+        rows = []
+        best = {}
+        for _ in range(args.repeat):  # interleaved, best of N: the machine is shared
+            for name, fn in (("bz2 decompress (baseline)", decompress), ("expat pages", pages),
+                             ("count, 1 worker (whole file)", count1)):
+                t, nbytes = timed(fn)
+                if name not in best or t < best[name][0]:
+                    best[name] = (t, nbytes)
+        xml_bytes = best["bz2 decompress (baseline)"][1]
+        base = xml_bytes / best["bz2 decompress (baseline)"][0] / 1e6
+        for name, (t, nbytes) in best.items():
+            assert nbytes == xml_bytes, (name, nbytes, xml_bytes)
+            rows.append((name, t, xml_bytes / t / 1e6))
+        opts = dict(qbuild.DEFAULTS, chunk_mb=max(0.01, csize / 1e6 / 16))
+        w1 = None
+        for w in [int(x) for x in args.workers.split(",")]:
+            folder = tmp / f"w{w}"
+            t, infos = timed(lambda: qbuild.count_dumps(folder, [path], {**opts, "workers": w}, force=True))
+            nbytes = sum(i["bytes"] for i in infos.values())
+            # the ranges skip stream 0 (<mediawiki> + <siteinfo>): a few hundred bytes
+            assert xml_bytes - 10_000 < nbytes <= xml_bytes, (nbytes, xml_bytes)
+            rows.append((f"count, {w} worker(s) ({len(infos)} ranges)", t, xml_bytes / t / 1e6))
+            if w == 1:
+                w1 = xml_bytes / t / 1e6
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"input: {path.name}  {csize / 1e6:.1f} MB bz2, {xml_bytes / 1e6:.1f} MB XML  "
+              f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+        print(f"{'step':44s} {'seconds':>8s} {'XML MB/s':>9s} {'vs bz2':>7s} {'vs 1 worker':>11s}")
+        for name, t, r in rows:
+            vs_w = f"{r / w1:11.2f}" if w1 and name.startswith("count, ") and "whole" not in name else f"{'':11s}"
+            print(f"{name:44s} {t:8.2f} {r:9.1f} {r / base:7.2f} {vs_w}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
