@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from pipeline.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
+
 from .state import state
 
 
@@ -42,6 +44,8 @@ def download(
     allow_host: Optional[List[str]] = typer.Option(
         None, "--allow-host", metavar="HOST", help="Host name exempt from the address check (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Start the pool over (delete pool/ and download again)."),
+    executor: Optional[Kind] = typer.Option(None, "--executor", help=EXECUTOR_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     fmt: Format = typer.Option(Format.table, "--format", "-f", help="Summary as table, csv or json."),
 ):
     """Download the candidates with img2dataset into webdataset shards + the pool manifest.
@@ -61,7 +65,10 @@ def download(
         "timeout": timeout, "retries": retries, "fetch_deadline": fetch_deadline,
         "max_image_area": max_image_area, "distributor": distributor, "allow_private": allow_private,
         "allow_hosts": list(allow_host) if allow_host else None})
-    res = run(ws, input_file, cfg=cfg, force=force)
+    from pipeline.executor import from_config
+
+    res = run(ws, input_file, cfg=cfg, force=force,
+              executor=from_config(state.config(ws), executor, ray_address))  # --executor ray: a Ray task per shard
     c = res.counts
     rows = [[s, c.get(s, 0)] for s in ("success", "failed", "refused")] + [["total", c.get("rows", 0)]]
     echo_table(["status", "rows"], rows, fmt.value,
