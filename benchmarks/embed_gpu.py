@@ -7,8 +7,10 @@ Steps, each timed and printed (one JSON line at the end holds every figure):
 2. model only: encode_image on a resident random batch (no data loading) — the ceiling;
 3. decode only: the DataLoader workers of pipeline.embed (read tar, PIL decode, resize/crop,
    tokenise captions) drained without a model — the other ceiling;
-4. `embed_pool` end to end, images + captions as the stage does, then images only; with the time
-   spent in the model (copy in, normalise, forward, copy out, synchronised) split from the rest;
+4. `embed_pool` end to end, images + captions as the stage does, then images only, then images
+   only with ``decode="torch"`` (torchvision.io.decode_jpeg on the GPU = nvJPEG, resize on the
+   GPU); with the time spent in the model (for torch decode: decode + resize too; copy in,
+   normalise, forward, copy out, synchronised) split from the rest;
 5. exact search: benchmark x pool cosine by torch matmul + running top-k over pool chunks, in bf16
    and fp32 (TF32 off), as pairs/s — the figure the overlap cost model needs.
 
@@ -149,22 +151,32 @@ def main() -> None:
               f"{report['decode_only_images_per_s']} images/s", flush=True)
 
         # 4. End to end ---------------------------------------------------------------------
-        for label, e in (("images+captions", enc), ("images only", _ImagesOnly(enc))):
+        runs = [("images+captions, PIL decode", enc, "pil", "e2e_with_text"),
+                ("images only, PIL decode", _ImagesOnly(enc), "pil", "e2e_images_only"),
+                ("images only, torchvision.io decode on the device", _ImagesOnly(enc), "torch",
+                 "e2e_images_only_torch_decode")]
+        for label, e, decode, key in runs:
             shutil.rmtree(ws.path("embed"), ignore_errors=True)
             timing: dict = {}
-            embed.embed_images(ws, e, pool=True, benchmarks=[], device=enc.device, batch_size=batch,
-                               workers=workers, timing=timing)
+            try:
+                embed.embed_images(ws, e, pool=True, benchmarks=[], device=enc.device, batch_size=batch,
+                                   workers=workers, timing=timing, decode=decode)
+            except Exception as exc:  # keep the other figures if one path fails on this machine
+                report[key] = {"error": f"{exc.__class__.__name__}: {str(exc)[:200]}"}
+                print(f"4. embed_pool, {label}: FAILED {report[key]['error']}", flush=True)
+                continue
             ips = timing["images"] / timing["seconds"]
-            key = "e2e_" + ("with_text" if e is enc else "images_only")
             report[key] = {"images_per_s": round(ips, 1), "seconds": round(timing["seconds"], 2),
                            "model_seconds": round(timing["model_seconds"], 2),
                            "model_share": round(timing["model_seconds"] / timing["seconds"], 3),
                            "images": timing["images"]}
             print(f"4. embed_pool, {label}: {ips:.1f} images/s ({timing['images']} in {timing['seconds']:.2f}s; "
-                  f"model {timing['model_seconds']:.2f}s = {100 * report[key]['model_share']:.0f}%, "
+                  f"{'decode+model' if decode == 'torch' else 'model'} {timing['model_seconds']:.2f}s = "
+                  f"{100 * report[key]['model_share']:.0f}%, "
                   f"the rest is waiting for decoded batches)", flush=True)
-        vecs = [x for _, _, x in embed.iter_pool(ws, enc.tag + "-imgonly")]
-        assert sum(len(v) for v in vecs) == n and all(v.dtype == np.float16 for v in vecs)
+            if decode == "pil" and e is not enc:
+                vecs = [x for _, _, x in embed.iter_pool(ws, e.tag)]
+                assert sum(len(v) for v in vecs) == n and all(v.dtype == np.float16 for v in vecs)
 
         # 5. Exact search -------------------------------------------------------------------
         if not env("SKIP_SEARCH", 0):

@@ -25,6 +25,8 @@ def embed(
     benchmarks: bool = typer.Option(True, "--benchmarks/--no-benchmarks", help="Embed the benchmarks."),
     detector: Optional[str] = typer.Option(
         None, "--detector", help="Write copy-detector descriptors instead (detector.pt or its run folder)."),
+    decode: Optional[str] = typer.Option(
+        None, "--decode", help="pil (exact transform) or torch (torchvision.io on the device, nvJPEG on CUDA) [pil]."),
     force: bool = typer.Option(False, "--force", help="Redo shards and benchmarks that are already done."),
     executor: Optional[Kind] = typer.Option(None, "--executor", help=EXECUTOR_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
@@ -41,7 +43,8 @@ def embed(
     ws = state.ws(must_exist=True)
     cfg = state.config(ws).get("embed", {
         "model": model, "pretrained": pretrained, "device": device, "precision": precision,
-        "batch_size": batch_size, "workers": workers, "benchmarks": list(bench) if bench else None})
+        "batch_size": batch_size, "workers": workers, "benchmarks": list(bench) if bench else None,
+        "decode": decode})
     names = (cfg["benchmarks"] or None) if benchmarks else []
     if pool is None:  # default: the pool when there is one; a workspace with only benchmarks is fine too
         from pipeline.bench import list_benchmarks
@@ -57,13 +60,14 @@ def embed(
 
         enc = emb.load_encoder("detector", detector)
         tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=resolve_device(cfg["device"]),
-                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force, executor=ex)
+                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force, executor=ex,
+                               decode=cfg["decode"])
     else:
         spec = ModelSpec(cfg["model"], cfg["pretrained"] or None)
         enc = emb.clip_encoder(spec, cfg["device"], cfg["precision"])
         tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=enc.device,
                                batch_size=cfg["batch_size"], workers=cfg["workers"], force=force, executor=ex,
-                               encoder_factory=lambda: emb.clip_encoder(spec, cfg["device"], cfg["precision"]))
+                               decode=cfg["decode"], encoder_factory=lambda: emb.clip_encoder(spec, cfg["device"], cfg["precision"]))
     out(tag)
 
 

@@ -77,7 +77,7 @@ EMBEDDINGS = manifest.register(
 )
 
 DEFAULTS = {"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k", "device": "auto", "precision": "auto",
-            "batch_size": 256, "workers": -1, "benchmarks": []}
+            "batch_size": 256, "workers": -1, "benchmarks": [], "decode": "pil"}
 config.section(STAGE, DEFAULTS, {
     "model": "open_clip architecture (ViT-B-32, clipcurate-tiny, ...) or hf-hub:org/name",
     "pretrained": "hub tag (laion2b_s34b_b79k), a checkpoint file (train's epoch_N.pt), or random",
@@ -86,6 +86,7 @@ config.section(STAGE, DEFAULTS, {
     "batch_size": "images per forward pass",
     "workers": "DataLoader worker processes decoding images (-1: one per CPU core, at most 16)",
     "benchmarks": "benchmarks to embed (empty: all of them)",
+    "decode": "pil (bit-identical to the model's transform) or torch (torchvision.io on the device: nvJPEG on CUDA)",
 })
 registry.register_stage(STAGE, FOLDER, "clipcurate embed", ("embeddings",))
 
@@ -206,8 +207,9 @@ def _bench_records(path: str, start: int, stop: int) -> Iterator[tuple[str, str,
 class _PartsDataset:
     """IterableDataset over parts; worker w of W takes parts w, w+W, ... and yields batches."""
 
-    def __init__(self, parts: Sequence[Part], preprocess, split, tokenizer, batch_size: int):
+    def __init__(self, parts: Sequence[Part], preprocess, split, tokenizer, batch_size: int, decode: str = "pil"):
         self.parts = list(parts)
+        self.decode = decode
         self.preprocess = preprocess
         self.split = split
         self.tokenizer = tokenizer
@@ -257,8 +259,11 @@ class _PartsDataset:
                     cap_index = [batch["index"][i] for i, caps in enumerate(texts) for _ in caps]
                 tokens = self.tokenizer(flat) if flat else None
             item = {"group": part.group, "part": part.number, "end": False, "uids": list(batch["uids"]),
-                    "index": list(batch["index"]), "pixels": torch.stack(batch["pixels"]),
-                    "tokens": tokens, "cap_index": cap_index}
+                    "index": list(batch["index"]), "tokens": tokens, "cap_index": cap_index}
+            if self.decode == "torch":
+                item["raw"] = list(batch["pixels"])  # encoded bytes; the main process decodes them
+            else:
+                item["pixels"] = torch.stack(batch["pixels"])
             for v in batch.values():
                 v.clear()
             return item
@@ -270,6 +275,8 @@ class _PartsDataset:
                 reason = "no image"
             elif not uid:
                 reason = "no uid in its .json"
+            elif self.decode == "torch":
+                px = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             else:
                 try:
                     px = self._pixels(data)
@@ -367,7 +374,7 @@ def _cpu_threads(device: str, workers: int):
 
 def _run_parts(enc, parts: Sequence[Part], *, device: str, batch_size: int, workers: int,
                on_group: Callable[[str, list[_Acc]], None], description: str,
-               timing: dict | None = None) -> None:
+               timing: dict | None = None, decode: str = "pil") -> None:
     """Feed parts through the encoder; call ``on_group(group, accs)`` when a group is complete."""
     import torch
     from torch.utils.data import DataLoader
@@ -376,7 +383,12 @@ def _run_parts(enc, parts: Sequence[Part], *, device: str, batch_size: int, work
         return
     split = _split_preprocess(enc.preprocess)
     tokenizer = getattr(enc, "tokenizer", None) if hasattr(enc, "encode_tokens") else None
-    ds = _dataset_cls()(parts, enc.preprocess, split, tokenizer, batch_size)
+    if decode not in DECODERS:
+        raise ClipcurateError(f"decode {decode!r} is not one of {', '.join(DECODERS)}")
+    if decode == "torch" and split is None:
+        log("embed: --decode torch needs a resize/crop + ToTensor + Normalize transform; decoding with PIL")
+        decode = "pil"
+    ds = _dataset_cls()(parts, enc.preprocess, split, tokenizer, batch_size, decode)
     workers = min(_auto_workers(workers), len(parts))
     cuda = device.startswith("cuda")
     loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=cuda,
@@ -393,14 +405,25 @@ def _run_parts(enc, parts: Sequence[Part], *, device: str, batch_size: int, work
         for item in loader:
             acc = groups.setdefault(item["group"], {}).setdefault(item["part"], _Acc())
             if item["end"]:
-                acc.ended, acc.n_bad, acc.bad = True, item["n_bad"], item["bad"]
+                acc.ended = True
+                acc.n_bad += item["n_bad"]
+                acc.bad += item["bad"]
                 parts_of = groups[item["group"]]
                 if len(parts_of) == totals[item["group"]] and all(a.ended for a in parts_of.values()):
                     on_group(item["group"], [parts_of[k] for k in sorted(parts_of)])
                     del groups[item["group"]]
                 continue
             t0 = time.perf_counter()
-            x = item["pixels"].to(device, non_blocking=cuda)
+            if "raw" in item:
+                x, keep, reasons = _torch_decode(item["raw"], device, split[0])
+                if reasons:
+                    _drop_rows(item, keep)
+                    acc.n_bad += len(reasons)
+                    acc.bad += [f"{item['group']}:{r}" for r in reasons][:MAX_BAD_REASONS]
+                if x is None:
+                    continue
+            else:
+                x = item["pixels"].to(device, non_blocking=cuda)
             if split is not None:
                 # ToTensor + Normalize, batched: the same float ops in the same order.
                 x = x.float().div(255).sub_(mean).div_(std)
@@ -424,6 +447,65 @@ def _run_parts(enc, parts: Sequence[Part], *, device: str, batch_size: int, work
         timing.update(images=n_images, seconds=time.perf_counter() - t_start, model_seconds=t_model)
     if groups:  # a worker died without finishing its parts: DataLoader raises before this
         raise ClipcurateError(f"embed: unfinished parts {sorted(groups)}; rerun `clipcurate embed`")
+
+
+DECODERS = ("pil", "torch")
+
+
+def _torch_decode(raws: list, device: str, pil_half):
+    """Decode a batch of encoded images with torchvision.io on ``device`` (nvJPEG on CUDA), then run
+    the resize/crop half of the transform on same-size stacks. Returns (uint8 [n, 3, H, W] or None,
+    kept row numbers, reasons for the rows dropped). Not bit-identical to PIL: another JPEG decoder
+    and another resampler (differences of a few 1e-3 in cosine)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    n = len(raws)
+    imgs: list = [None] * n
+    jpeg = [i for i, r in enumerate(raws) if len(r) > 2 and int(r[0]) == 0xFF and int(r[1]) == 0xD8]
+    if jpeg:
+        try:
+            for i, im in zip(jpeg, decode_jpeg([raws[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)):
+                imgs[i] = im
+        except RuntimeError:  # one bad file fails the batch call: decode one by one
+            for i in jpeg:
+                try:
+                    imgs[i] = decode_jpeg(raws[i], mode=ImageReadMode.RGB, device=device)
+                except RuntimeError:
+                    pass
+    reasons: list[str] = []
+    for i in range(n):
+        if imgs[i] is None:  # not a JPEG (PNG, WebP...) or nvJPEG refused it: the CPU decoder
+            try:
+                imgs[i] = decode_image(raws[i], mode=ImageReadMode.RGB).to(device)
+            except Exception as exc:
+                reasons.append(f"row {i}: undecodable image ({exc.__class__.__name__}: {str(exc)[:80]})")
+    out: list = [None] * n
+    buckets: dict[tuple, list[int]] = {}
+    for i, im in enumerate(imgs):
+        if im is not None:
+            buckets.setdefault(tuple(im.shape), []).append(i)
+    for idx in buckets.values():
+        y = pil_half(torch.stack([imgs[i] for i in idx]))
+        for j, i in enumerate(idx):
+            out[i] = y[j]
+    keep = [i for i in range(n) if out[i] is not None]
+    return (torch.stack([out[i] for i in keep]) if keep else None), keep, reasons
+
+
+def _drop_rows(item: dict, keep: list[int]) -> None:
+    """Keep only rows ``keep`` of a batch (and their captions' tokens)."""
+    kept_index = [item["index"][i] for i in keep]
+    if item["tokens"] is not None:
+        if item["cap_index"] is None:  # pool: one caption per row
+            item["tokens"] = item["tokens"][keep] if keep else None
+        else:
+            keep_set = set(kept_index)
+            mask = [j for j, b in enumerate(item["cap_index"]) if b in keep_set]
+            item["tokens"] = item["tokens"][mask] if mask else None
+            item["cap_index"] = [item["cap_index"][j] for j in mask]
+    item["uids"] = [item["uids"][i] for i in keep]
+    item["index"] = kept_index
 
 
 def _cat(chunks: list[np.ndarray], dim: int) -> np.ndarray:
@@ -481,21 +563,21 @@ def pool_shards(ws: Workspace) -> list[tuple[str, Path]]:
 
 def embed_pool(ws: Workspace, spec: ModelSpec, device: str = "auto", precision: str = "auto",
                batch_size: int = 256, workers: int = -1, force: bool = False, encoder=None,
-               timing: dict | None = None, executor=None) -> str:
+               timing: dict | None = None, executor=None, decode: str = "pil") -> str:
     """Embed every downloaded pool shard (images and captions); returns the model tag."""
     enc = encoder or clip_encoder(spec, device, precision)
     return embed_images(ws, enc, pool=True, benchmarks=[], device=_device_of(enc, device), batch_size=batch_size,
-                        workers=workers, force=force, timing=timing, executor=executor,
+                        workers=workers, force=force, timing=timing, executor=executor, decode=decode,
                         encoder_factory=None if encoder else (lambda: clip_encoder(spec, device, precision)))
 
 
 def embed_benchmarks(ws: Workspace, spec: ModelSpec, names: Sequence[str] | None = None, device: str = "auto",
                      precision: str = "auto", batch_size: int = 256, workers: int = -1, force: bool = False,
-                     encoder=None) -> str:
+                     encoder=None, decode: str = "pil") -> str:
     """Embed benchmark images, class prompts (zero-shot weights) and captions; returns the model tag."""
     enc = encoder or clip_encoder(spec, device, precision)
     return embed_images(ws, enc, pool=False, benchmarks=names, device=_device_of(enc, device),
-                        batch_size=batch_size, workers=workers, force=force)
+                        batch_size=batch_size, workers=workers, force=force, decode=decode)
 
 
 def _device_of(enc, device: str) -> str:
@@ -506,7 +588,7 @@ def _device_of(enc, device: str) -> str:
 
 def embed_images(ws: Workspace, enc, *, pool: bool = True, benchmarks: Sequence[str] | None = None,
                  device: str = "cpu", batch_size: int = 256, workers: int = -1, force: bool = False,
-                 timing: dict | None = None, executor=None, encoder_factory=None) -> str:
+                 timing: dict | None = None, executor=None, encoder_factory=None, decode: str = "pil") -> str:
     """The generic path: any encoder with tag, dim, kind, info, preprocess, encode_tensors(x)
     (and, for text, tokenizer + encode_tokens) writes embed/{tag}/ in the contract layout.
     ``benchmarks=None`` means all benchmarks, ``[]`` none."""
@@ -622,7 +704,7 @@ def embed_images(ws: Workspace, enc, *, pool: bool = True, benchmarks: Sequence[
                                                batch_size=batch_size, workers=workers)
         parts = [p for p in parts if not p.group.startswith("pool/")]
     _run_parts(enc, parts, device=device, batch_size=batch_size, workers=workers, on_group=on_group,
-               description=f"embed {enc.tag}", timing=timing)
+               description=f"embed {enc.tag}", timing=timing, decode=decode)
     if pool:
         write_text(pool_dir / SUCCESS, "")
     if bench_meta or (benchmarks is None or len(benchmarks)):

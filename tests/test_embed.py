@@ -251,3 +251,23 @@ def test_cli_embed(ws, tmp_path, cli):
     assert r.out.splitlines() == ["source,n", "bench,4", "pool,3"]
     with pytest.raises(MissingUpstream):
         embed.load_bench(ws, "nope__random", "caps")
+
+
+def test_torch_decode_close_to_pil_and_counts_corrupt_images(ws, tmp_path):
+    """--decode torch (torchvision.io; nvJPEG on CUDA) is not bit-identical to PIL, but close."""
+    make_pool(ws, shards=2, per_shard=6, bad={0: 1}, size=80)
+    embed.embed_pool(ws, SPEC, device="cpu", batch_size=4, workers=0)
+    a = _outputs(ws)
+    ws2 = Workspace(tmp_path / "ws2")
+    ws2.create()
+    make_pool(ws2, shards=2, per_shard=6, bad={0: 1}, size=80)
+    embed.embed_pool(ws2, SPEC, device="cpu", batch_size=4, workers=1, decode="torch")
+    b = _outputs(ws2)
+    for s in a:
+        assert a[s][0] == b[s][0]
+        cos = (a[s][1].astype(np.float32) * b[s][1].astype(np.float32)).sum(1)
+        assert cos.min() > 0.98, cos
+    folder = ws2.root / "embed" / TAG / "pool"
+    assert json.loads((folder / "00000.done").read_text())["n_bad"] in (0, 1)  # libjpeg may accept a truncated file
+    t = np.load(folder / "00000.text.npy")
+    assert len(t) == len(b["00000"][0])
