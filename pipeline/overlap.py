@@ -220,6 +220,11 @@ def thresholds_for(cfg: dict, benchmark: str) -> dict[str, tuple[float, float]]:
     """signal → (overlap, review) thresholds for one benchmark (config: per benchmark > defaults)."""
     per = (cfg.get("thresholds") or {}).get(benchmark, {}) or {}
     defaults = cfg.get("signal_thresholds") or {}
+    for where, keys, known in ((f"thresholds.{benchmark}", per, {"high", "low", *SIGNALS}),
+                               ("signal_thresholds", defaults, set(SIGNALS))):
+        bad = sorted(set(keys) - known)
+        if bad:
+            raise ClipcurateError(f"[overlap] {where}: unknown key {bad[0]!r}; known: {', '.join(sorted(known))}")
     out = {}
     for name, sig in SIGNALS.items():
         if name == "clip":
@@ -819,8 +824,11 @@ def refresh_splits(ws: Workspace, opts: dict | None = None) -> list[dict]:
             raise MissingUpstream(f"overlap {name} ({folder / (name + '.parquet')})", "clipcurate overlap")
     opts = opts or options(ws)
     pairs = mf.read("pairs", folder / "pairs.parquet").to_pylist()
+    import pyarrow.compute as pc
+
     nb = mf.read("neighbors", folder / "neighbors.parquet",
                  columns=["benchmark", "bench_index", "bench_uid", "rank", "pool_uid", "score"])
+    nb = nb.filter(pc.equal(nb.column("rank"), 1))  # the nearest neighbour of every benchmark sample
     eff = dec.effective(ws)
     review_default = opts["review_default"]
 

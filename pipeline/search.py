@@ -347,10 +347,15 @@ class Searcher:
         if not self.on_gpu:
             return a @ b.T
         if getattr(self, "_out_dtype_ok", True):
+            # no float16 partial sums in split-K reductions: the scores must match the CPU's
+            reduced = torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction
+            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
             try:
                 return torch.mm(a, b.T, out_dtype=torch.float32)
             except (TypeError, RuntimeError):
                 self._out_dtype_ok = False
+            finally:
+                torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = reduced
         prev = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         try:

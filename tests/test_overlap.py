@@ -238,6 +238,14 @@ def test_error_no_embeddings(ws, cli):
     assert "run `clipcurate embed` first" in _err(cli, ws)
 
 
+def test_error_bad_thresholds(ws, cli):
+    make_workspace(ws.root)
+    (ws.root / "clipcurate.toml").write_text("[overlap]\nthresholds = {cifar10 = {hgh = 0.9}}\n")
+    assert "unknown key 'hgh'" in _err(cli, ws)
+    (ws.root / "clipcurate.toml").write_text("[overlap]\nthresholds = {cifar10 = {high = 0.8, low = 0.9}}\n")
+    assert "review band" in _err(cli, ws)
+
+
 def test_error_dimension_mismatch(ws, cli):
     rng = np.random.default_rng(0)
     make_workspace(ws.root, dim=32)
