@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import detector, signals, synth  # noqa: E402
 from pipeline.augment import app_c_copy  # noqa: E402
+from pipeline.detector_net import make_preprocess  # noqa: E402
 
 
 def make_set(n_bench: int, n_distract: int, copy_frac: float, strength: float, size: int, seed: int):
@@ -160,7 +161,7 @@ def main(argv=None) -> dict:
     full_cfg = detector.resolve_config(cfg)
     train_s = time.time() - t
     log(f"detector: {res.steps} steps in {train_s:.0f}s, loss {np.mean(res.losses[:10]):.3f} → {np.mean(res.losses[-10:]):.3f}")
-    desc = detector.Descriptor(res.model, detector.make_preprocess(int(full_cfg["image_size"])), "bench",
+    desc = detector.Descriptor(res.model, make_preprocess(int(full_cfg["image_size"])), "bench",
                                int(full_cfg["dim"]), {})
     t = time.time()
     dev = args.device if args.device != "auto" else "cpu"

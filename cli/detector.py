@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from pipeline.console import out
+from pipeline.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
 
 from .state import state
 
@@ -85,7 +86,9 @@ def info(fmt: Format = typer.Option(Format.table, "--format", "-f", help="table 
 
 
 @detector_app.command("hashes")
-def hashes(force: bool = typer.Option(False, "--force", help="Recompute every hash.")):
+def hashes(force: bool = typer.Option(False, "--force", help="Recompute every hash."),
+           executor: Optional[Kind] = typer.Option(None, "--executor", help=EXECUTOR_HELP),
+           ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP)):
     """Compute pHash and dHash once per pool and benchmark image (cached in hashes/).
 
     \b
@@ -94,7 +97,9 @@ def hashes(force: bool = typer.Option(False, "--force", help="Recompute every ha
     from pipeline import signals
 
     ws = state.ws(must_exist=True)
-    counts = signals.compute_hashes(ws, force=force)
+    from pipeline.executor import from_config
+
+    counts = signals.compute_hashes(ws, force=force, executor=from_config(state.config(ws), executor, ray_address))
     out(json.dumps({k: v for k, v in counts.items() if not k.startswith("source_")}))
 
 

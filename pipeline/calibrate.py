@@ -47,7 +47,7 @@ from .augment import app_c_copy
 from .console import log, warn
 from .errors import ClipcurateError, MissingUpstream
 from .io import atomic_path, write_json
-from .overlap import SIGNALS, combine, model_info, pick_tag, thresholds_for
+from .overlap import SIGNALS, combine, decide, model_info, pick_tag, thresholds_for
 from .search import Searcher
 from .workspace import Workspace
 
@@ -93,6 +93,7 @@ class CalibSet:
     pool_images: list[Image.Image]
     bench_emb: np.ndarray  # float16 [nq, d]
     pool_emb: np.ndarray  # float16 [np, d]
+    ws: Workspace | None = None  # for scorers that read the workspace (the detector's descriptors)
 
 
 def _clip_scores(cs: CalibSet, q: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -125,6 +126,16 @@ def _hash_scorer(which: int) -> Callable:
 
 
 SCORERS: dict[str, Callable] = {"clip": _clip_scores, "phash": _hash_scorer(0), "dhash": _hash_scorer(1)}
+
+
+def _add_detector_scorers() -> None:
+    """The detector issue's signals: detector cosine, keypoint inliers (pipeline.signals)."""
+    from .signals import calibration_scorers
+
+    SCORERS.update(calibration_scorers())
+
+
+_add_detector_scorers()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,7 +304,7 @@ def run(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None 
         f"{len(q_imgs)} benchmark queries; model {tag}")
     if embed is None:
         embed = embedder_for(ws, tag, opts["device"], int(opts["batch_size"]))
-    cs = CalibSet(q_imgs, p_imgs, embed(q_imgs), embed(p_imgs))
+    cs = CalibSet(q_imgs, p_imgs, embed(q_imgs), embed(p_imgs), ws)
     # every (query, pool) pair; truth: the pool image is the planted copy of this query
     nq, npool = len(q_imgs), len(p_imgs)
     q = np.repeat(np.arange(nq), npool)
@@ -353,7 +364,10 @@ def _combined(values: dict, truth: np.ndarray, th: dict) -> dict:
         vv = np.where(o, "overlap", np.where(r, "review", "clean")).astype(object)
         vv[np.isnan(v)] = None
         votes[name] = vv
-    decision = np.array([combine([votes[s][i] for s in values if votes[s][i] is not None]) for i in range(n)])
+    # the stage's own decision (pipeline.overlap.decide: the detector's rule when it scored the pair)
+    cols = {SIGNALS[s].column: np.asarray(v, np.float64) for s, v in values.items()}
+    decision = np.array([decide({c: (None if np.isnan(v[i]) else float(v[i])) for c, v in cols.items()}, th)[0]
+                         for i in range(n)])
     out = {"thresholds": {k: list(v) for k, v in th.items() if k in values}}
     for label, pred in (("overlap", decision == "overlap"), ("overlap_or_review", decision != "clean")):
         tp = int((pred & truth).sum())

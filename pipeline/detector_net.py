@@ -104,17 +104,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class _RGB:
+    """PIL image → RGB (a picklable transform, so DataLoader workers can run it)."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img.convert("RGB")
+
+
 def make_preprocess(size: int, mean=MEAN, std=STD) -> Callable[[Image.Image], torch.Tensor]:
-    """Squash to size × size (no crop: a copy may be a crop already; cropping again would lose what
-    the two images share), antialiased bicubic, then normalise."""
-    m = torch.tensor(mean).view(3, 1, 1)
-    s = torch.tensor(std).view(3, 1, 1)
+    """RGB → squash to size × size with antialiased bicubic resampling (no crop: a copy may be a
+    crop already; cropping again would lose what the two images share) → ToTensor → Normalize.
+    A torchvision Compose ending in ToTensor + Normalize: picklable, and ``pipeline.embed`` runs
+    its PIL half in the decoding workers and the normalisation batched on the device."""
+    from torchvision import transforms as T
 
-    def preprocess(img: Image.Image) -> torch.Tensor:
-        img = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-        return (t - m) / s
-
-    return preprocess
-
-
+    return T.Compose([_RGB(), T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+                      T.ToTensor(), T.Normalize(mean, std)])

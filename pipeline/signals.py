@@ -158,7 +158,8 @@ def _read_bench(path: Path, columns: list[str]) -> pa.Table:
         return pq.read_table(path, columns=columns)
 
 
-def compute_hashes(ws: Workspace, force: bool = False, benchmarks: Sequence[str] | None = None) -> dict:
+def compute_hashes(ws: Workspace, force: bool = False, benchmarks: Sequence[str] | None = None,
+                   executor=None) -> dict:
     """Hash every pool shard and benchmark not hashed yet (one Parquet file + ``.done`` marker each).
 
     A marker remembers the size and mtime of the source file; when the source changed (a shard
@@ -197,7 +198,11 @@ def compute_hashes(ws: Workspace, force: bool = False, benchmarks: Sequence[str]
         mf.write("hashes", rows, folder / source / f"{name}.parquet")
         return {"images": len(rows["uid"]), "unreadable": bad, **_signature(src)}
 
-    result = run_shards(folder, list(sources), run, force=force, description="hashes")
+    if executor is not None and executor.kind != "local":  # --executor ray: a Ray task per shard
+        from . import executor as ex
+        result = ex.run_shards(executor, folder, list(sources), run, force=force, description="hashes")
+    else:
+        result = run_shards(folder, list(sources), run, force=force, description="hashes")
     if result.counts.get("unreadable"):
         warn(f"hashes: {result.counts['unreadable']} unreadable images got null hashes")
     return result.counts
@@ -406,3 +411,337 @@ def text_matches(pool: Mapping[str, str] | Iterable[tuple[str, str]], bench: Map
     log(f"text: {len(index)} benchmark texts indexed (MinHash LSH, Jaccard ≥ {threshold})")
     items = pool.items() if isinstance(pool, Mapping) else pool
     return [(uid, key, j) for uid, text in items for key, j in index.query(text)]
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Signals for the overlap stage's pairs, and the combination rule
+
+from . import config as _config  # noqa: E402
+
+_config.section("signals", {
+    "detector_tag": "",
+    "hashes": True,
+    "keypoints": True,
+    "keypoint_method": "sift",
+    "keypoint_max_pairs": 20000,
+    "text": True,
+    "text_threshold": 0.6,
+}, {
+    "detector_tag": "detector descriptors to use (embed/{tag} with kind detector); default: the only/first one",
+    "hashes": "fill phash_dist / dhash_dist (hashes computed once per image, cached in hashes/)",
+    "keypoints": "fill kp_inliers (SIFT/ORB + RANSAC) on the candidate pairs",
+    "keypoint_method": "sift or orb",
+    "keypoint_max_pairs": "verify at most this many pairs with keypoints (highest detector/CLIP score first)",
+    "text": "fill text_sim for caption benchmarks and add pairs whose captions nearly match (MinHash LSH)",
+    "text_threshold": "exact shingle Jaccard at or above which a caption match becomes a candidate pair",
+})
+
+
+# Signals whose "clean" vote is no evidence of a clean pair (they miss heavy copies by design).
+CONFIRM_ONLY = ("phash", "dhash", "keypoints", "text")
+
+
+def detector_rule(votes: Mapping[str, str | None]) -> str:
+    """The combination rule once the copy detector has scored a pair (docs/detector.md).
+
+    Signals are not peers: CLIP is semantic (it says *clean* on copies it cannot see and *overlap*
+    on two photos of the same species — App. C), the detector is the copy authority, pHash / dHash
+    and keypoints are exact but narrow, and keypoints are fooled by repetitive patterns. So:
+
+    1. detector ``overlap`` → overlap; a pHash or caption-text ``overlap`` (near-identical file or
+       caption) → overlap on its own;
+    2. detector in its review band → overlap when an exact signal confirms it (keypoints or pHash at
+       least in their review band), else review;
+    3. detector ``clean``: review when keypoints or CLIP still say ``overlap`` (a human looks at what
+       the detector might have missed), else clean.
+    """
+    det = votes.get("detector")
+    if det == "overlap" or votes.get("phash") == "overlap" or votes.get("text") == "overlap":
+        return "overlap"
+    if det == "review":
+        if votes.get("keypoints") in ("overlap", "review") or votes.get("phash") in ("overlap", "review"):
+            return "overlap"
+        return "review"
+    if votes.get("keypoints") == "overlap" or votes.get("clip") == "overlap":
+        return "review"
+    return "clean"
+
+
+def _opts(ws: Workspace) -> dict:
+    return _config.Config.load(ws.root).get("signals")
+
+
+def detector_tag(ws: Workspace, wanted: str = "") -> str | None:
+    """The detector embeddings to use: ``wanted``, else the only / first ``embed/*`` of kind detector."""
+    from .overlap import model_tags
+
+    tags = model_tags(ws, "detector")
+    if wanted:
+        if wanted not in tags:
+            raise ClipcurateError(f"[signals] detector_tag {wanted!r}: no embed/{wanted}/model.json of kind "
+                                  f"detector; present: {', '.join(tags) or 'none'} (run `clipcurate embed --detector PATH`)")
+        return wanted
+    if len(tags) > 1:
+        log(f"signals: several detector embeddings ({', '.join(tags)}); using {tags[0]} ([signals] detector_tag)")
+    return tags[0] if tags else None
+
+
+def _pool_vectors(ws: Workspace, tag: str, uids: set[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """(uids, float32 vectors) of the finished pool shards of embed/{tag} (only ``uids`` if given)."""
+    from .overlap import pool_shards, pool_uids
+
+    shards, _ = pool_shards(ws, tag)
+    out_u, out_v = [], []
+    for s in shards:
+        u = pool_uids(s, tag)
+        x = np.load(s.npy, mmap_mode="r")
+        sel = np.arange(len(u)) if uids is None else np.flatnonzero([v in uids for v in u])
+        if len(sel):
+            out_u += [u[i] for i in sel]
+            out_v.append(np.asarray(x[sel], np.float32))
+    dim = out_v[0].shape[1] if out_v else 0
+    return out_u, (np.concatenate(out_v) if out_v else np.zeros((0, dim), np.float32))
+
+
+def _bench_vectors(ws: Workspace, tag: str, name: str) -> dict[int, np.ndarray]:
+    from .overlap import load_bench
+
+    try:
+        b = load_bench(ws, tag, name)
+    except ClipcurateError:
+        return {}
+    return {int(i): np.asarray(v, np.float32) for i, v in zip(b.index, b.vectors)}
+
+
+def _pair_cosines(ws: Workspace, tag: str, rows: list[dict]) -> list[float | None]:
+    pool_u, pool_v = _pool_vectors(ws, tag, {r["pool_uid"] for r in rows})
+    at = {u: i for i, u in enumerate(pool_u)}
+    bench = {n: _bench_vectors(ws, tag, n) for n in {r["benchmark"] for r in rows}}
+    out = []
+    for r in rows:
+        j, bv = at.get(r["pool_uid"]), bench[r["benchmark"]].get(int(r["bench_index"]))
+        out.append(None if j is None or bv is None else float(pool_v[j] @ bv))
+    return out
+
+
+def _detector_candidates(ws: Workspace, tag: str, ths: Mapping[str, Mapping], existing: set) -> list[dict]:
+    """Pairs whose detector score reaches the benchmark's detector review threshold and that the
+    CLIP search did not propose: CLIP misses copies (App. C), so the detector searches too."""
+    from .overlap import load_bench
+    from .search import Searcher
+
+    pool_u, pool_v = _pool_vectors(ws, tag)
+    out = []
+    if not len(pool_u):
+        return out
+    for name, th in ths.items():
+        try:
+            b = load_bench(ws, tag, name)
+        except ClipcurateError:
+            continue
+        floor = float(th["detector"][1])
+        s = Searcher(np.asarray(b.vectors, np.float32), 1, floor, backend="numpy")
+        pairs = s.add(pool_v, 0)
+        for q, p, sc in zip(pairs.query, pairs.pos, pairs.score):
+            key = (pool_u[p], name, int(b.index[q]))
+            if key not in existing:
+                existing.add(key)
+                out.append({"pool_uid": pool_u[p], "benchmark": name, "bench_index": int(b.index[q]),
+                            "bench_uid": b.uid[q], "score_detector": float(sc), "origin": "detector"})
+    return out
+
+
+def _pool_captions(ws: Workspace) -> dict[str, str]:
+    out = {}
+    for f in sorted(ws.path("pool", "manifest").glob("*.parquet")):
+        try:
+            t = mf.read("pool", f, columns=["uid", "caption", "status"]).to_pydict()
+        except ClipcurateError:
+            continue
+        for u, c, s in zip(t["uid"], t["caption"], t["status"]):
+            if s == "success" and c:
+                out[u] = c
+    return out
+
+
+def _bench_captions(ws: Workspace, name: str) -> dict[int, tuple[str, list[str]]]:
+    """index → (uid, captions) for caption benchmarks (rows with captions and no label)."""
+    p = ws.path("benchmarks", name, "samples.parquet")
+    if not p.is_file():
+        return {}
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetFile(p).schema_arrow.names
+    if "captions" not in names:
+        return {}
+    t = pq.read_table(p, columns=[c for c in ("uid", "index", "label", "captions") if c in names]).to_pydict()
+    labels = t.get("label") or [None] * len(t["index"])
+    return {int(i): (u, list(c)) for u, i, lb, c in zip(t["uid"], t["index"], labels, t["captions"])
+            if c and lb is None}
+
+
+def _images_by_uid(ws: Workspace, uids: set[str]) -> dict[str, bytes]:
+    """Pool image bytes for these uids (pool manifest → shard tar)."""
+    where: dict[str, set[str]] = {}
+    for f in sorted(ws.path("pool", "manifest").glob("*.parquet")):
+        try:
+            t = mf.read("pool", f, columns=["uid", "shard", "status"]).to_pydict()
+        except ClipcurateError:
+            continue
+        for u, sh, st in zip(t["uid"], t["shard"], t["status"]):
+            if u in uids and st == "success":
+                where.setdefault(sh, set()).add(u)
+    out = {}
+    for shard, want in where.items():
+        path = ws.path("pool", "shards", f"{shard}.tar")
+        try:
+            for _, uid, data in iter_pool_tar(path):
+                if uid in want and data is not None:
+                    out[uid] = data
+        except (tarfile.TarError, OSError):
+            warn(f"{path}: unreadable tar; its pairs get no keypoint signal")
+    return out
+
+
+def _bench_images(ws: Workspace, name: str, indices: set[int]) -> dict[int, bytes]:
+    p = ws.path("benchmarks", name, "samples.parquet")
+    if not p.is_file():
+        return {}
+    t = _read_bench(p, ["index", "image"]).to_pydict()
+    return {int(i): b for i, b in zip(t["index"], t["image"]) if int(i) in indices and b}
+
+
+def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mapping[str, Mapping]) -> list[dict]:
+    """Fill the signal columns of the overlap stage's pairs, and add the pairs that only the
+    detector or the captions propose. ``rows`` carry pool_uid, benchmark, bench_index, bench_uid,
+    score_clip (and the other columns, None); ``ths`` is benchmark → signal → (overlap, review).
+    Each signal that cannot be computed (no detector embeddings, no images) stays null, with a
+    log line — never an error."""
+    opts = _opts(ws)
+    existing = {(r["pool_uid"], r["benchmark"], int(r["bench_index"])) for r in rows}
+    extra: list[dict] = []
+
+    # The detector: its score on every pair, and its own candidates.
+    dtag = detector_tag(ws, opts["detector_tag"])
+    if dtag:
+        extra += _detector_candidates(ws, dtag, ths, existing)
+    # Captions: near-identical pool captions of caption-benchmark texts (MinHash LSH).
+    caps = {n: _bench_captions(ws, n) for n in ths} if opts["text"] else {}
+    pool_caps = _pool_captions(ws) if any(caps.values()) else {}
+    if pool_caps:
+        texts = [((n, i), c) for n, d in caps.items() for i, (_, cs) in d.items() for c in cs]
+        for uid, (n, i), _j in text_matches(pool_caps, texts, float(opts["text_threshold"])):
+            if (uid, n, i) not in existing:
+                existing.add((uid, n, i))
+                extra.append({"pool_uid": uid, "benchmark": n, "bench_index": i, "bench_uid": caps[n][i][0],
+                              "origin": "text"})
+    if extra:
+        log(f"signals: {len(extra)} candidate pairs beyond the CLIP search "
+            f"({sum(e['origin'] == 'detector' for e in extra)} detector, {sum(e['origin'] == 'text' for e in extra)} text)")
+        from .decisions import pair_id
+
+        clip = _pair_cosines(ws, clip_tag, extra)
+        for e, c in zip(extra, clip):
+            e.pop("origin")
+            rows.append({"pair_id": pair_id(e["pool_uid"], e["benchmark"], e["bench_index"]), "pool_uid": e["pool_uid"],
+                         "benchmark": e["benchmark"], "bench_index": e["bench_index"], "bench_uid": e["bench_uid"],
+                         "score_clip": c, "score_detector": e.get("score_detector"), "phash_dist": None,
+                         "dhash_dist": None, "kp_inliers": None, "text_sim": None, "rank": None})
+    if not rows:
+        return rows
+    if dtag:
+        for r, v in zip(rows, _pair_cosines(ws, dtag, rows)):
+            r["score_detector"] = v
+    if opts["hashes"]:
+        try:
+            ph, dh = pair_hash_distances(ws, [r["pool_uid"] for r in rows], [r["bench_uid"] for r in rows])
+            for r, a, b in zip(rows, ph, dh):
+                r["phash_dist"], r["dhash_dist"] = a, b
+        except ClipcurateError as exc:
+            log(f"signals: no perceptual hashes ({exc})")
+    if caps and pool_caps:
+        for r in rows:
+            bc = caps.get(r["benchmark"], {}).get(int(r["bench_index"]))
+            pc = pool_caps.get(r["pool_uid"])
+            if bc and pc:
+                r["text_sim"] = max(text_similarity(pc, c) for c in bc[1])
+    if opts["keypoints"]:
+        _fill_keypoints(ws, rows, opts)
+    return rows
+
+
+def _fill_keypoints(ws: Workspace, rows: list[dict], opts: dict) -> None:
+    """Keypoint inliers for the most promising pairs (detector score, else CLIP score, first)."""
+    order = sorted(range(len(rows)), key=lambda i: -(rows[i]["score_detector"] if rows[i]["score_detector"]
+                                                     is not None else (rows[i]["score_clip"] or -9)))
+    todo = order[: int(opts["keypoint_max_pairs"])]
+    if len(todo) < len(rows):
+        log(f"signals: keypoints on the first {len(todo)} of {len(rows)} pairs ([signals] keypoint_max_pairs)")
+    pool_img = _images_by_uid(ws, {rows[i]["pool_uid"] for i in todo})
+    bench_img: dict[str, dict[int, bytes]] = {}
+    for n in {rows[i]["benchmark"] for i in todo}:
+        bench_img[n] = _bench_images(ws, n, {int(rows[i]["bench_index"]) for i in todo if rows[i]["benchmark"] == n})
+    cache = KeypointCache(opts["keypoint_method"])
+    for i in todo:
+        r = rows[i]
+        a, b = pool_img.get(r["pool_uid"]), bench_img[r["benchmark"]].get(int(r["bench_index"]))
+        if a is None or b is None:
+            continue
+        try:
+            ka, kb = ("p", r["pool_uid"]), ("b", r["benchmark"], r["bench_index"])
+            r["kp_inliers"] = cache.inliers(ka, None if ka in cache.features else _decode(a),
+                                            kb, None if kb in cache.features else _decode(b))
+        except Exception:  # an undecodable image: no keypoint signal for this pair
+            r["kp_inliers"] = None
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Scorers for `overlap calibrate` (pipeline.calibrate.SCORERS): fn(calib_set, q, p) → values
+
+
+def load_workspace_descriptor(ws: Workspace, tag: str):
+    """The descriptor that made embed/{tag} (model.json records its file and input size)."""
+    from . import detector
+    from .io import read_json
+
+    info = read_json(ws.path("embed", tag, "model.json"))
+    if not info.get("file"):
+        raise ClipcurateError(f"embed/{tag}/model.json names no detector file; rerun `clipcurate embed --detector PATH`")
+    return detector.load_descriptor(info["file"], image_size=int(info.get("image_size") or 0),
+                                    imagenet_norm=info.get("normalisation", "imagenet") == "imagenet")
+
+
+def _calib_detector(cs, q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    ws = getattr(cs, "ws", None)
+    tag = detector_tag(ws, _opts(ws)["detector_tag"]) if ws is not None else None
+    if not tag:
+        raise ClipcurateError("no detector embeddings (run `clipcurate detector train` then `clipcurate embed --detector PATH`)")
+    desc = load_workspace_descriptor(ws, tag)
+    full = desc.encode(cs.bench_images) @ desc.encode(cs.pool_images).T
+    cs._detector_full = full
+    return full[q, p]
+
+
+def _calib_keypoints(cs, q: np.ndarray, p: np.ndarray, k: int = 3, method: str = "sift") -> np.ndarray:
+    """Inliers on candidate pairs only, as in the stage: the top-k pool images of each benchmark
+    image by the detector (when it ran), CLIP and pHash; every other pair stays NaN (not computed)."""
+    nq, npool = len(cs.bench_images), len(cs.pool_images)
+    scores = [np.asarray(cs.bench_emb, np.float32) @ np.asarray(cs.pool_emb, np.float32).T]
+    if getattr(cs, "_detector_full", None) is not None:
+        scores.append(cs._detector_full)
+    hb = np.array([image_hashes(im)[0] for im in cs.bench_images])
+    hp = np.array([image_hashes(im)[0] for im in cs.pool_images])
+    scores.append(-hamming_matrix(hb, hp).astype(np.float32))
+    cand = np.zeros((nq, npool), bool)
+    for s in scores:
+        top = np.argsort(-s, axis=1)[:, :k]
+        cand[np.arange(nq)[:, None], top] = True
+    full = np.full((nq, npool), np.nan)
+    cache = KeypointCache(method)
+    for i, j in zip(*np.nonzero(cand)):
+        full[i, j] = cache.inliers(("b", i), cs.bench_images[i], ("p", j), cs.pool_images[j])
+    return full[q, p]
+
+
+def calibration_scorers() -> dict:
+    return {"detector": _calib_detector, "keypoints": _calib_keypoints}
