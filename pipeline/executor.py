@@ -226,6 +226,28 @@ def _stage_shard(shard: str, stage: Stage):
     return stage.run_shard(shard) or {}
 
 
+class _FnStage(Stage):
+    """:func:`pipeline.stage.run_shards` as a module-level class, so that it pickles to Ray workers."""
+
+    def __init__(self, folder: Path, shards: Sequence[str], fn: Callable, force: bool, description: str):
+        super().__init__(folder, force=force)
+        self._shards, self.fn = list(shards), fn
+        self.name = description or Path(folder).name
+        self.description = description
+
+    def shards(self):
+        return self._shards
+
+    def run_shard(self, shard):
+        return self.fn(shard)
+
+
+def run_shards(executor: "Executor | None", folder: Path, shards: Sequence[str], fn: Callable[[str], dict | None],
+               *, force: bool = False, description: str = "") -> StageResult:
+    """:func:`pipeline.stage.run_shards` on an executor (None: local)."""
+    return (executor or LocalExecutor()).run_stage(_FnStage(Path(folder), shards, fn, force, description))
+
+
 class LocalExecutor(Executor):
     """A loop in this process: the behaviour of a stage without ``--executor``."""
 

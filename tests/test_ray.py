@@ -313,3 +313,22 @@ def test_overlap_cli_with_executor_ray(ray_session, ws, cli, tmp_path):
     assert r_ray.code == 0 and r_local.code == 0, r_ray.err
     assert r_ray.out == r_local.out and '"n_overlap": 1' in r_ray.out
     assert (ws.root / "overlap" / "search" / "ray_topk" / "00002.done").exists()  # it did run on Ray
+
+
+def test_hashes_on_ray_match_local(ray_session, ws, cli, tmp_path):
+    import pyarrow.parquet as pq
+
+    from _embed_helpers import make_pool
+    from pipeline.workspace import Workspace
+
+    local = Workspace(tmp_path / "local")
+    for w in (ws, local):
+        make_pool(w, shards=3, per_shard=5, bad={2: 1}, size=40)
+    r_ray = cli("-w", ws.root, "detector", "hashes", "--executor", "ray")
+    r_local = cli("-w", local.root, "detector", "hashes")
+    assert r_ray.code == 0 and r_local.code == 0, r_ray.err
+    assert r_ray.out == r_local.out
+    for s in ("00000", "00001", "00002"):
+        a = pq.read_table(ws.path("hashes", "pool", f"{s}.parquet"))
+        assert a.equals(pq.read_table(local.path("hashes", "pool", f"{s}.parquet"))) and a.num_rows >= 5
+    assert stage_state(ws.path("hashes")) == ("done", 3, 3)

@@ -41,7 +41,7 @@ def test_local_map_shards_marks_skips_and_keeps_order(tmp_path):
         ex.map_shards(fn, ["0", "0"])
 
 
-@pytest.mark.parametrize("command", [["download"], ["embed"], ["overlap"]])
+@pytest.mark.parametrize("command", [["download"], ["embed"], ["overlap"], ["detector", "hashes"]])
 def test_cli_executor_ray_without_ray_says_how_to_get_it(ws, cli, monkeypatch, command):
     monkeypatch.setitem(sys.modules, "ray", None)
     r = cli("-w", ws.root, *command, "--executor", "ray")
