@@ -65,7 +65,7 @@ config.section("curate", {"shard_size": 10000, "decontam": True}, {
 
 registry.register_stage("curate", "curate", "clipcurate curate", ("curated",))
 
-sql.report("curated_shards", "Samples per curated shard.",
+sql.report("curated-shards", "Samples per curated shard.",
            "select shard, count(*) as samples from curated group by 1 order by 1", ("curated",))
 
 

@@ -112,3 +112,48 @@ def test_parse_losses(tmp_path):
         "2026-01-01,00:00:02 | INFO | Train Epoch: 1 [160/160 (100%)] Data (t): 0.1 Batch (t): 0.2, 80/s, 80/s/gpu "
         "LR: 0.000000 Logit Scale: 14.300 Contrastive_loss: 1.5 (2.1) Loss: 1.5 (2.1)\n")
     assert parse_losses(log) == [{"epoch": 0, "samples": 16, "loss": 2.7726}, {"epoch": 1, "samples": 160, "loss": 1.5}]
+
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_rerun_resumes_from_the_last_epoch(ws):
+    """A real SIGKILL after the first checkpoint: the rerun continues from it, it does not restart."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from pipeline.curate import curate
+
+    make_pool(ws, n=120, shards=2, size=32)
+    curate(ws, shard_size=60, decontam=False)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+
+    def cmd(epochs):
+        return [sys.executable, "-m", "cli.app", "-q", "-w", str(ws.root), "train", "--name", "k",
+                "--epochs", str(epochs), "--batch-size", "16", "--workers", "0", "--device", "cpu",
+                "--log-every", "1"]
+
+    proc = subprocess.Popen(cmd(30), env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = ws.path("train", "k", "checkpoints", "epoch_latest.pt")
+    deadline = time.time() + 240
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest.exists(), "no checkpoint before the deadline"
+    done = int(torch.load(latest, map_location="cpu", weights_only=True)["epoch"])
+    assert 1 <= done < 30
+
+    # the rerun (asking for one epoch more than was finished) resumes from the checkpoint
+    r = subprocess.run(cmd(done + 1), env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"epochs: {done + 1}" in r.stdout
+    log = ws.path("train", "k", "out.log").read_text()
+    assert "=> resuming checkpoint" in log and f"(epoch {done})" in log
+    assert ws.path("train", "k", "checkpoints", f"epoch_{done + 1}.pt").is_file()
