@@ -44,7 +44,8 @@ from . import config, registry
 from .console import console, log
 from .curate import read_sizes, shard_pattern
 from .errors import ClipcurateError
-from .io import read_json, write_json
+from .io import read_json, write_json, write_text
+from .stage import PLAN, SUCCESS, is_done, mark_done, marker
 from .workspace import Workspace
 
 DEFAULTS = {
@@ -252,6 +253,9 @@ def train(ws: Workspace, run: str = "default", *, force: bool = False, quiet: bo
                                   f"resume it unchanged, pick another --name, or pass --force to restart it")
     rdir.mkdir(parents=True, exist_ok=True)
     write_json(rdir / "run.json", {**want, "run": run, "device": device, "workers": workers})
+    # `status`: train/{run}.done marks a finished run (removed while it trains), _SUCCESS all of them
+    marker(ws.path("train"), run).unlink(missing_ok=True)
+    ws.path("train", SUCCESS).unlink(missing_ok=True)
 
     # 3. The open_clip_train command line — exactly what `python -m open_clip_train.main` takes.
     argv = [
@@ -301,6 +305,11 @@ def train(ws: Workspace, run: str = "default", *, force: bool = False, quiet: bo
         import torch
 
         done = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
+    mark_done(ws.path("train"), run, {"epochs": done, "logged_steps": len(losses)})
+    runs = sorted(d.name for d in ws.path("train").iterdir() if (d / "run.json").is_file())
+    write_json(ws.path("train", PLAN), {"stage": "train", "shards": runs})
+    if all(is_done(ws.path("train"), r) for r in runs):
+        write_text(ws.path("train", SUCCESS), "")
     if losses:
         log(f"train: loss {losses[0]['loss']:.4f} -> {losses[-1]['loss']:.4f} over {len(losses)} logged steps; "
             f"checkpoint {ckpt}")
