@@ -113,7 +113,7 @@ def _plan(ws: Workspace, decontam: bool, shard_size: int):
                                   "clipcurate overlap")
         bad = mf.read_all("decontam", ws.root, columns=["pool_uid"])["pool_uid"].unique()
         keep = pc.invert(pc.is_in(ok["uid"], value_set=bad))
-        counts["dropped_decontam"] = ok.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
+        counts["dropped_decontam"] = ok.num_rows - (pc.sum(keep.cast(pa.int64())).as_py() or 0)
         ok = ok.filter(keep)
     else:
         counts["dropped_decontam"] = 0
