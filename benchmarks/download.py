@@ -36,8 +36,8 @@ import sys, time
 sys.path[:0] = [{repo!r}, {tests!r}]
 from _download_server import ImageServer
 srv = ImageServer(image_size={size}).start()
-for i in range({n}):
-    srv.image(i, "jpg")  # pre-encode: the server's cost per request is then just HTTP
+for i in range({n}):  # pre-encode 256 distinct images: the server's cost per request is then just HTTP
+    srv._cache[(i, "jpg")] = srv.image(i % 256, "jpg")
 print(srv.port, flush=True)
 while True:
     time.sleep(3600)

@@ -510,7 +510,8 @@ def inspect_image(data: bytes, max_area: float) -> str | None:
       decompression bomb is a tiny file that declares a huge canvas, so this check must come
       before decoding (cv2 would allocate the whole canvas);
     - truncated image: a JPEG whose entropy-coded data ends early (cv2 would decode it "fine",
-      grey bottom and all) — decoded at 1/8 scale to keep it cheap; other formats are verified.
+      grey bottom and all) — one without its end marker is decoded at 1/8 scale, which raises
+      when data is missing; other formats are verified (chunk CRCs for PNG).
     """
     import warnings
 
@@ -534,8 +535,11 @@ def inspect_image(data: bytes, max_area: float) -> str | None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if im.format == "JPEG":
-                    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
-                    im.load()
+                    # A complete JPEG ends with the EOI marker (FF D9), perhaps padded: then skip the
+                    # decode. Without it, decode at 1/8 scale: Pillow raises when the data ends early.
+                    if data.rstrip(b"\0 \r\n")[-2:] != b"\xff\xd9":
+                        im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                        im.load()
                 else:
                     im.verify()
         except Exception:  # noqa: BLE001
