@@ -311,3 +311,36 @@ def test_bad_inputs_one_line_exit_1(tmp_path, capsys):
 def test_api_rejects_unknown_option(tmp_path):
     with pytest.raises(ClipcurateError, match="unknown queries option"):
         stage.build(Workspace(tmp_path), ["x.xml"], unigram_min=3)
+
+
+# -- kill -9 in the middle, then rerun ---------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sigkill_during_counting_then_rerun_gives_the_same_list(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pages = synthetic_pages(500, vocab_size=1000, words_per_page=100, seed=7)
+    multi = write_dump(tmp_path / "k-multistream.xml.bz2", pages, kind="multistream", pages_per_stream=20)
+    args = ["queries", "build", str(multi), "--wordnet", "none", "--chunk-mb", "0.000001",
+            "--unigram-min-count", "20", "--bigram-min-pmi", "4", "--spill-entries", "5000"]
+    clean = Workspace(tmp_path / "clean")
+    assert run_cli(["-q", "-w", str(clean.root)] + args) == 0
+    ws = Workspace(tmp_path / "ws")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "cli.app", "-q", "-w", str(ws.root)] + args, cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = ws.path("queries")
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and len(list(folder.glob("*.done"))) < 3:
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(folder.glob("*.done")))
+    assert run_cli(["-q", "-w", str(ws.root)] + args) == 0
+    assert _table(ws) == _table(clean)
+    assert done_before >= 1
