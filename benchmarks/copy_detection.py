@@ -137,7 +137,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--kp-method", default="sift")
     ap.add_argument("--json", default="", help="write the figures here as JSON")
     ap.add_argument("--save-scores", default="", help="write every score matrix here (.npz)")
+    ap.add_argument("--from-scores", nargs="+", default=None, metavar="NPZ",
+                    help="skip the measurement: analyse saved --save-scores files (merged, later wins)")
     args = ap.parse_args(argv)
+    if args.from_scores:
+        return from_scores(args.from_scores, args.target, args.json)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
 
     t0 = time.time()
@@ -191,37 +195,58 @@ def main(argv=None) -> dict:
     log(f"keypoints: {int(cand.sum())} candidate pairs ({int((cand & truth).sum())}/{int(truth.sum())} "
         f"true copies among them) in {times['keypoints']:.1f}s")
 
-    cal = np.zeros(len(bench), bool)
+    info = {"n_bench": len(bench), "n_pool": len(pool), "strength": args.strength, "size": args.size,
+            "detector": f"preset {args.preset}, {res.steps} steps, batch {full_cfg['batch_size']}, "
+                        f"{full_cfg['image_size']} px, trained in {train_s:.0f}s on {args.device}",
+            "losses_first_last": [float(np.mean(res.losses[:10])), float(np.mean(res.losses[-10:]))]}
+    if args.save_scores:
+        np.savez_compressed(args.save_scores, truth=truth, phash=phash, dhash=dhash, kp=kp,
+                            **{k.replace(":", "_"): v for k, v in scores.items()})
+    return report(truth, scores, phash, dhash, kp, args.target, info, times, args.json)
+
+
+def top1_recall(score: np.ndarray, truth: np.ndarray) -> float:
+    """Threshold-free: the fraction of planted copies that are their benchmark image's nearest pool image."""
+    rows = truth.any(1)
+    return float(truth[rows][np.arange(rows.sum()), np.argmax(score[rows], 1)].mean())
+
+
+def report(truth, scores, phash, dhash, kp, target, info, times=None, json_path="") -> dict:
+    """Choose thresholds on the even benchmark rows, measure on the odd ones, print the table."""
+    cal = np.zeros(len(truth), bool)
     cal[::2] = True
     test = ~cal
-    signal_scores = {**{k: v for k, v in scores.items()}, "phash": -phash.astype(np.float32),
-                     "dhash": -dhash.astype(np.float32), "keypoints": kp.astype(np.float32)}
+    clip_key = next((k for k in scores if k.startswith("clip")), None)
+    signal_scores = {**scores, "phash": -phash.astype(np.float32), "dhash": -dhash.astype(np.float32),
+                     "keypoints": kp.astype(np.float32)}
+    det = scores["detector"]
+    # The detector as a mutual nearest neighbour: a pair counts only when each is the other's best match.
+    mutual = (det == det.max(1, keepdims=True)) & (det == det.max(0, keepdims=True))
+    signal_scores["detector (mutual NN)"] = np.where(mutual, det, -1.0)
     rows = []
     thresholds = {}
     for name, s in signal_scores.items():
-        thr = choose_threshold(s[cal], truth[cal], args.target)
+        thr = choose_threshold(s[cal], truth[cal], target)
         thresholds[name] = thr
         p, r, tp, fp, fn = pr(s[test] >= thr, truth[test])
         pc, rc, *_ = pr(s[cal] >= thr, truth[cal])
         shown = -thr if name in ("phash", "dhash") else thr
         op = "≤" if name in ("phash", "dhash") else "≥"
         rows.append({"signal": name, "threshold": f"{op} {shown:.4g}", "precision": p, "recall": r,
-                     "tp": tp, "fp": fp, "fn": fn, "cal_precision": pc, "cal_recall": rc})
+                     "tp": tp, "fp": fp, "fn": fn, "cal_precision": pc, "cal_recall": rc,
+                     "top1_recall": top1_recall(s, truth) if name != "keypoints" else None})
 
     # The combination: thresholds chosen on the calibration half too — det (strong) at the precision
-    # target, the grey zone's lower detector bound, keypoint and pHash bounds from the data.
-    det = scores["detector"]
-    t_comb = {"det": thresholds["detector"], "kp": 0, "phash_low": 0, "det_low": thresholds["detector"]}
+    # target, then the grey zone's lower detector bound, keypoint and pHash bounds from the data.
     best = None
-    for det_low_q in (0.0, 0.25, 0.5, 0.75, 0.9):
-        pos_det = det[cal][truth[cal]]
-        det_low = float(np.quantile(pos_det, det_low_q * 0.1)) if det_low_q else thresholds["detector"]
+    pos_det = det[cal][truth[cal]]
+    for det_low in sorted({thresholds["detector"], *np.quantile(pos_det, [0.0, 0.01, 0.025, 0.05, 0.075])}):
+        det_low = min(float(det_low), thresholds["detector"])
         for kp_t in (8, 10, 12, 15, 20, 25, 30, 10**9):
             for ph_t in (-1, 4, 6, 8, 10, 12):
                 tt = {"det": thresholds["detector"], "det_low": det_low, "kp": kp_t, "phash_low": ph_t}
-                pred = combine(det[cal], phash[cal], kp[cal], None, tt)
-                p, r, *_ = pr(pred, truth[cal])
-                key = (p >= args.target, r, p)
+                p, r, *_ = pr(combine(det[cal], phash[cal], kp[cal], None, tt), truth[cal])
+                key = (p >= target, r, p)
                 if best is None or key > best[0]:
                     best = (key, tt)
     t_comb = best[1]
@@ -229,31 +254,44 @@ def main(argv=None) -> dict:
     pc, rc, *_ = pr(combine(det[cal], phash[cal], kp[cal], None, t_comb), truth[cal])
     rows.append({"signal": "combined", "threshold": (f"det ≥ {t_comb['det']:.3f} OR (det ≥ {t_comb['det_low']:.3f} "
                                                      f"AND (kp ≥ {t_comb['kp']} OR pHash ≤ {t_comb['phash_low']}))"),
-                 "precision": p, "recall": r, "tp": tp, "fp": fp, "fn": fn, "cal_precision": pc, "cal_recall": rc})
+                 "precision": p, "recall": r, "tp": tp, "fp": fp, "fn": fn, "cal_precision": pc, "cal_recall": rc,
+                 "top1_recall": None})
 
     base = next((r for r in rows if r["signal"] == clip_key), None)
-    print(f"# copy detection: {len(bench)} benchmark × {len(pool)} pool images, {int(truth.sum())} planted "
-          f"App. C copies (strength {args.strength}, {args.size} px); thresholds chosen on even benchmark "
-          f"indices for precision ≥ {args.target}, figures on odd indices")
-    print(f"# detector: preset {args.preset}, {res.steps} steps, batch {full_cfg['batch_size']}, "
-          f"{full_cfg['image_size']} px, trained in {train_s:.0f}s on {args.device}")
-    print("| signal | threshold | precision | recall | recall / random-init CLIP | TP | FP | FN |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"# copy detection: {info.get('n_bench')} benchmark × {info.get('n_pool')} pool images, {int(truth.sum())} "
+          f"planted App. C copies (strength {info.get('strength')}, {info.get('size')} px); thresholds chosen on even "
+          f"benchmark indices for precision ≥ {target}, figures on odd indices")
+    print(f"# detector: {info.get('detector')}")
+    print("| signal | threshold | precision | recall | TP | FP | FN | top-1 recall | top-1 recall / random-init CLIP |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r_ in rows:
-        ratio = (r_["recall"] / base["recall"]) if base and base["recall"] else float("nan")
-        print(f"| {r_['signal']} | {r_['threshold']} | {r_['precision']:.3f} | {r_['recall']:.3f} | {ratio:.2f} | "
-              f"{r_['tp']} | {r_['fp']} | {r_['fn']} |")
-    if clip_key:
-        print(f"# time per image relative to {clip_key} embedding: " + ", ".join(
+        t1 = r_["top1_recall"]
+        ratio = f"{t1 / base['top1_recall']:.2f}" if base and t1 is not None and base["top1_recall"] else ""
+        print(f"| {r_['signal']} | {r_['threshold']} | {r_['precision']:.3f} | {r_['recall']:.3f} | {r_['tp']} | "
+              f"{r_['fp']} | {r_['fn']} | {'' if t1 is None else f'{t1:.3f}'} | {ratio} |")
+    if times and clip_key:
+        print(f"# seconds relative to {clip_key} embedding (same images): " + ", ".join(
             f"{k} {v / times[clip_key]:.2f}" for k, v in times.items() if not k.startswith("clip")))
-    out = {"args": vars(args), "rows": rows, "combined_thresholds": t_comb, "times": times,
-           "losses_first_last": [float(np.mean(res.losses[:10])), float(np.mean(res.losses[-10:]))]}
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
-    if args.save_scores:
-        np.savez_compressed(args.save_scores, truth=truth, phash=phash, dhash=dhash, kp=kp,
-                            **{k.replace(":", "_"): v for k, v in scores.items()})
+    out = {"info": info, "rows": rows, "combined_thresholds": t_comb, "times": times or {}}
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2, default=float))
     return out
+
+
+def from_scores(paths: list[str], target: float, json_path: str = "") -> dict:
+    """Re-run the analysis on saved score matrices (--save-scores) of the same calibration set;
+    later files add or replace signals (e.g. the CLIP scores of a CPU run + the detector of a GPU run)."""
+    merged: dict = {}
+    for p in paths:
+        with np.load(p) as z:
+            if "truth" in merged and not np.array_equal(merged["truth"], z["truth"]):
+                raise SystemExit(f"{p}: another calibration set (truth differs)")
+            merged.update({k: z[k] for k in z.files})
+    truth, phash, dhash, kp = (merged.pop(k) for k in ("truth", "phash", "dhash", "kp"))
+    scores = {k.replace("clip_", "clip:", 1): v for k, v in merged.items()}
+    info = {"n_bench": truth.shape[0], "n_pool": truth.shape[1], "strength": "as measured", "size": "as measured",
+            "detector": f"scores from {', '.join(paths)}"}
+    return report(truth, scores, phash, dhash, kp, target, info, None, json_path)
 
 
 if __name__ == "__main__":
