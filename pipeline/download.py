@@ -264,6 +264,7 @@ INPUT_DIR = "_input"
 WORK_DIR = "_work"
 ROUNDS = 2  # fetch rounds per run for shards that did not finish (img2dataset stalled or crashed)
 END_GRACE = 10.0  # seconds img2dataset gets to exit once every shard is converted
+STARTUP_LIMIT = 180.0  # seconds img2dataset may take to start (imports) before it counts as stalled
 INPUT_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()), ("caption", pa.string()),
                           ("query_ids", pa.list_(pa.int32()))])
 
@@ -286,8 +287,16 @@ def _conf(cfg: dict | None) -> dict:
 
 
 def policy_from(conf: dict) -> urlsafety.Policy:
+    hosts = conf["hosts"]
+    if isinstance(hosts, str):  # from the environment: "name=ip,name2=ip2"
+        pairs = [p.split("=", 1) for p in hosts.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ClipcurateError(f"[download] hosts {hosts!r}: write it as name=ip,name2=ip2")
+        hosts = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(hosts, dict):
+        raise ClipcurateError(f"[download] hosts {hosts!r}: must be a table of name = ip address")
     try:
-        return urlsafety.Policy.make(conf["allow_private"], conf["allow_hosts"], conf["hosts"])
+        return urlsafety.Policy.make(conf["allow_private"], conf["allow_hosts"], hosts)
     except ValueError as exc:
         raise ClipcurateError(f"[download] hosts: {exc}; give IP addresses, e.g. 'cdn.example' = '192.0.2.7'") from None
 
@@ -780,7 +789,7 @@ def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.P
              str(work / "job.json")], stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
             env=env, start_new_session=True)
     pending = {j: b for j, b in enumerate(batch)}
-    last_size, last_change, finished_at = -1, time.monotonic(), None
+    last_size, last_change, finished_at = -2, time.monotonic(), None
     try:
         while pending:
             for j in sorted(pending):
@@ -805,11 +814,14 @@ def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.P
                     finished_at = time.monotonic()
                     continue
                 break
-            size = _dir_size(out_dir) + _dir_size(out_dir / "_tmp")
+            # Progress = img2dataset's output growing. Its folder appears once its imports are
+            # done; start-up gets a longer allowance than the stall timeout.
+            size = _dir_size(out_dir) + _dir_size(out_dir / "_tmp") if out_dir.exists() else -1
+            limit = stall if size >= 0 else max(stall, STARTUP_LIMIT)
             if size != last_size:
                 last_size, last_change = size, time.monotonic()
-            elif time.monotonic() - last_change > stall:
-                warn(f"download: img2dataset made no progress for {stall:.0f}s; stopping it")
+            elif time.monotonic() - last_change > limit:
+                warn(f"download: img2dataset made no progress for {limit:.0f}s; stopping it")
                 break
             time.sleep(0.1)
     finally:

@@ -237,3 +237,22 @@ def test_kill9_then_rerun_matches_uninterrupted(tmp_path):
            sorted((r["uid"], r["key"], r["status"], r["error"]) for r in b)
     assert not list((killed / "pool").rglob(".tmp-*"))
     assert pq.read_table(killed / "pool" / "manifest" / "00000.parquet").num_rows == 10
+
+
+@pytest.mark.slow
+def test_stalled_img2dataset_is_stopped_and_the_run_ends(ws, cli, tmp_path, monkeypatch):
+    """The watchdog: when img2dataset's output stops growing for stall_timeout seconds the child
+    is killed; after the retry round the command ends with one line that says to rerun."""
+    monkeypatch.setenv("CLIPCURATE_DOWNLOAD__HOSTS", f"{PUBLIC}=127.0.0.1")
+    monkeypatch.setenv("CLIPCURATE_DOWNLOAD__STALL_TIMEOUT", "3")
+    with ImageServer(trickle_seconds=60) as srv:
+        write_urls(tmp_path / "u.parquet", [(f"http://{PUBLIC}:{srv.port}/trickle", "stuck")])
+        t = time.monotonic()
+        res = cli("-w", ws.root, "download", "--input", tmp_path / "u.parquet", "--allow-host", PUBLIC,
+                  "--processes", "1", "--fetch-deadline", "60", "--timeout", "30")
+        took = time.monotonic() - t
+    assert res.code == 1
+    assert "did not finish" in res.err and "rerun" in res.err and "Traceback" not in res.err
+    assert took < 55  # two stalled rounds, not the 60 s fetch deadline
+    assert not (ws.root / "pool" / "00000.done").exists()
+    assert _runner_pids(str(ws.root)) == []
