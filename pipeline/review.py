@@ -314,6 +314,8 @@ class ReviewSession:
 
     def next_undecided(self) -> int:
         """The next view position after the current one without my vote (else just the next)."""
+        if self.decided_in_view >= len(self):  # all decided (re-reviewing): no need to scan
+            return min(self.pos + 1, len(self) - 1)
         ids = self.queue.pair_ids
         order = self.order
         for i in range(self.pos + 1, len(self)):

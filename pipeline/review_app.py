@@ -239,7 +239,10 @@ class ReviewApp(App):
         if threading.get_ident() == self._ui_thread:
             self._apply(media)
         elif self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._apply, media)
+            try:
+                self._loop.call_soon_threadsafe(self._apply, media)
+            except RuntimeError:  # the app closed its loop meanwhile
+                pass
 
     def _apply(self, media: PairMedia) -> None:
         if media.pair_id != self.session.pair_id or not self.is_running:
