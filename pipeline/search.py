@@ -22,8 +22,10 @@ Both reductions come out of the SAME score block, so each pool shard is multipli
         (b) += cand with score >= floor
         (a)  = merge(running top-k, cand with score > running k-th)
 
-Until a row's running top-k is full its k-th best is -inf, so the first block of every query row
-goes through a dense ``argpartition`` instead of the mask. Ties are broken deterministically:
+Until a row's running top-k is full its k-th best is -inf, so each such row is first seeded from
+a prefix of the block by a dense ``argpartition`` (≥ 1024 columns); after that the mask is sparse.
+On a GPU the merge is dense instead: the block's ``topk`` and a stable sort of
+``[running | block]`` per row, all on the device. Ties are broken deterministically:
 score descending, then pool position ascending (shards in name order, rows in file order), so the
 result does not depend on the block sizes, the backend or the number of shards.
 
@@ -32,7 +34,8 @@ Backends (same algorithm, same results up to float32 summation order):
 - ``numpy``: float32 BLAS matmul on the CPU (the default without CUDA);
 - ``torch``: cuBLAS on CUDA (or torch's CPU BLAS): the float16 inputs are multiplied on tensor
   cores with float32 accumulation and float32 output (``out_dtype``), which is as exact as a float32
-  product because a float16 × float16 product is exact in float32; only candidates leave the GPU;
+  product because a float16 × float16 product is exact in float32; the running top-k stays on the
+  device and only the floor pairs (b) leave it;
 - ``faiss``: ``faiss.IndexFlatIP`` per shard, ``search`` for (a) and ``range_search`` for (b) —
   two passes over the pool shard; kept as a cross-check and for machines where faiss's BLAS is the
   faster one. faiss-gpu's ``GpuIndexFlatIP`` has no ``range_search``, so on a GPU the one-pass torch
@@ -140,9 +143,10 @@ class Pairs:
         return len(self.query)
 
 
-def merge_topk(top: TopK, rows: np.ndarray, cand_row: np.ndarray, cand_pos: np.ndarray,
+def merge_topk(top: TopK, rows: np.ndarray | None, cand_row: np.ndarray, cand_pos: np.ndarray,
                cand_score: np.ndarray) -> None:
-    """Fold sparse candidates (row, pos, score) into the running top-k of ``rows``, in place.
+    """Fold sparse candidates (row, pos, score) into the running top-k, in place. ``rows`` maps
+    candidate rows to rows of ``top`` (None: the same).
 
     The running entries of the touched rows and the candidates are sorted together by
     (row, score desc, pos asc); the first k of each row are kept.
@@ -258,24 +262,41 @@ class Searcher:
             # the running top-k lives on the device; :attr:`top` copies it out
             self.top_s = torch.from_numpy(self._top.scores).to(self.device)
             self.top_p = torch.from_numpy(self._top.pos).to(self.device)
+            self._snap = (self._top.scores.copy(), self._top.pos.copy())
+            self._dev_newer = False
             self.block_elems = block_elems or (GPU_BLOCK if self.on_gpu else CPU_BLOCK)
         else:
             self.block_elems = block_elems or CPU_BLOCK
 
     @property
     def top(self) -> TopK:
-        """The running top-k (a host copy for the torch backend)."""
-        if self.backend == "torch":
-            return TopK(self.top_s.cpu().numpy().copy(), self.top_p.cpu().numpy().copy())
+        """The running top-k, on the host. Callers may change it in place (``merge_topk``, as the
+        Ray executor does); with the torch backend such a change is pushed to the device before
+        the next shard."""
+        self._sync()
         return self._top
 
     def set_top(self, scores: np.ndarray, pos: np.ndarray) -> None:
         """Restore a running top-k (a resume point)."""
+        self._sync()
         self._top.scores[:] = scores
         self._top.pos[:] = pos
-        if self.backend == "torch":
-            self.top_s.copy_(self.torch.from_numpy(self._top.scores))
-            self.top_p.copy_(self.torch.from_numpy(self._top.pos))
+
+    def _sync(self) -> None:
+        """torch backend: the host copy changed since the last sync → push it to the device; else
+        the device moved on (a shard was added) → pull it into the host copy."""
+        if self.backend != "torch":
+            return
+        torch = self.torch
+        snap_s, snap_p = self._snap
+        if not (np.array_equal(self._top.scores, snap_s) and np.array_equal(self._top.pos, snap_p)):
+            self.top_s.copy_(torch.from_numpy(self._top.scores))
+            self.top_p.copy_(torch.from_numpy(self._top.pos))
+        elif self._dev_newer:
+            self._top.scores[:] = self.top_s.cpu().numpy()
+            self._top.pos[:] = self.top_p.cpu().numpy()
+        self._dev_newer = False
+        self._snap = (self._top.scores.copy(), self._top.pos.copy())
 
     # -- one pool shard ---------------------------------------------------------------------
     def add(self, x: np.ndarray, base_pos: int) -> Pairs:
@@ -301,7 +322,7 @@ class Searcher:
         qb = min(self.m, max(1, self.block_elems // pb))
         return qb, pb
 
-    def _fold(self, q0: int, S_row: np.ndarray | None, r: np.ndarray, c: np.ndarray, s: np.ndarray,
+    def _fold(self, q0: int, r: np.ndarray, c: np.ndarray, s: np.ndarray,
               p0: int, out: list) -> None:
         """Split block candidates into (b) floor pairs and (a) top-k candidates, fold them."""
         rows = q0 + r
@@ -336,7 +357,7 @@ class Searcher:
                 # one mask for both results: above the floor (b) or better than the k-th best (a)
                 thr = np.minimum(self.floor[q0:q0 + qb], self._top.scores[q0:q0 + qb, -1])
                 r, c = _ge_rows(S, thr)
-                self._fold(q0, None, r, c, S[r, c], base_pos + p0, out)
+                self._fold(q0, r, c, S[r, c], base_pos + p0, out)
         return Pairs.concat(out)
 
     def _mm(self, a, b):
@@ -367,6 +388,8 @@ class Searcher:
         """Everything on the device: the product, the floor mask (b), the block's top-k and its
         merge into the running top-k (a). Only the floor pairs (few) come back to the host."""
         torch = self.torch
+        self._sync()  # a host-side change of the top-k (resume, Ray merge) goes to the device first
+        self._dev_newer = True
         n = len(x)
         qb, pb = self._blocks(n)
         dtype = torch.float16 if self.on_gpu else torch.float32

@@ -134,9 +134,10 @@ def test_human_decisions_override_and_refresh_without_search(ws, cli, monkeypatc
     assert r.code == 0 and r.out.startswith("benchmark,n,n_overlap")
 
 
-def test_kill_between_shards_resumes_to_the_same_result(ws, cli, monkeypatch, tmp_path):
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_kill_between_shards_resumes_to_the_same_result(ws, cli, monkeypatch, backend):
     make_workspace(ws.root, shards=5, per_shard=120, plants=[("cifar10", 0, 4, 3, 0.97), ("stl10", 5, 0, 0, 0.9)])
-    (ws.root / "clipcurate.toml").write_text("[overlap]\ncheckpoint_s = 0.0\n")
+    (ws.root / "clipcurate.toml").write_text(f"[overlap]\ncheckpoint_s = 0.0\nbackend = \"{backend}\"\n")
     seen = []
 
     def crash(shard):

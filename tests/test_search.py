@@ -78,6 +78,27 @@ def test_range_pairs_not_capped_by_k(backend):
     assert top.pos[0].tolist() == sorted(copies.tolist())[:5]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_top_k_changed_on_the_host_is_kept(backend):
+    """Per-shard searches merged on the host with merge_topk (the Ray executor's way), then more
+    shards on the same Searcher: the same answer as one streaming search."""
+    rng = np.random.default_rng(4)
+    q, pool = _unit(rng, 50, 16), _unit(rng, 3000, 16)
+    ref = se.brute_force(q, pool, 5, 0.9)
+    main = se.Searcher(q, 5, 0.9, backend=backend)
+    for part, base in ((pool[:1000], 0), (pool[1000:2000], 1000)):
+        s = se.Searcher(q, 5, 0.9, backend=backend)
+        s.add(part, base)
+        t = s.top
+        rows, cols = np.nonzero(t.pos >= 0)
+        se.merge_topk(main.top, None, rows.astype(np.int64), t.pos[rows, cols], t.scores[rows, cols])
+    main.add(pool[2000:], 2000)
+    assert np.array_equal(main.top.pos, ref[0].pos)
+    resumed = se.Searcher(q, 5, 0.9, backend=backend)
+    resumed.set_top(main.top.scores, main.top.pos)
+    assert np.array_equal(resumed.top.pos, ref[0].pos)
+
+
 def test_fewer_pool_rows_than_k_leaves_empty_slots():
     rng = np.random.default_rng(1)
     q, pool = _unit(rng, 4, 8), _unit(rng, 3, 8)
