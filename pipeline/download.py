@@ -16,13 +16,23 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from . import config, manifest, registry, sql
-from .io import atomic_path, read_json, write_json, write_text
+from . import config, manifest, registry, sql, urlsafety
+from .console import log, progress, warn
+from .errors import ClipcurateError, MissingUpstream
+from .io import atomic_path, clean_temp, read_json, write_json, write_text
 from .stage import PLAN, SUCCESS, done_info, is_done, mark_done
 from .uid import pair_uid
 from .workspace import Workspace
@@ -244,21 +254,6 @@ def write_pool_shard(ws: Workspace, shard: str, samples: list[dict]) -> dict:
 #    killed (img2dataset can hang at the end of a run); when no output grows for `stall_timeout`
 #    the child is killed and the unfinished shards get one more round, then the run fails with a
 #    one-line error that says to rerun.
-
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
-
-import pyarrow.parquet as pq
-
-from . import urlsafety
-from .console import log, progress, warn
-from .errors import ClipcurateError, MissingUpstream
-from .io import clean_temp
 
 INPUT_DIR = "_input"
 WORK_DIR = "_work"
