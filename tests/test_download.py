@@ -256,3 +256,21 @@ def test_stalled_img2dataset_is_stopped_and_the_run_ends(ws, cli, tmp_path, monk
     assert took < 55  # two stalled rounds, not the 60 s fetch deadline
     assert not (ws.root / "pool" / "00000.done").exists()
     assert _runner_pids(str(ws.root)) == []
+
+
+def test_candidates_input_carries_uids_and_query_ids(ws, cli):
+    """The default input is candidates/candidates.parquet (queries match): its uids and entry_ids
+    become the pool's uids and query_ids. Loopback urls are refused by default, so no fetch runs."""
+    (ws.root / "candidates").mkdir()
+    uids = [f"{i:032x}" for i in range(3)]
+    pq.write_table(pa.table({
+        "uid": uids, "url": [f"http://127.0.0.1:9/{i}.jpg" for i in range(3)], "caption": ["a", "b", None],
+        "entry_ids": pa.array([[1, 5], [], [7]], pa.list_(pa.int32()))}), ws.root / "candidates" / "candidates.parquet")
+    res = cli("-w", ws.root, "download", "--format", "csv")
+    assert res.code == 0, res.err
+    assert "refused,3" in res.out
+    rows = sorted(pool_rows(ws), key=lambda r: r["uid"])
+    assert [r["uid"] for r in rows] == uids
+    assert [r["query_ids"] for r in rows] == [[1, 5], [], [7]]
+    assert [r["caption"] for r in rows] == ["a", "b", ""]
+    assert {r["error"] for r in rows} == {"refused: loopback address"}
