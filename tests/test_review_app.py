@@ -17,6 +17,15 @@ from _review_helpers import build
 SIZE = (140, 40)
 
 
+@pytest.fixture(autouse=True)
+def fixed_cell_size(monkeypatch):
+    """textual-image sizes images from the terminal's cell size in pixels; pin the value it uses
+    when stdout is not a terminal, so that `pytest -s` in a real terminal draws the same."""
+    from textual_image._terminal import CellSize, get_cell_size
+
+    monkeypatch.setattr(get_cell_size, "_result", CellSize(10, 20), raising=False)
+
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     return build(tmp_path_factory.mktemp("review") / "ws", 12).root
