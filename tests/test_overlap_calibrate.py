@@ -70,6 +70,7 @@ def _bench(ws, n=40):
                         [i % 10 for i in range(n)])
 
 
+@pytest.mark.slow
 def test_calibrate_with_an_injected_embedder(ws):
     """Signals and outputs with a cheap deterministic 'model' (pixels → unit vector)."""
     _bench(ws)
