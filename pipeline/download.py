@@ -145,27 +145,39 @@ def _tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-def write_shard_files(ws: Workspace, shard: str, rows: list[dict], images: dict[str, bytes]) -> dict:
+def write_shard_files(ws: Workspace, shard: str, rows: list[dict], images) -> dict:
     """Write ``pool/shards/{shard}.tar`` then ``pool/manifest/{shard}.parquet``, each atomically.
 
-    ``rows`` are complete pool rows (every manifest column); ``images`` maps the key of each
-    success row to its stored JPEG bytes. The tar holds ``{key}.jpg``, ``{key}.txt`` and
-    ``{key}.json`` for every success row, in row order. Returns counts for the shard's marker.
-    The caller writes the completion marker afterwards.
+    ``rows`` are complete pool rows (every manifest column); ``images`` gives the stored JPEG bytes
+    of the success rows, as a dict key → bytes or as an iterable of (key, bytes) pairs that is
+    streamed into the tar in its own order (so a shard's images are never all in memory). The tar
+    holds ``{key}.jpg``, ``{key}.txt`` and ``{key}.json`` per success row; sha256 (and, when
+    missing, width/height from the image header) are filled in here. A success row whose image
+    never comes becomes ``failed`` / ``stored image missing``. Returns counts for the marker,
+    which the caller writes afterwards.
     """
-    tar_path = shard_tar(ws, shard)
-    with atomic_path(tar_path) as tmp:
+    from PIL import Image
+
+    waiting = {r["key"]: r for r in rows if r["status"] == "success"}
+    pairs = images.items() if isinstance(images, dict) else images
+    with atomic_path(shard_tar(ws, shard)) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
-            for r in rows:
-                if r["status"] != "success":
+            for key, data in pairs:
+                r = waiting.pop(key, None)
+                if r is None:
                     continue
-                key = r["key"]
+                r["sha256"] = hashlib.sha256(data).hexdigest()
+                if r.get("width") is None or r.get("height") is None:
+                    with Image.open(io.BytesIO(data)) as im:
+                        r["width"], r["height"] = im.size
                 meta = {"uid": r["uid"], "url": r["url"], "caption": r["caption"], "key": key,
                         "shard": shard, "width": r["width"], "height": r["height"],
                         "sha256": r["sha256"], "query_ids": list(r.get("query_ids") or [])}
-                _tar_add(tf, f"{key}.jpg", images[key])
+                _tar_add(tf, f"{key}.jpg", data)
                 _tar_add(tf, f"{key}.txt", (r["caption"] or "").encode("utf-8"))
                 _tar_add(tf, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+    for r in waiting.values():
+        r.update(status="failed", error="stored image missing", width=None, height=None, sha256=None)
     manifest.write(POOL, rows, shard_manifest(ws, shard))
     counts = {s: 0 for s in STATUSES}
     for r in rows:
@@ -210,10 +222,7 @@ def write_pool_shard(ws: Workspace, shard: str, samples: list[dict]) -> dict:
                "error": None, "width": None, "height": None, "sha256": None,
                "query_ids": [int(q) for q in (s.get("query_ids") or [])]}
         if status == "success":
-            with Image.open(io.BytesIO(data)) as im:
-                row["width"], row["height"] = im.size
-            row["sha256"] = hashlib.sha256(data).hexdigest()
-            images[key] = data
+            images[key] = data  # sha256, width and height are filled in by write_shard_files
         else:
             row["error"] = s.get("error") or ("refused: synthetic" if status == "refused" else "synthetic failure")
         rows.append(row)
@@ -658,10 +667,14 @@ def _reason(msg: str | None) -> str:
 
 
 def _finish_shard(ws: Workspace, shard: str, rows: list[dict], pre: list, results: dict | None,
-                  images: dict, sps: int) -> dict:
-    """Merge pre-check verdicts and img2dataset results into pool rows; write tar, manifest, marker."""
+                  i2d_tar: Path | None, sps: int) -> dict:
+    """Merge pre-check verdicts and img2dataset results into pool rows; write tar, manifest, marker.
+
+    ``results`` is img2dataset's parquet of this shard by uid; the images are streamed from its
+    tar ``i2d_tar`` into ours under our keys.
+    """
     width = key_width(sps)
-    out, stored = [], {}
+    out, ours = [], {}  # ours: img2dataset key -> our key, for its success rows
     for i, (r, verdict) in enumerate(zip(rows, pre)):
         key = f"{shard}{i:0{width}d}"
         row = {"uid": r["uid"], "url": r["url"], "caption": r["caption"], "shard": shard, "key": key,
@@ -673,32 +686,32 @@ def _finish_shard(ws: Workspace, shard: str, rows: list[dict], pre: list, result
             row["error"] = "lost by img2dataset"
         else:
             res = results[r["uid"]]
-            data = images.get(res["key"])
-            if res["status"] == "success" and data is not None:
-                row.update(status="success", width=res["width"], height=res["height"],
-                           sha256=hashlib.sha256(data).hexdigest())
-                stored[key] = data
+            if res["status"] == "success":
+                row.update(status="success", width=res["width"], height=res["height"])
+                ours[res["key"]] = key
             else:
-                err = _reason(res.get("error_message") if res["status"] != "success" else "stored image missing")
+                err = _reason(res.get("error_message"))
                 row["status"] = "refused" if err.startswith("refused:") else "failed"
                 row["error"] = err
         out.append(row)
-    counts = write_shard_files(ws, shard, out, stored)
+    counts = write_shard_files(ws, shard, out, _i2d_images(i2d_tar, ours) if i2d_tar else {})
     mark_done(ws.path(FOLDER), shard, counts)
     return counts
 
 
-def _read_i2d_shard(out_dir: Path, name: str) -> tuple[dict, dict]:
-    """img2dataset's parquet (by uid) and the image bytes of its tar (by its key)."""
+def _i2d_results(out_dir: Path, name: str) -> dict:
+    """img2dataset's parquet of one shard, by uid."""
     tbl = pq.read_table(out_dir / f"{name}.parquet",
                         columns=["uid", "key", "status", "error_message", "width", "height"])
-    results = {r["uid"]: r for r in tbl.to_pylist()}
-    images = {}
-    with tarfile.open(out_dir / f"{name}.tar") as tf:
+    return {r["uid"]: r for r in tbl.to_pylist()}
+
+
+def _i2d_images(tar_path: Path, ours: dict):
+    """(our key, bytes) for each image in img2dataset's tar, one at a time."""
+    with tarfile.open(tar_path) as tf:
         for m in tf:
-            if m.isfile() and m.name.endswith(".jpg"):
-                images[m.name[:-4]] = tf.extractfile(m).read()
-    return results, images
+            if m.isfile() and m.name.endswith(".jpg") and m.name[:-4] in ours:
+                yield ours[m.name[:-4]], tf.extractfile(m).read()
 
 
 # -- 5. one fetch round, watched -----------------------------------------------------------------------
@@ -736,7 +749,7 @@ def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.P
         pre = precheck([r["url"] for r in rows], policy, threads=int(conf["threads"]))
         fetch = [r for r, v in zip(rows, pre) if v is None]
         if not fetch:  # nothing to fetch: finish it here
-            _finish_shard(ws, shard, rows, pre, None, {}, sps)
+            _finish_shard(ws, shard, rows, pre, None, None, sps)
             advance()
             continue
         pq.write_table(pa.Table.from_pylist(fetch, schema=INPUT_SCHEMA), in_dir / f"{shard}.parquet")
@@ -793,11 +806,10 @@ def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.P
                     continue
                 shard, rows, pre = pending.pop(j)
                 try:
-                    results, images = _read_i2d_shard(out_dir, name)
+                    _finish_shard(ws, shard, rows, pre, _i2d_results(out_dir, name), out_dir / f"{name}.tar", sps)
                 except Exception as exc:  # noqa: BLE001 - a broken img2dataset shard is redone next round
                     warn(f"download: shard {shard}: img2dataset output unreadable ({exc.__class__.__name__}); will retry")
                     continue
-                _finish_shard(ws, shard, rows, pre, results, images, sps)
                 for suffix in (".tar", ".parquet", "_stats.json"):
                     (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
                 advance()
