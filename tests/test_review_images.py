@@ -74,3 +74,22 @@ def test_loader_texts_images_and_errors(tmp_path):
     assert "index 999 is not in benchmark cifar10" in MediaLoader(ws).load(pair).bench.error
     (ws.root / "pool" / "manifest" / "00000.parquet").unlink()
     assert "pool manifest not found" in MediaLoader(ws).load(s.pair()).pool.error
+
+
+@pytest.mark.parametrize("style,size,box", [("photo", (48, 48), (72, 36)), ("bench", (64, 32), (40, 30)),
+                                            ("texture", (30, 90), (50, 20)), ("photo", (200, 120), (33, 17))])
+def test_fast_halfcell_equals_textual_image(style, size, box, monkeypatch):
+    """The review screen's half-cell strips are exactly textual-image's half-cell renderable."""
+    from textual_image._terminal import CellSize, get_cell_size
+
+    from pipeline import synth
+    from pipeline.review_app import halfcell_reference, halfcell_strips
+
+    monkeypatch.setattr(get_cell_size, "_result", CellSize(10, 20), raising=False)
+    img = synth.make_image(3, 1, style, 64).resize(size)
+
+    def cells(strips):  # (text, style) of the image cells, without the centring pad or blank lines
+        return [[(s.text, s.style) for s in st if s.style is not None] for st in strips if any(s.style for s in st)]
+
+    fast, ref = cells(halfcell_strips(img, *box)), cells(halfcell_reference(img, *box))
+    assert fast and fast == ref
