@@ -15,7 +15,7 @@ Steps, each timed and printed (one JSON line at the end holds every figure):
    and fp32 (TF32 off), as pairs/s — the figure the overlap cost model needs.
 
 Environment: DEVICE (cuda), MODEL (ViT-B-32), PRECISION (bf16), N (30000), SIZE (256), SHARD (1000),
-BATCH (512), WORKERS (-1: one per core), SEARCH_POOL (1000000), SEARCH_QUERIES (10000), DIM (512),
+BATCH (512), WORKERS (-1: cores - 1), SEARCH_POOL (1000000), SEARCH_QUERIES (10000), DIM (512),
 K (10), SKIP_SEARCH (0). Everything is random-init and generated: no downloads.
 """
 
@@ -88,7 +88,15 @@ def main() -> None:
         report["gpu"] = torch.cuda.get_device_name(0)
         torch.backends.cuda.matmul.allow_tf32 = True  # the model path; search sets its own
         torch.backends.cudnn.allow_tf32 = True
+    try:
+        st = os.statvfs("/dev/shm")
+        report["dev_shm_gib"] = round(st.f_blocks * st.f_frsize / 2**30, 1)
+    except OSError:
+        report["dev_shm_gib"] = None
     print(f"embed_gpu: {json.dumps(report)}", flush=True)
+    if report["dev_shm_gib"] is not None and report["dev_shm_gib"] < 4:
+        print(f"embed_gpu: warning: /dev/shm is {report['dev_shm_gib']} GiB; DataLoader workers pass batches "
+              f"through it (lower BATCH or WORKERS if workers die with a bus error)", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="clipcurate-gpu-bench-"))
     try:
@@ -141,14 +149,18 @@ def main() -> None:
         ds = embed._dataset_cls()(parts, enc.preprocess, embed._split_preprocess(enc.preprocess), enc.tokenizer, batch)
         t = time.perf_counter()
         seen = 0
-        for item in DataLoader(ds, batch_size=None, num_workers=nw, pin_memory=device.startswith("cuda"),
-                               prefetch_factor=4 if nw else None):
-            if not item["end"]:
-                seen += len(item["uids"])
-        dt = time.perf_counter() - t
-        report["decode_only_images_per_s"] = round(seen / dt, 1)
-        print(f"3. decode only ({nw} workers: read tar, PIL decode + resize/crop, tokenise): "
-              f"{report['decode_only_images_per_s']} images/s", flush=True)
+        try:
+            for item in DataLoader(ds, batch_size=None, num_workers=nw, pin_memory=device.startswith("cuda"),
+                                   prefetch_factor=2 if nw else None):
+                if not item["end"]:
+                    seen += len(item["uids"])
+            dt = time.perf_counter() - t
+            report["decode_only_images_per_s"] = round(seen / dt, 1)
+            print(f"3. decode only ({nw} workers: read tar, PIL decode + resize/crop, tokenise): "
+                  f"{report['decode_only_images_per_s']} images/s", flush=True)
+        except Exception as exc:  # e.g. a small /dev/shm: keep going, say why
+            report["decode_only_error"] = f"{exc.__class__.__name__}: {str(exc)[:200]}"
+            print(f"3. decode only: FAILED {report['decode_only_error']}", flush=True)
 
         # 4. End to end ---------------------------------------------------------------------
         runs = [("images+captions, PIL decode", enc, "pil", "e2e_with_text"),

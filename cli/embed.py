@@ -18,7 +18,7 @@ def embed(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [auto]."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16 [auto: bf16 on CUDA]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per forward pass [256]."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Decoding worker processes [-1: one per core]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Decoding worker processes [-1: cores - 1]."),
     bench: Optional[List[str]] = typer.Option(None, "--bench", help="Only this benchmark (repeatable) [all]."),
     pool: Optional[bool] = typer.Option(
         None, "--pool/--no-pool", help="Embed the pool shards [yes when pool/shards has tars or no benchmark exists]."),

@@ -84,7 +84,7 @@ config.section(STAGE, DEFAULTS, {
     "device": "auto, cpu, cuda or cuda:N",
     "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16",
     "batch_size": "images per forward pass",
-    "workers": "DataLoader worker processes decoding images (-1: one per CPU core, at most 16)",
+    "workers": "DataLoader worker processes decoding images (-1: one per CPU core but one, at most 16)",
     "benchmarks": "benchmarks to embed (empty: all of them)",
     "decode": "pil (bit-identical to the model's transform) or torch (torchvision.io on the device: nvJPEG on CUDA)",
 })
@@ -261,7 +261,9 @@ class _PartsDataset:
             item = {"group": part.group, "part": part.number, "end": False, "uids": list(batch["uids"]),
                     "index": list(batch["index"]), "tokens": tokens, "cap_index": cap_index}
             if self.decode == "torch":
-                item["raw"] = list(batch["pixels"])  # encoded bytes; the main process decodes them
+                # Encoded bytes, concatenated: one shared-memory tensor per batch, not one per image.
+                item["raw"] = torch.cat(batch["pixels"])
+                item["raw_sizes"] = [len(r) for r in batch["pixels"]]
             else:
                 item["pixels"] = torch.stack(batch["pixels"])
             for v in batch.values():
@@ -349,8 +351,9 @@ def _cpu_count() -> int:
 
 
 def _auto_workers(workers: int | None) -> int:
+    """-1: one worker per core but one (the main process feeds the model), at most 16."""
     if workers is None or workers < 0:
-        return max(1, min(16, _cpu_count()))
+        return max(1, min(16, _cpu_count() - 1))
     return workers
 
 
@@ -392,7 +395,7 @@ def _run_parts(enc, parts: Sequence[Part], *, device: str, batch_size: int, work
     workers = min(_auto_workers(workers), len(parts))
     cuda = device.startswith("cuda")
     loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=cuda,
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+                        prefetch_factor=2 if workers else None, persistent_workers=False)
     if split is not None:
         mean = torch.tensor(split[1], dtype=torch.float32, device=device).view(1, 3, 1, 1)
         std = torch.tensor(split[2], dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -415,7 +418,8 @@ def _run_parts(enc, parts: Sequence[Part], *, device: str, batch_size: int, work
                 continue
             t0 = time.perf_counter()
             if "raw" in item:
-                x, keep, reasons = _torch_decode(item["raw"], device, split[0])
+                raws = list(torch.split(item["raw"], item["raw_sizes"]))
+                x, keep, reasons = _torch_decode(raws, device, split[0])
                 if reasons:
                     _drop_rows(item, keep)
                     acc.n_bad += len(reasons)
