@@ -475,8 +475,12 @@ def load_descriptor(path: str | Path, image_size: int = 0, imagenet_norm: bool =
 
     sha = _sha12(p)
     if _is_torchscript(p):
+        import warnings
+
         try:
-            model = torch.jit.load(str(p), map_location="cpu").eval()
+            with warnings.catch_warnings():  # torch ≥ 2.10 flags TorchScript as deprecated; SSCD ships it
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(p), map_location="cpu").eval()
         except Exception as exc:
             raise ClipcurateError(f"{p}: not a loadable TorchScript file ({exc.__class__.__name__})") from None
         size = int(image_size or 288)

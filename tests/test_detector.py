@@ -3,6 +3,7 @@ checkpoints / resume, descriptor loading (ours and TorchScript), CLI."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -132,6 +133,7 @@ def test_checkpoint_resume_after_kill(ws):
     assert not list(folder.glob(".tmp-*"))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_load_descriptor_ours_and_torchscript(tmp_path):
     cfg = detector.resolve_config(dict(TINY))
     model = build_model(cfg).eval()
@@ -189,3 +191,25 @@ def test_cli_train_info_and_errors(ws, cli):
     assert r.code == 1 and "bad/name" in r.err
     r = cli("-w", ws.root, "detector", "train", "--preset", "nope")
     assert r.code == 2
+
+
+def test_embed_detector_writes_descriptors_like_any_embedding(ws, cli):
+    """`clipcurate embed --detector RUN` → embed/detector__RUN-sha/pool/{shard}.npy rows = encode()."""
+    imgs = pool_images(10)
+    write_pool(ws, imgs)
+    detector.train(ws, dict(TINY, steps=2), run="e")
+    r = cli("-w", ws.root, "embed", "--detector", ws.path("detector", "e"), "--workers", "0", "--no-benchmarks")
+    assert r.code == 0, r.err
+    tag = r.out.strip().splitlines()[-1]
+    assert tag.startswith("detector__e-")
+    info = json.loads(ws.path("embed", tag, "model.json").read_text())
+    assert info["kind"] == "detector" and info["dim"] == 32
+    x = np.load(ws.path("embed", tag, "pool", "00000.npy"))
+    assert x.dtype == np.float16 and x.shape == (10, 32)
+    from PIL import Image
+
+    from pipeline.signals import iter_pool_tar
+
+    stored = [Image.open(io.BytesIO(d)) for _, _, d in iter_pool_tar(ws.path("pool", "shards", "00000.tar"))]
+    ref = detector.load_descriptor(ws.path("detector", "e")).encode(stored)
+    np.testing.assert_allclose(x.astype(np.float32), ref, atol=2e-3)
