@@ -758,7 +758,8 @@ def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.P
         shutil.rmtree(work, ignore_errors=True)
         return
 
-    processes = int(conf["processes"]) or (os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = int(conf["processes"]) or cores
     processes = max(1, min(processes, len(batch)))
     oom = max(5, len(str(len(batch) - 1)))
     write_json(work / "fetch.json", {
