@@ -526,28 +526,40 @@ def _pair_cosines(ws: Workspace, tag: str, rows: list[dict]) -> list[float | Non
 
 def _detector_candidates(ws: Workspace, tag: str, ths: Mapping[str, Mapping], existing: set) -> list[dict]:
     """Pairs whose detector score reaches the benchmark's detector review threshold and that the
-    CLIP search did not propose: CLIP misses copies (App. C), so the detector searches too."""
-    from .overlap import load_bench
+    CLIP search did not propose: CLIP misses copies (App. C), so the detector searches too. One
+    streaming pass over the pool's detector shards (one shard in memory at a time), all
+    benchmarks at once, each with its own floor."""
+    from .overlap import load_bench, pool_shards, pool_uids
     from .search import Searcher
 
-    pool_u, pool_v = _pool_vectors(ws, tag)
-    out = []
-    if not len(pool_u):
-        return out
-    for name, th in ths.items():
+    benches = []
+    for name in ths:
         try:
-            b = load_bench(ws, tag, name)
+            benches.append(load_bench(ws, tag, name))
         except ClipcurateError:
-            continue
-        floor = float(th["detector"][1])
-        s = Searcher(np.asarray(b.vectors, np.float32), 1, floor, backend="numpy")
-        pairs = s.add(pool_v, 0)
-        for q, p, sc in zip(pairs.query, pairs.pos, pairs.score):
-            key = (pool_u[p], name, int(b.index[q]))
-            if key not in existing:
-                existing.add(key)
-                out.append({"pool_uid": pool_u[p], "benchmark": name, "bench_index": int(b.index[q]),
-                            "bench_uid": b.uid[q], "score_detector": float(sc), "origin": "detector"})
+            log(f"signals: no detector descriptors for benchmark {name!r} in embed/{tag}; run `clipcurate embed --detector`")
+    shards, _ = pool_shards(ws, tag)
+    if not benches or not shards:
+        return []
+    queries = np.concatenate([np.asarray(b.vectors, np.float32) for b in benches])
+    floors = np.concatenate([np.full(len(b.vectors), float(ths[b.name]["detector"][1]), np.float32) for b in benches])
+    which = np.concatenate([np.full(len(b.vectors), i) for i, b in enumerate(benches)])
+    row = np.concatenate([np.arange(len(b.vectors)) for b in benches])
+    searcher = Searcher(queries, 1, floors, backend="numpy")
+    out, offset = [], 0
+    for s in shards:
+        x = np.load(s.npy)
+        pairs = searcher.add(np.asarray(x, np.float32), offset)
+        if len(pairs.query):
+            uids = pool_uids(s, tag)
+            for q, p, sc in zip(pairs.query, pairs.pos, pairs.score):
+                b = benches[which[q]]
+                key = (uids[p - offset], b.name, int(b.index[row[q]]))
+                if key not in existing:
+                    existing.add(key)
+                    out.append({"pool_uid": key[0], "benchmark": b.name, "bench_index": key[2],
+                                "bench_uid": b.uid[row[q]], "score_detector": float(sc), "origin": "detector"})
+        offset += len(x)
     return out
 
 

@@ -152,11 +152,12 @@ def test_overlap_uses_detector_descriptors(ws):
     arrays = make_workspace(ws.root, shards=2, per_shard=50, benches={"cifar10": 20},
                             plants=[("cifar10", 3, 1, 7, 0.99)])  # CLIP: near-identical, but not a copy
     tag = "detector__t-000000000000"
-    write_model(ws.root, tag=tag, dim=16, kind="detector")
-    bvec = unit(rng, 20, 16)
-    pools = [unit(rng, 50, 16) for _ in range(2)]
+    write_model(ws.root, tag=tag, dim=64, kind="detector")
+    bvec = unit(rng, 20, 64)
+    pools = [unit(rng, 50, 64) for _ in range(2)]
     pools[0][11] = near_copy(rng, bvec[5], 0.97)  # a copy the detector sees (CLIP: random)
     pools[1][7] = near_copy(rng, bvec[3], 0.10)  # the detector: not a copy
+    pools[1][20] = near_copy(rng, bvec[8], 0.95)  # another copy only the detector sees, in the second shard
     write_emb_bench(ws.root, "cifar10", bvec, tag=tag, uids=list(arrays["bench_uids"]["cifar10"]))
     for i, (name, x) in enumerate(zip(arrays["shards"], pools)):
         write_pool_shard(ws.root, name, x, arrays["pool_uids"][i * 50:(i + 1) * 50], tag=tag)
@@ -167,8 +168,10 @@ def test_overlap_uses_detector_descriptors(ws):
     assert copy["score_detector"] == pytest.approx(0.97, abs=0.01)
     assert copy["score_clip"] is not None and copy["score_clip"] < 0.85  # CLIP's search would not have kept it
     assert copy["decision"] == "overlap" and copy["rank"] is None
+    assert by[(arrays["pool_uids"][50 + 20], 8)]["score_detector"] == pytest.approx(0.95, abs=0.01)
     lookalike = by[(arrays["pool_uids"][50 + 7], 3)]
     assert lookalike["score_clip"] > 0.95 and lookalike["score_detector"] < 0.2
     assert lookalike["decision"] == "review"
     splits = {s["bench_index"]: s["split"] for s in mf.read("splits", ws.path("overlap", "splits.parquet")).to_pylist()}
-    assert splits[5] == "overlap"
+    assert splits[5] == "overlap" and splits[8] == "overlap"
+    assert sum(p["score_detector"] is not None and p["score_detector"] >= 0.7 for p in pairs) == 2  # no other
