@@ -19,16 +19,14 @@ words' counts and ``N`` the total number of word tokens.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import multiprocessing
-import os
 import shutil
 from pathlib import Path
 
 from pipeline.console import log, progress
 from pipeline.errors import ClipcurateError
-from pipeline.io import clean_temp, read_json, write_json, write_text
+from pipeline.io import clean_temp, read_json, write_json
 from pipeline.stage import PLAN, SUCCESS, done_info, is_done, mark_done
 
 from . import counting, dump, pageviews, wordnet

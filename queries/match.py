@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Iterable, Sequence
+from typing import Sequence
 
 PUNCTS = (",", ".", ";", ":", "?", "!", "`")
 SPACES = ("\t", "\n", "\r")
