@@ -405,7 +405,10 @@ def _run_parts(enc, parts: Sequence[Part], *, device: str, batch_size: int, work
     t_model = 0.0
     t_start = time.perf_counter()
     with progress(description, total=None) as advance, _cpu_threads(device, workers):
+        t_first = None
         for item in loader:
+            if t_first is None:  # worker start-up (fork, first tar opened, first batch decoded)
+                t_first = time.perf_counter()
             acc = groups.setdefault(item["group"], {}).setdefault(item["part"], _Acc())
             if item["end"]:
                 acc.ended = True
@@ -448,7 +451,8 @@ def _run_parts(enc, parts: Sequence[Part], *, device: str, batch_size: int, work
             n_images += len(item["uids"])
             advance(len(item["uids"]))
     if timing is not None:
-        timing.update(images=n_images, seconds=time.perf_counter() - t_start, model_seconds=t_model)
+        timing.update(images=n_images, seconds=time.perf_counter() - t_start, model_seconds=t_model,
+                      startup_seconds=(t_first or t_start) - t_start)
     if groups:  # a worker died without finishing its parts: DataLoader raises before this
         raise ClipcurateError(f"embed: unfinished parts {sorted(groups)}; rerun `clipcurate embed`")
 
