@@ -284,7 +284,7 @@ def fit(source, cfg: dict, run_dir: Path | None = None, on_step: Callable[[int, 
     start, losses, skipped = 0, [], 0
     ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
     if ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)  # data only, never code
         old = state["config"]
         changed = [k for k in SHAPE_KEYS if old.get(k) != cfg.get(k)]
         if changed:
