@@ -271,3 +271,27 @@ def test_torch_decode_close_to_pil_and_counts_corrupt_images(ws, tmp_path):
     assert json.loads((folder / "00000.done").read_text())["n_bad"] in (0, 1)  # libjpeg may accept a truncated file
     t = np.load(folder / "00000.text.npy")
     assert len(t) == len(b["00000"][0])
+
+
+def test_model_tags_and_offline_hub_errors(tmp_path, monkeypatch):
+    import socket
+
+    assert models.model_tag(models.ModelSpec("ViT-B-32", "laion2b_s34b_b79k")) == "ViT-B-32__laion2b_s34b_b79k"
+    assert models.model_tag(models.ModelSpec(TINY)) == models.model_tag(models.ModelSpec(TINY, "random")) == TAG
+    assert models.model_tag(models.ModelSpec("hf-hub:laion/CLIP-ViT-B-32")) == "hf__laion--CLIP-ViT-B-32"
+    # No network in tests: make the DNS probe fail, so huggingface_hub goes offline and fails at once
+    def no_dns(*a, **k):
+        raise OSError("no network in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    t = time.time()
+    with pytest.raises(ClipcurateError, match="could not download ViT-B-32 weights 'laion2b_s34b_b79k'.*no internet"):
+        models.load(models.ModelSpec("ViT-B-32", "laion2b_s34b_b79k"))
+    with pytest.raises(ClipcurateError, match="Hugging Face hub.*no internet"):
+        models.load(models.ModelSpec("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"))
+    assert time.time() - t < 60
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ClipcurateError, match="not a torch checkpoint"):
+        models.load(models.ModelSpec(TINY, str(bad)))
