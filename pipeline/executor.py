@@ -129,14 +129,15 @@ class Executor:
     def map_shards(self, fn: Callable, shards: Sequence[str], *, folder: str | Path | None = None,
                    setup: Callable[[], Any] | None = None, force: bool = False, gpu: bool = False,
                    cpus_per_task: float = 1, max_workers: int | None = None,
-                   description: str = "", advance: Callable[..., Any] | None = None) -> list:
+                   description: str = "", advance: Callable[..., Any] | None = None,
+                   weights: dict[str, int] | None = None) -> list:
         """Run ``fn(shard)`` (or ``fn(shard, setup())``) for each shard; results in input order.
 
         ``folder``: where the ``<shard>.done`` markers live; shards already marked are skipped
         (``force=True`` deletes their markers first) and give back their marker's dict. Without a
         folder every shard runs and nothing is marked (for pure functions whose result the driver
         merges, e.g. a per-shard search). ``advance``: the caller's progress callback (called once
-        per finished shard) instead of a progress bar of our own.
+        per finished shard, with ``weights[shard]`` when given) instead of a progress bar of our own.
         """
         shards = list(shards)
         if len(set(shards)) != len(shards):
@@ -159,7 +160,8 @@ class Executor:
                 if bar is not None:
                     step(skipped)
                 results = self._run(fn, todo, folder, setup, gpu=gpu, cpus_per_task=cpus_per_task,
-                                    max_workers=max_workers, advance=step)
+                                    max_workers=max_workers,
+                                    advance=lambda shard: step(weights[shard]) if weights else step())
         return [results[s] if s in results else done_info(folder, s) for s in shards]
 
     def run_stage(self, stage: Stage, *, actors: bool = False, gpu: bool = False,
@@ -201,6 +203,10 @@ class Executor:
 
     def _run(self, fn, todo, folder, setup, *, gpu, cpus_per_task, max_workers, advance) -> dict:
         raise NotImplementedError
+
+    def parallelism(self, gpu: bool = False, cpus_per_task: float = 1) -> int:
+        """How many shards run at once."""
+        return 1
 
     def close(self) -> None:
         """Release what this executor started (a local Ray it launched)."""
@@ -261,7 +267,7 @@ class LocalExecutor(Executor):
         out = {}
         for s in todo:
             out[s] = _do_shard(fn, s, None if folder is None else str(folder), state, setup is not None)
-            advance()
+            advance(s)
         return out
 
 
@@ -306,6 +312,9 @@ class RayExecutor(Executor):
         if self.num_gpus_per_task is not None:
             return float(self.num_gpus_per_task)
         return 1.0 if self.ray.cluster_resources().get("GPU", 0) >= 1 else 0
+
+    def parallelism(self, gpu: bool = False, cpus_per_task: float = 1) -> int:
+        return self._slots(self._gpus(gpu), cpus_per_task, None)
 
     def _slots(self, gpus: float, cpus: float, max_workers: int | None) -> int:
         res = self.ray.cluster_resources()
@@ -355,7 +364,7 @@ class RayExecutor(Executor):
                     free.append(worker)
                     try:
                         results[shard] = ray.get(ref)
-                        advance()
+                        advance(shard)
                     except Exception as exc:  # noqa: BLE001 - reported below with the shard name
                         if failure is None:
                             failure = (shard, exc)
@@ -484,35 +493,47 @@ class _EmbedShard:
         return done_info(pool_dir, shard)
 
 
+RUNS_PER_SLOT = 4  # overlap on Ray: about this many runs of consecutive shards per parallel slot
+
+
 def overlap_search_shards(executor: Executor, srun, searcher, todo: Sequence[int], folded: list[str],
                           advance) -> None:
-    """``overlap --executor ray``: each pool shard searched by a Ray task, merged here in shard order.
+    """``overlap --executor ray``: runs of consecutive pool shards searched by Ray tasks, merged here.
 
-    A task scores one shard against every benchmark vector with the stage's own Searcher (same
-    backend, block sizes and floors as the driver's), writes the shard's floor pairs where the
-    local run writes them (``overlap/search/pairs/{shard}.parquet``) and its own top-k next to them
-    (``overlap/search/ray_topk/{shard}.npz``), then its marker there. The driver folds those top-ks
-    into the running one **in shard order** with ``merge_topk``; since every row of a top-k is
-    sorted by (score desc, pool position asc) — a total order, positions being unique — the top-k
-    of the union is the top-k of the per-shard top-ks, so the result equals the local streaming run.
-    Then one checkpoint (state + the stage's ``{shard}.done`` markers), as the local loop does.
+    A task streams its shards through the stage's own Searcher (same backend, block sizes and
+    floors as the driver's), exactly as the local loop does, writes each shard's floor pairs where
+    the local run writes them (``overlap/search/pairs/{shard}.parquet``) and the run's top-k next to
+    them (``overlap/search/ray_topk/{first}-{last}.npz``), then its marker there. The driver folds
+    those top-ks into the running one **in pool order** with ``merge_topk``: every row of a top-k is
+    sorted by (score desc, pool position asc) — a total order, positions being unique — so the top-k
+    of the union is the top-k of the parts, and the result equals the local streaming run. Then one
+    checkpoint (state + the stage's ``{shard}.done`` markers), as the local loop does.
+
+    A top-k is m × k entries (1M benchmark rows × k=10 → 120 MB) whatever the size of the run, so a
+    task takes several shards when there are many: about four runs per parallel slot.
     """
     from . import search
 
-    names = [srun.shards[i].name for i in todo]
-    if not names:
+    if not todo:
         return
+    gpu = searcher.backend == "torch"  # the torch backend searches on a GPU: one per task when present
+    per_task = max(1, len(todo) // (RUNS_PER_SLOT * executor.parallelism(gpu=gpu)))
+    groups = [list(todo[i:i + per_task]) for i in range(0, len(todo), per_task)]
+    name_of = {f"{srun.shards[g[0]].name}-{srun.shards[g[-1]].name}": g for g in groups}
     tdir = srun.sdir / "ray_topk"
-    fn = _SearchShard(searcher.q, searcher.k, searcher.floor, searcher.backend, srun.block_elems,
-                      {srun.shards[i].name: (str(srun.shards[i].npy), int(srun.offsets[i])) for i in todo},
-                      str(srun.sdir / "pairs"), str(tdir))
-    executor.map_shards(fn, names, folder=tdir, description="overlap search on ray", advance=advance)
-    for name in names:  # shard order: a deterministic merge
+    fn = _SearchShards(searcher.q, searcher.k, searcher.floor, searcher.backend, srun.block_elems,
+                       {n: [(srun.shards[i].name, str(srun.shards[i].npy), int(srun.offsets[i])) for i in g]
+                        for n, g in name_of.items()},
+                       str(srun.sdir / "pairs"), str(tdir))
+    executor.map_shards(fn, list(name_of), folder=tdir, description="overlap search on ray", advance=advance,
+                        weights={n: len(g) for n, g in name_of.items()}, gpu=gpu)
+    for name in name_of:  # pool order: a deterministic merge
         with np_load(tdir / f"{name}.npz") as z:
             scores, pos = z["scores"], z["pos"]
             searcher.pairs_scored += int(z["pairs_scored"])
         rows, cols = np.nonzero(pos >= 0)
         search.merge_topk(searcher.top, None, rows.astype(np.int64), pos[rows, cols], scores[rows, cols])
+    names = [srun.shards[i].name for i in todo]
     folded += names
     srun._checkpoint(searcher.top, folded, names)
 
@@ -521,25 +542,30 @@ def np_load(path):
     return np.load(path, allow_pickle=False)
 
 
-class _SearchShard:
-    """One pool shard against all benchmark vectors, inside a Ray task."""
+class _SearchShards:
+    """A run of consecutive pool shards against all benchmark vectors, inside a Ray task."""
 
-    def __init__(self, q, k, floor, backend, block_elems, shards: dict, pairs_dir: str, topk_dir: str):
+    def __init__(self, q, k, floor, backend, block_elems, groups: dict, pairs_dir: str, topk_dir: str):
         self.q, self.k, self.floor, self.backend, self.block_elems = q, k, floor, backend, block_elems
-        self.shards, self.pairs_dir, self.topk_dir = shards, pairs_dir, topk_dir
+        self.groups, self.pairs_dir, self.topk_dir = groups, pairs_dir, topk_dir
 
     def __call__(self, name: str) -> dict:
         from . import overlap, search
         from .io import atomic_open
 
-        npy, offset = self.shards[name]
-        x = np.load(npy)
-        s = search.Searcher(self.q, self.k, self.floor, backend=self.backend, block_elems=self.block_elems)
-        try:
-            pairs = s.add(x, offset)
-        except ClipcurateError as exc:
-            raise ClipcurateError(f"{npy}: {exc}") from None
-        overlap._write_part(Path(self.pairs_dir) / f"{name}.parquet", pairs)
+        # Ray hands numpy arrays over read-only (zero-copy from its object store); torch wants to own one.
+        q = self.q if self.q.flags.writeable else self.q.copy()
+        s = search.Searcher(q, self.k, self.floor, backend=self.backend, block_elems=self.block_elems)
+        pairs = 0
+        for shard, npy, offset in self.groups[name]:
+            x = np.load(npy)
+            try:
+                part = s.add(x, offset)
+            except ClipcurateError as exc:
+                raise ClipcurateError(f"{npy}: {exc}") from None
+            overlap._write_part(Path(self.pairs_dir) / f"{shard}.parquet", part)
+            pairs += len(part)
+            del x
         with atomic_open(Path(self.topk_dir) / f"{name}.npz", "wb") as fh:
             np.savez(fh, scores=s.top.scores, pos=s.top.pos, pairs_scored=np.int64(s.pairs_scored))
-        return {"pairs": len(pairs), "pairs_scored": int(s.pairs_scored)}
+        return {"shards": len(self.groups[name]), "pairs": pairs, "pairs_scored": int(s.pairs_scored)}

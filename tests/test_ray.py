@@ -270,7 +270,7 @@ def test_embed_on_ray_matches_local(ray_session, tmp_path):
     assert (got / SUCCESS).exists()
 
 
-def test_overlap_on_ray_gives_the_same_pairs_and_splits(ray_session, tmp_path):
+def test_overlap_on_ray_gives_the_same_pairs_and_splits(ray_session, tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     from _overlap_helpers import TAG, make_workspace
@@ -278,8 +278,13 @@ def test_overlap_on_ray_gives_the_same_pairs_and_splits(ray_session, tmp_path):
     from pipeline.workspace import Workspace
 
     plants = [("cifar10", 0, 0, 3, 0.97), ("cifar10", 1, 2, 5, 0.9), ("stl10", 2, 1, 7, 0.96), ("stl10", 3, 3, 0, 0.88)]
+    import pipeline.executor as executor_mod
+
     got = {}
-    for name, ex in (("local", None), ("ray", get_executor("ray"))):
+    # "ray": one shard per task (4 shards, 2 slots); "ray-runs": runs of 2 consecutive shards per task.
+    for name, ex, runs_per_slot in (("local", None, 4), ("ray", get_executor("ray"), 4),
+                                    ("ray-runs", get_executor("ray"), 1)):
+        monkeypatch.setattr(executor_mod, "RUNS_PER_SLOT", runs_per_slot)
         ws = Workspace(tmp_path / name)
         make_workspace(ws.root, shards=4, per_shard=60, plants=plants)
         # An exact tie across shards: pool row 0/3 copied into shard 2 row 9; rank breaks it by position.
@@ -293,6 +298,9 @@ def test_overlap_on_ray_gives_the_same_pairs_and_splits(ray_session, tmp_path):
     (res_l, want), (res_r, have) = got["local"], got["ray"]
     for n in want:
         assert have[n] == want[n], n
+        assert got["ray-runs"][1][n] == want[n], n
+    assert sorted(p.name for p in (tmp_path / "ray-runs" / "overlap" / "search" / "ray_topk").glob("*.done")) == \
+        ["00000-00001.done", "00002-00003.done"]
     tied = [p for p in want["pairs"] if p["benchmark"] == "cifar10" and p["bench_index"] == 0]
     assert len(tied) == 2 and sorted(p["rank"] for p in tied) == [1, 2]
     assert res_r.search["pairs_scored"] == res_l.search["pairs_scored"]
@@ -312,7 +320,7 @@ def test_overlap_cli_with_executor_ray(ray_session, ws, cli, tmp_path):
     r_local = cli("-w", local, "overlap", "--format", "json")
     assert r_ray.code == 0 and r_local.code == 0, r_ray.err
     assert r_ray.out == r_local.out and '"n_overlap": 1' in r_ray.out
-    assert (ws.root / "overlap" / "search" / "ray_topk" / "00002.done").exists()  # it did run on Ray
+    assert (ws.root / "overlap" / "search" / "ray_topk" / "00002-00002.done").exists()  # it did run on Ray
 
 
 def test_hashes_on_ray_match_local(ray_session, ws, cli, tmp_path):
