@@ -3,7 +3,8 @@
 For each queue size this builds a workspace from the stage contracts (pool tars + manifest,
 benchmark Parquet with image bytes, overlap/review_queue.parquet; see tests/_review_helpers.py),
 opens the real ReviewApp headless with Textual's Pilot at 160×45, and presses ``n`` (vote "not a
-duplicate": append + fsync to the decision log, then move on) repeatedly. The latency of one press
+duplicate": appended to the decision log, fsynced in the background as `clipcurate review` does,
+then move on) repeatedly. The latency of one press
 is from just before ``pilot.press`` to the moment the app reports the new pair complete on screen
 (its images and texts set and a screen refresh done: ``ReviewApp.drawn_at``).
 
@@ -40,7 +41,7 @@ from pipeline.review_app import ReviewApp  # noqa: E402
 
 async def measure(ws, presses: int, prefetch: int, images: str, key: str, think: float) -> dict:
     t0 = time.perf_counter()
-    session = ReviewSession(ws, "bench")
+    session = ReviewSession(ws, "bench", background_fsync=True)  # as `clipcurate review` opens it
     t_session = time.perf_counter() - t0
     app = ReviewApp(session, MediaLoader(ws, decode_images=images != "none"), images=images, prefetch=prefetch)
     lat, cpu = [], []

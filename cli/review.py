@@ -65,14 +65,18 @@ def review(
     if cfg["images"] not in rv.IMAGE_MODES:
         raise ClipcurateError(f"[review] images = {cfg['images']!r}: use one of {', '.join(rv.IMAGE_MODES)}")
     name = rv.default_reviewer(cfg["reviewer"] or None)
-    session = rv.ReviewSession(ws, name, sort=cfg["sort"], benchmarks=benchmark or None, signal=signal)
+    session = rv.ReviewSession(ws, name, sort=cfg["sort"], benchmarks=benchmark or None, signal=signal,
+                               background_fsync=True)
     if len(session) == 0:
         log("nothing to review: the review queue is empty" + (" for this filter" if benchmark or signal else ""))
         return
     if not _interactive():
         raise ClipcurateError("`clipcurate review` needs a terminal; use `clipcurate review status` or "
                               "`clipcurate review export` in scripts")
-    changed = open_app(ws, session, cfg["images"], int(cfg["prefetch"]))
+    try:
+        changed = open_app(ws, session, cfg["images"], int(cfg["prefetch"]))
+    finally:
+        session.close()
     decided, total = session.progress()
     log(f"{name}: {decided}/{total} pairs decided in this view")
     if changed:

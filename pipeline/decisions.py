@@ -45,8 +45,12 @@ def pair_id(pool_uid: str, benchmark: str, bench_index: int) -> str:
     return make_uid("pair-decision", pool_uid, benchmark, int(bench_index))
 
 
-def append(ws: Workspace, records: list[dict]) -> None:
-    """Append decisions atomically (one locked write + fsync per call)."""
+def append(ws: Workspace, records: list[dict], fsync: bool = True) -> None:
+    """Append decisions atomically (one locked write, then fsync per call).
+
+    Once ``write`` has returned the records are in the kernel: a kill -9 of this process can no
+    longer lose them. ``fsync`` also makes them survive a power cut; ``fsync=False`` leaves that to
+    a later :func:`flush` (the review screen does it in a background thread, off the key path)."""
     if not records:
         return
     path = log_path(ws)
@@ -69,9 +73,23 @@ def append(ws: Workspace, records: list[dict]) -> None:
                 if fh.read(1) != b"\n":
                     data = b"\n" + data
         os.write(fd, data)
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def flush(ws: Workspace) -> None:
+    """fsync the log: what earlier ``append(..., fsync=False)`` calls wrote reaches the disk."""
+    path = log_path(ws)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
         os.close(fd)
 
 

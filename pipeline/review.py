@@ -35,6 +35,7 @@ import getpass
 import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -183,7 +184,7 @@ class ReviewSession:
     def __init__(self, ws: Workspace, reviewer: str, *, sort: str = "score",
                  benchmarks: Iterable[str] | None = None, signal: str | None = None,
                  queue: Queue | None = None, source: str = "human",
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, background_fsync: bool = False):
         self.ws = ws
         self.reviewer = reviewer
         self.source = source
@@ -200,8 +201,17 @@ class ReviewSession:
         self.view_pos: dict[str, int] = {}
         self.decided_in_view = 0
         self.pos = 0
+        # With background_fsync each record is written (kill -9 safe) before the action returns,
+        # and fsynced (power-cut safe) by this thread a few milliseconds later, off the key path.
+        self._flusher = ThreadPoolExecutor(1, thread_name_prefix="review-fsync") if background_fsync else None
         self.sync()
         self.set_view(sort, benchmarks, signal)
+
+    def close(self) -> None:
+        """Wait for pending fsyncs (call when the session ends)."""
+        if self._flusher is not None:
+            self._flusher.shutdown(wait=True)
+            self._flusher = None
 
     # -- the log ----------------------------------------------------------------------------
     def sync(self) -> int:
@@ -228,7 +238,11 @@ class ReviewSession:
             rec.update(pool_uid=row["pool_uid"], benchmark=row["benchmark"], bench_index=int(row["bench_index"]))
         if decision != "undo":
             rec["seconds"] = round(max(0.0, self.clock() - self.shown_at), 3)
-        decisions.append(self.ws, [rec])
+        if self._flusher is not None:
+            decisions.append(self.ws, [rec], fsync=False)
+            self._flusher.submit(decisions.flush, self.ws)
+        else:
+            decisions.append(self.ws, [rec])
         self.changed = True
         self.sync()
         return rec

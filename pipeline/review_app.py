@@ -265,6 +265,7 @@ class ReviewApp(App):
 
     def on_unmount(self) -> None:
         self.loader.close()
+        self.session.close()
 
     # -- drawing ----------------------------------------------------------------------------
     def show(self) -> None:

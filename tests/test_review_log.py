@@ -21,21 +21,25 @@ WRITER = textwrap.dedent("""
     import sys
     from pipeline import decisions
     from pipeline.workspace import Workspace
-    ws = Workspace(sys.argv[1]); who = sys.argv[2]; n = int(sys.argv[3])
+    ws = Workspace(sys.argv[1]); who = sys.argv[2]; n = int(sys.argv[3]); fsync = sys.argv[4] == "1"
     for i in range(n):
         decisions.append(ws, [{"pair_id": f"{who}-{i:06d}", "decision": "duplicate", "reviewer": who,
-                               "seconds": 0.1, "pool_uid": "p", "benchmark": "b", "bench_index": i}])
+                               "seconds": 0.1, "pool_uid": "p", "benchmark": "b", "bench_index": i}],
+                         fsync=fsync)
         print(i, flush=True)  # printed only once the record is written and fsynced
 """)
 
 
-def _writer(ws: Workspace, who: str, n: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(ws.root), who, str(n)], cwd=REPO,
+def _writer(ws: Workspace, who: str, n: int, fsync: bool = True) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(ws.root), who, str(n), "1" if fsync else "0"], cwd=REPO,
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def test_kill_9_loses_nothing_already_saved(ws):
-    proc = _writer(ws, "ana", 1_000_000)
+@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "write-only"])
+def test_kill_9_loses_nothing_already_saved(ws, fsync):
+    """With or without fsync (the review screen fsyncs in the background): a record whose write
+    returned survives the process being killed."""
+    proc = _writer(ws, "ana", 1_000_000, fsync)
     acked = -1
     deadline = time.time() + 60
     while acked < 200 and time.time() < deadline:

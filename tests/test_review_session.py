@@ -166,3 +166,13 @@ def test_missing_queue_names_the_command(tmp_path):
     ws = Workspace(tmp_path / "empty").create()
     with pytest.raises(MissingUpstream, match="clipcurate overlap"):
         ReviewSession(ws, "ana")
+
+
+def test_background_fsync_session_writes_the_same_log(rws):
+    s = ReviewSession(rws, "ana", background_fsync=True)
+    s.decide("duplicate")
+    s.decide("not_duplicate")
+    s.undo()
+    s.close()
+    s.close()  # idempotent
+    assert [r["decision"] for r in decisions.load(rws)[0]] == ["duplicate", "not_duplicate", "undo"]
