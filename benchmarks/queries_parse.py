@@ -4,6 +4,7 @@ measured in the same run, per worker and with several workers.
     python benchmarks/queries_parse.py                          # real fixture pages, repeated
     python benchmarks/queries_parse.py --copies 100 --workers 1,2
     python benchmarks/queries_parse.py --dump enwiki-...-multistream.xml.bz2 --workers 1,4,8
+    python benchmarks/queries_parse.py --memory    # peak RSS vs --spill-entries (bounded memory)
 
 Without ``--dump`` the input is the real 5-article fragment (../shared/fixtures/wikipedia, heavy table
 markup) repeated ``--copies`` times into a multistream dump with an index (100 pages per stream,
@@ -69,6 +70,61 @@ def make_multistream(src: Path, copies: int, out: Path, per_stream: int = 100) -
     return out
 
 
+def make_zipf_dump(out: Path, words: int, vocab: int, seed: int = 0) -> Path:
+    """A plain-XML dump of random Zipf text: many distinct bigrams, i.e. the memory problem."""
+    import random
+    from xml.sax.saxutils import escape
+
+    rng = random.Random(seed)
+    syl = ["ka", "lo", "mi", "ren", "to", "sa", "vel", "dor", "ni", "qua", "zu", "bel", "an", "tri", "os"]
+    vocab_words = list({"".join(rng.choice(syl) for _ in range(rng.randint(2, 6))) for _ in range(vocab)})
+    weights = [1.0 / (i + 1) ** 0.9 for i in range(len(vocab_words))]
+    with open(out, "w", encoding="utf-8") as fh:
+        fh.write('<mediawiki version="0.10">\n')
+        left, n = words, 0
+        while left > 0:
+            k = min(1000, left)
+            left -= k
+            n += 1
+            text = " ".join(rng.choices(vocab_words, weights, k=k))
+            fh.write(f"<page><title>P{n}</title><ns>0</ns><revision><text>{escape(text)}</text></revision></page>\n")
+        fh.write("</mediawiki>\n")
+    return out
+
+
+def _peak_rss_of(fn, *args) -> tuple[float, object]:
+    """Run ``fn(*args)`` in a fresh process; return (its peak RSS in MB, its result)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(_measure, (fn, args))
+
+
+def _measure(fn, args):
+    import resource
+
+    r = fn(*args)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, r
+
+
+def memory_main(words: int, vocab: int, spills: list[int]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="qmem-"))
+    try:
+        path = make_zipf_dump(tmp / "zipf.xml", words, vocab)
+        print(f"input: {words:,} random Zipf words over a {vocab:,}-word vocabulary, "
+              f"{path.stat().st_size / 1e6:.0f} MB XML; peak RSS of one counting process")
+        print(f"{'spill_entries':>14s} {'spills':>7s} {'peak RSS MB':>12s} {'distinct bigrams':>17s}")
+        for spill in spills:
+            out = tmp / f"c{spill}"
+            rss, st = _peak_rss_of(counting.count_range, dump.Range(str(path)), str(out),
+                                   counting.DEFAULT_PARTITIONS, spill)
+            distinct = sum(1 for _ in counting.merge_bigrams([out], counting.DEFAULT_PARTITIONS, 1))
+            print(f"{spill:14,d} {st['spills']:7d} {rss:12.0f} {distinct:17,d}")
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def timed(fn, clock=time.perf_counter):
     t = clock()
     r = fn()
@@ -82,7 +138,14 @@ def main():
     ap.add_argument("--workers", default="1,2", help="worker counts to measure, e.g. 1,2,4")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for the single-process lines")
     ap.add_argument("--pages-per-stream", type=int, default=100, help="pages per bz2 stream (Wikimedia: 100)")
+    ap.add_argument("--memory", action="store_true",
+                    help="instead: peak RSS of one counting process vs --spill-entries on a Zipf dump")
+    ap.add_argument("--memory-words", type=int, default=3_000_000)
+    ap.add_argument("--memory-vocab", type=int, default=300_000)
+    ap.add_argument("--memory-spills", default="100000,10000000000")
     args = ap.parse_args()
+    if args.memory:
+        return memory_main(args.memory_words, args.memory_vocab, [int(x) for x in args.memory_spills.split(",")])
     tmp = Path(tempfile.mkdtemp(prefix="qparse-"))
     try:
         if args.dump:
