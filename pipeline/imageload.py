@@ -229,7 +229,7 @@ class BenchStore:
 
     META = ["uid", "index", "label", "label_name", "captions"]
 
-    def __init__(self, ws: Workspace, cached_groups: int = 4):
+    def __init__(self, ws: Workspace, cached_groups: int = 8):
         self.ws = ws
         self._lock = threading.Lock()
         self._meta: dict[str, dict] = {}
@@ -258,13 +258,14 @@ class BenchStore:
         with self._lock:
             col = self._groups.get(key)
             if col is None:
-                col = b["file"].read_row_group(group, columns=["image"]).column("image").to_pylist()
+                # kept as Arrow: only the one wanted image becomes Python bytes
+                col = b["file"].read_row_group(group, columns=["image"]).column("image")
                 self._groups[key] = col
                 while len(self._groups) > self.cached_groups:
                     self._groups.popitem(last=False)
             else:
                 self._groups.move_to_end(key)
-            return col[row]
+            return col[row].as_py()
 
     def side(self, name: str, index: int, max_side: int) -> Side:
         side = Side(title=f"{name} #{index}")
