@@ -81,6 +81,17 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"cli.{_name}").register(app)
 
 
+def _error(message: str) -> None:
+    """The one error line: printed even under --quiet, never wrapped, markup left as typed."""
+    from rich.markup import escape
+
+    quiet, console.quiet = console.quiet, False
+    try:
+        console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    finally:
+        console.quiet = quiet
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: exit 0 ok, 1 runtime error (one line), 2 usage."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -90,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     except ClipcurateError as exc:
         if debug:
             raise
-        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        _error(str(exc))
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")
@@ -98,8 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line unless --debug
         if debug:
             raise
-        console.print(f"[red]error:[/] {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)",
-                      soft_wrap=True)
+        _error(f"{exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
         sys.exit(1)
 
 

@@ -16,12 +16,12 @@ def set_quiet(quiet: bool) -> None:
 
 
 def log(message: str) -> None:
-    """A log line on stderr (silenced by --quiet)."""
-    console.print(message)
+    """A log line on stderr (silenced by --quiet); never wrapped, so it stays greppable."""
+    console.print(message, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}")
+    console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
 
 def out(text: str) -> None:

@@ -46,11 +46,7 @@ def test_cli_executor_ray_without_ray_says_how_to_get_it(ws, cli, monkeypatch, c
     monkeypatch.setitem(sys.modules, "ray", None)
     r = cli("-w", ws.root, *command, "--executor", "ray")
     assert r.code == 1 and "Traceback" not in r.err
-    assert "to use --executor ray" in r.err
-    if "pip install 'clipcurate[ray]' to use --executor ray" not in r.err:
-        # cli/app.main prints the message as rich markup, which eats "[ray]"; the fix belongs there
-        # (rich.markup.escape(str(exc))). Shown as xfail until then, so the suite stays green.
-        pytest.xfail(f"cli/app.main drops '[ray]' from the message (rich markup): {r.err.strip()!r}")
+    assert "pip install 'clipcurate[ray]' to use --executor ray" in r.err
 
 
 def test_cli_unknown_executor_is_a_usage_error(ws, cli):
