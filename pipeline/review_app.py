@@ -52,6 +52,7 @@ KEYMAP: list[tuple[str, str, str, str]] = [
     ("end", "jump('last')", "last", "last pair of the view"),
     ("o", "cycle_sort", "sort", "sort by: " + ", ".join(SORTS)),
     ("b", "cycle_benchmark", "benchmark", "show one benchmark at a time, then all"),
+    ("i", "cycle_signal", "signal", "only pairs where one signal was computed (each in turn), then all"),
     ("question_mark", "help", "help", "this help"),
     ("q", "quit_review", "save+quit", "quit (every decision is already saved) and refresh the splits"),
 ]
@@ -424,6 +425,15 @@ class ReviewApp(App):
         chosen = [names[i]] if i < len(names) else []
         s.set_view(s.sort, chosen, s.signal, keep_pair=True)
         s.message = f"benchmark: {chosen[0] if chosen else 'all'}"
+        self.show()
+
+    def action_cycle_signal(self) -> None:
+        s = self.session
+        names = list(SIGNALS)
+        i = names.index(s.signal) + 1 if s.signal in names else 0
+        chosen = names[i] if i < len(names) else None
+        s.set_view(s.sort, s.benchmarks, chosen, keep_pair=True)
+        s.message = f"only pairs with {chosen} computed ({len(s)})" if chosen else "all signals"
         self.show()
 
     def action_help(self) -> None:

@@ -110,6 +110,13 @@ def test_every_key(rws):
             assert "benchmark cifar10" in text_of(app, "#topbar")
             await pilot.press("b", "b")  # → stl10 → all
             assert app.session.benchmarks == [] and len(app.session) == 12
+            await pilot.press("i")  # only pairs with the CLIP score → all 12 have it
+            assert app.session.signal == "clip" and len(app.session) == 12
+            await pilot.press("i")  # → detector: 8 of 12 computed
+            assert app.session.signal == "detector" and len(app.session) == 8
+            assert "signal detector" in text_of(app, "#topbar")
+            await pilot.press(*["i"] * 5)  # phash, dhash, keypoints, text, → all
+            assert app.session.signal is None and len(app.session) == 12
             await pilot.press("question_mark")
             assert isinstance(app.screen, HelpScreen)
             help_text = str(app.screen.query_one("#help").render())
