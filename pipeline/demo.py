@@ -31,7 +31,22 @@ from .uid import pair_uid
 from .workspace import Workspace
 
 TEMPLATE = Path(__file__).with_name("demo_pipeline.toml")
+# `--size tiny` (the CI test): the same steps with less work each.
+TINY_OVERRIDES = {"detector.train": {"steps": 30, "batch_size": 16}, "train": {"epochs": 2, "batch_size": 16},
+                  "overlap.calibrate": {"copies": 12, "distractors": 24}, "download": {"samples_per_shard": 60},
+                  "curate": {"shard_size": 60},
+                  # a dozen planted copies cannot calibrate anything: fixed, strict thresholds instead
+                  "overlap": {"use_calibration": False, "signal_thresholds": {
+                      "detector": {"overlap": 0.999, "review": 0.99}, "phash": {"overlap": 2, "review": 6},
+                      "dhash": {"overlap": 2, "review": 6}}}}
 DEMO_REVIEWER = "clipcurate-demo"
+DEMO_CONFIG = """# Written by `clipcurate demo` (edit freely; the demo never overwrites it).
+[signals]
+# SIFT on 64 px generated shapes finds the same corners on every checkerboard: two different
+# benchmark images get dozens of RANSAC inliers (docs/detector.md), so keypoints would confirm
+# false copies here. On real photos at full resolution leave it on.
+keypoints = false
+"""
 
 
 def prepare(ws: Workspace, size: str = "small", seed: int = 0) -> Path:
@@ -40,6 +55,8 @@ def prepare(ws: Workspace, size: str = "small", seed: int = 0) -> Path:
 
     ws.create()
     build_world(ws.path("world"), size=size, seed=seed)
+    if not ws.config_file.exists():
+        write_text(ws.config_file, DEMO_CONFIG)
     target = ws.path("pipeline.toml")
     text = TEMPLATE.read_text()
     if not target.exists() or target.read_text() != text:
@@ -47,48 +64,82 @@ def prepare(ws: Workspace, size: str = "small", seed: int = 0) -> Path:
     return target
 
 
-def auto_review(ws: Workspace, rule: str = "midpoint") -> dict:
+def auto_review(ws: Workspace, rule: str = "agree") -> dict:
     """Decide every undecided pair of the review queue automatically (demo only).
 
-    Rule ``midpoint``: a band pair is a duplicate when its CLIP score is at or above the middle of
-    its benchmark's band ((low + high) / 2), else not. Each decision is logged like a human one but
-    with ``source = "auto-demo"`` and reviewer ``clipcurate-demo``, so `review status` and the
-    ``decisions`` view show them as automatic. A person can open the real TUI on the same workspace
-    (``clipcurate -w WS review``) and override them: the latest decision of each reviewer counts.
+    Rule ``agree`` (default, conservative): a band pair is a duplicate only when every image signal
+    it has — detector, pHash, dHash — is at least in its review band (detector at or above its
+    review threshold, Hamming distances at or below theirs); one dissenting signal rejects it.
+    On the demo's 64 px images this rejects most of the band (measured: docs/walkthrough.md).
+
+    Rule ``mutual-best``: a band pair is a duplicate when its copy-detector score is in
+    the detector's review band or above, and the two samples are each other's best match by that
+    score — the pool sample matches no other benchmark sample better, and the benchmark sample
+    no other pool sample. A copy has one original; a look-alike matches many things about as well.
+    Pairs without a detector score fall back to rule ``midpoint``: a duplicate when the CLIP score is
+    at or above the middle of the benchmark's CLIP band ((low + high) / 2).
+
+    Each decision is logged like a human one but with ``source = "auto-demo"`` and reviewer
+    ``clipcurate-demo``, so `review status` and the ``decisions`` view show them as automatic. A
+    person can open the real TUI on the same workspace (``clipcurate -w WS review``) and override
+    them: the latest decision of each reviewer counts.
     """
     from . import overlap as ov
     from .config import Config
+    from .errors import ClipcurateError
 
-    if rule != "midpoint":
-        from .errors import ClipcurateError
-
-        raise ClipcurateError(f"review.auto rule {rule!r}: only 'midpoint' is implemented")
+    if rule not in ("agree", "mutual-best", "midpoint"):
+        raise ClipcurateError(f"review.auto rule {rule!r}: use agree, mutual-best or midpoint")
     qpath = ws.path("overlap", "review_queue.parquet")
     if not qpath.exists():
         return {"decided": 0, "queue": 0}
     q = pq.read_table(qpath).to_pylist()
     done = set(decisions.effective(ws))
     opts = ov.options(ws, cfg=Config.load(ws.root))
+    best_pool: dict = {}  # pool uid -> (score, benchmark, index) of its best benchmark match
+    best_bench: dict = {}  # (benchmark, index) -> (score, pool uid) of its best pool match
+    if rule == "mutual-best":
+        pairs = pq.read_table(ws.path("overlap", "pairs.parquet"),
+                              columns=["pool_uid", "benchmark", "bench_index", "score_detector"]).to_pylist()
+        for r in pairs:
+            s = r["score_detector"]
+            if s is None:
+                continue
+            key = (r["benchmark"], r["bench_index"])
+            if s > best_pool.get(r["pool_uid"], (-2.0,))[0]:
+                best_pool[r["pool_uid"]] = (s, *key)
+            if s > best_bench.get(key, (-2.0,))[0]:
+                best_bench[key] = (s, r["pool_uid"])
     records = []
     for r in q:
         if r["pair_id"] in done:
             continue
         th = ov.thresholds_for(opts, r["benchmark"])
-        low, high = th["clip"] if "clip" in th else (opts["low"], opts["high"])
-        verdict = "duplicate" if (r["score_clip"] or 0) >= (low + high) / 2 else "not_duplicate"
+        det = r.get("score_detector")
+        if rule == "agree" and det is not None:
+            checks = [det >= th["detector"][1]]
+            for name, col in (("phash", "phash_dist"), ("dhash", "dhash_dist")):
+                if r.get(col) is not None:
+                    checks.append(r[col] <= th[name][1])
+            dup = all(checks)
+        elif rule == "mutual-best" and det is not None:
+            key = (r["benchmark"], r["bench_index"])
+            mutual = best_pool.get(r["pool_uid"], (None,))[1:] == key and \
+                best_bench.get(key, (None, None))[1] == r["pool_uid"]
+            dup = mutual and det >= th["detector"][1]
+        else:
+            high, low = th["clip"]
+            dup = (r["score_clip"] or 0) >= (low + high) / 2
         records.append({"pair_id": r["pair_id"], "pool_uid": r["pool_uid"], "benchmark": r["benchmark"],
-                        "bench_index": int(r["bench_index"]), "decision": verdict, "reviewer": DEMO_REVIEWER,
-                        "source": "auto-demo", "seconds": 0.0})
+                        "bench_index": int(r["bench_index"]), "decision": "duplicate" if dup else "not_duplicate",
+                        "reviewer": DEMO_REVIEWER, "source": "auto-demo", "seconds": 0.0})
     decisions.append(ws, records)
     if q:
         ov.refresh_splits(ws)
-    try:
-        from .review import mark_progress
+    from .review import mark_progress
 
-        mark_progress(ws)
-    except ImportError:  # pragma: no cover
-        pass
-    return {"queue": len(q), "decided": len(records),
+    mark_progress(ws)
+    return {"queue": len(q), "decided": len(records), "rule": rule,
             "duplicates": sum(r["decision"] == "duplicate" for r in records)}
 
 
@@ -161,5 +212,8 @@ def run_demo(ws: Workspace, size: str = "small", seed: int = 0, force: bool = Fa
             shutil.rmtree(ws.path(sub), ignore_errors=True)
     path = prepare(ws, size=size, seed=seed)
     log(f"demo world in {ws.path('world')}; pipeline {path}")
-    run_pipeline(Pipeline.load(path), ws)
+    pipeline = Pipeline.load(path)
+    for kind, params in (TINY_OVERRIDES if size == "tiny" else {}).items():
+        pipeline.override(kind, **params)
+    run_pipeline(pipeline, ws)
     return summary(ws)

@@ -175,4 +175,7 @@ def _stage_order(stage: str) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    print(render_markdown(), end="")
+    # import through the package: the stage modules register into pipeline.manifest, not __main__
+    from pipeline.manifest import render_markdown as _render
+
+    print(_render(), end="")

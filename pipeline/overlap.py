@@ -294,6 +294,11 @@ def model_tags(ws: Workspace, kind: str = "clip") -> list[str]:
 
 def pick_tag(ws: Workspace, tag: str | None) -> str:
     tags = model_tags(ws)
+    # Only models that embedded the pool can be searched (eval embeds benchmarks alone for the
+    # checkpoints it evaluates); prefer those, fall back to all so the error names what is missing.
+    with_pool = [t for t in tags if any((embed_root(ws) / t / "pool").glob("*.npy"))]
+    if not tag and with_pool:
+        tags = with_pool
     if tag:
         if not (embed_root(ws) / tag / "model.json").is_file():
             raise ClipcurateError(

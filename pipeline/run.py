@@ -99,6 +99,13 @@ class Pipeline:
             out[k] = v
         return out
 
+    def override(self, kind: str, **params) -> "Pipeline":
+        """Change the parameters of every step of one kind (e.g. a smaller demo for tests)."""
+        for s in self.steps:
+            if s["run"] == kind:
+                s.update(params)
+        return self
+
     def step_id(self, i: int, s: dict) -> str:
         return f"{i + 1:02d}-{s['run'].replace('.', '-')}"
 

@@ -78,13 +78,31 @@ def _spec(model: str, pretrained: str | None):
 
 
 @step("embed", "clipcurate embed")
-def embed(ws, model="clipcurate-tiny", pretrained="random", **options):
+def embed(ws, model="clipcurate-tiny", pretrained="random", detector=None, **options):
+    """CLIP embeddings of the pool and the benchmarks; ``detector = "detector/RUN"`` writes that
+    copy detector's descriptors instead (``clipcurate embed --detector``)."""
     from . import embed as em
 
+    if detector:
+        from .models import resolve_device
+
+        enc = em.load_encoder("detector", detector)
+        device = resolve_device(options.pop("device", "auto"))
+        tag = em.embed_images(ws, enc, pool=True, benchmarks=None, device=device, **options)
+        return {"model_tag": tag}
     spec = _spec(model, pretrained)
     tag = em.embed_pool(ws, spec, **options)
     em.embed_benchmarks(ws, spec, **options)
     return {"model_tag": tag}
+
+
+@step("detector.train", "clipcurate detector train")
+def detector_train(ws, run_name="default", **options):
+    from . import detector
+
+    res = detector.train(ws, options, run=run_name)
+    return {"steps": res.steps, "loss_first": res.losses[0] if res.losses else None,
+            "loss_last": res.losses[-1] if res.losses else None}
 
 
 @step("overlap", "clipcurate overlap")
@@ -100,12 +118,37 @@ def overlap(ws, use_calibration=False, **options):
 
 
 def calibrated_thresholds(ws: Workspace) -> dict:
+    """[overlap] overrides from ``overlap calibrate``'s chosen thresholds (thresholds.json).
+
+    For every signal whose sweep reached the target precision, its chosen threshold becomes the
+    ``overlap`` threshold (CLIP: ``high``) for every benchmark; the review band keeps its configured
+    lower edge unless that would lie past the new threshold. Signals that reached no threshold keep
+    their configured values."""
+    from . import overlap as ov
     from .io import read_json
 
     p = ws.path("overlap", "calibration", "thresholds.json")
     if not p.exists():
         raise ClipcurateError(f"{p} not found: run `clipcurate overlap calibrate` first (or drop use_calibration)")
-    return dict(read_json(p).get("overlap", {}))
+    chosen = read_json(p).get("chosen", {})
+    base = ov.options(ws)
+    out: dict = {}
+    signal_thresholds = dict(base.get("signal_thresholds") or {})
+    for name, c in chosen.items():
+        thr = c.get("threshold") if isinstance(c, dict) else None
+        if thr is None or name not in ov.SIGNALS:
+            continue
+        sig = ov.SIGNALS[name]
+        if name == "clip":
+            out["high"] = float(thr)
+            out["low"] = min(float(base["low"]), float(thr))
+            continue
+        review = float((signal_thresholds.get(name) or {}).get("review", sig.review))
+        review = min(review, thr) if sig.higher_is_better else max(review, thr)
+        signal_thresholds[name] = {"overlap": float(thr), "review": review}
+    if signal_thresholds:
+        out["signal_thresholds"] = signal_thresholds
+    return out
 
 
 @step("overlap.calibrate", "clipcurate overlap calibrate")
@@ -117,7 +160,7 @@ def overlap_calibrate(ws, **options):
 
 
 @step("review.auto", "clipcurate review (automatic decisions, demo only)")
-def review_auto(ws, rule="midpoint", **options):
+def review_auto(ws, rule="agree", **options):
     from .demo import auto_review
 
     return auto_review(ws, rule=rule, **options)

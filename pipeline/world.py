@@ -40,6 +40,9 @@ from .io import atomic_path, write_json
 from .synth import CLASSES, caption_for, jpeg_bytes, make_image, png_bytes
 
 PLACEHOLDER = "http://world.clipcurate.invalid"
+# How hard the planted copies are transformed (pipeline.augment: 1.0 = App. C's full ranges). Web
+# copies are mostly resized, re-encoded and lightly cropped; calibration still plants full-strength.
+PLANT_STRENGTH = 0.35
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "black", "white")
 FILLER = ("the", "a", "of", "and", "in", "is", "shape", "drawn", "with", "on", "paper", "geometry",
           "symbol", "used", "often", "found", "logo", "design", "history", "form", "sides", "figure",
@@ -161,7 +164,7 @@ def build_world(folder: str | Path, size: str = "small", seed: int = 0) -> dict:
                 fname = f"{j:04d}.png"
                 (bdir / cls / fname).write_bytes(png_bytes(img))
                 if rng.random() < sz.planted_fraction:
-                    copy = app_c_copy(img, int(rng.integers(1 << 31)), strength=0.6)
+                    copy = app_c_copy(img, int(rng.integers(1 << 31)), strength=PLANT_STRENGTH)
                     name = f"plant-{bench}-{cls}-{j:04d}.jpg"
                     (img_dir / name).write_bytes(jpeg_bytes(copy, quality=int(rng.integers(60, 95))))
                     caption = f"{cls} {prng.choice(['picture', 'pattern', 'wallpaper', 'print'])}"
