@@ -167,7 +167,7 @@ def render_markdown() -> str:
     return "\n".join(lines)
 
 
-STAGE_ORDER = ["queries", "candidates", "match", "download", "bench", "embed", "detector", "overlap", "review", "curate", "train", "eval", "run"]
+STAGE_ORDER = ["queries", "candidates", "match", "download", "bench", "embed", "detector", "hashes", "overlap", "review", "curate", "train", "eval", "run"]
 
 
 def _stage_order(stage: str) -> int:
