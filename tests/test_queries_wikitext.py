@@ -32,3 +32,26 @@ def test_tokenizer_rule():
     assert "," in toks and "\n" in toks and "." in toks
     i = toks.index("stop")
     assert not is_word(toks[i + 1])
+
+
+def _words_and_pairs(toks):
+    """Word counts and the word pairs with no break between them."""
+    ws = [t for t in toks if is_word(t)]
+    pairs = [(a, b) for a, b in zip(toks, toks[1:]) if is_word(a) and is_word(b)]
+    return ws, pairs
+
+
+def test_count_tokens_same_words_and_pairs_as_tokens():
+    """Counting's merged breaks give exactly the words and word pairs of the documented rule."""
+    import random
+
+    from queries.wikitext import count_tokens
+
+    hard = ["Don't stop, well-known 1990s art_work. New York\nCity — O’Brien",
+            "a - b -- c ' d '' e ’f g- h -i j'k' l). (m n!?\n\n o\t p _ q __ r",
+            "x-\n-y z .-' w", "", "  ", "...", "end."]
+    rng = random.Random(0)
+    alphabet = "ab é1_ -'’.,\n\t(|ß٣"
+    hard += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
+    for text in hard:
+        assert _words_and_pairs(count_tokens(text)) == _words_and_pairs(tokens(text)), repr(text)
