@@ -485,8 +485,41 @@ def _install_hook(output_folder: str) -> None:
         if settings.get("pdeathsig"):
             _set_pdeathsig()
     import img2dataset.downloader as i2d_downloader
+    import img2dataset.resizer as i2d_resizer
 
     i2d_downloader.download_image = _hooked_download_image
+    if not isinstance(i2d_resizer.A, _CachedTransforms):
+        i2d_resizer.A = _CachedTransforms(i2d_resizer.A)
+
+
+class _CachedTransforms:
+    """Stands in for the `albumentations` module inside img2dataset's Resizer.
+
+    The Resizer builds a new LongestMaxSize / PadIfNeeded / SmallestMaxSize / CenterCrop for every
+    image; constructing one runs albumentations' pydantic validation (~0.2 ms per image for
+    `border`, a quarter of the whole resize + re-encode). These transforms are deterministic
+    (p=1.0, no random parameters), so one instance per distinct argument set gives the same pixels:
+    build it once and reuse it. Anything else is the real module's attribute.
+    """
+
+    CACHED = ("LongestMaxSize", "SmallestMaxSize", "PadIfNeeded", "CenterCrop")
+
+    def __init__(self, module):
+        self._module = module
+        self._made: dict = {}
+
+    def __getattr__(self, name):
+        attr = getattr(self._module, name)
+        if name not in self.CACHED:
+            return attr
+
+        def make(**kwargs):
+            key = (name, repr(sorted(kwargs.items())))
+            made = self._made.get(key)
+            if made is None:
+                made = self._made[key] = attr(**kwargs)
+            return made
+        return make
 
 
 def _hooked_download_image(row, timeout, user_agent_token, disallowed_header_directives):
@@ -601,12 +634,20 @@ def _worker_init() -> None:
 
 
 def _pool_distributor(processes_count, downloader, reader, subjob_size, max_shard_retry):
-    """img2dataset's multiprocessing_distributor, with a worker initializer (_worker_init)."""
+    """img2dataset's multiprocessing_distributor, with a worker initializer (_worker_init).
+
+    img2dataset uses a "spawn" pool: every worker is a fresh interpreter that imports img2dataset
+    (albumentations, OpenCV, pandas, wandb: ~1.8 s of CPU each, as much as fetching ~1000 images
+    on loopback). The runner has already imported all of it, so the workers are forked from it
+    instead and start at once. The runner is single-threaded when the pool is made (the
+    LoggerProcess is ours, a no-op); a worker replaced after maxtasksperchild shards is forked while
+    the pool's own handler threads run, as with Python's default "fork" pools on Linux.
+    """
     from multiprocessing import get_context
 
     from img2dataset.distributor import retrier
 
-    with get_context("spawn").Pool(processes_count, maxtasksperchild=5, initializer=_worker_init) as pool:
+    with get_context("fork").Pool(processes_count, maxtasksperchild=5, initializer=_worker_init) as pool:
         def run(gen):
             return [row for ok, row in pool.imap_unordered(downloader, gen) if ok is False]
 
