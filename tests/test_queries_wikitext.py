@@ -55,3 +55,18 @@ def test_count_tokens_same_words_and_pairs_as_tokens():
     hard += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
     for text in hard:
         assert _words_and_pairs(count_tokens(text)) == _words_and_pairs(tokens(text)), repr(text)
+
+
+def test_fast_url_drop_equals_the_regex():
+    import random
+
+    from queries.wikitext import _URL_RE, _drop_urls
+
+    hard = ["see http://a.org/x and https://b.org|y ftp://c", "ftp://http://y", "http://ftp://y z",
+            "x://y ://z hhttp://q httpss://r https:// ftp:/ a", "://", "http://", "[http://a b]",
+            "http://a/http://b https://c<d ftp://e]f"]
+    rng = random.Random(1)
+    parts = ["http", "https", "ftp", "://", ":", "/", " ", "a", "s", "|", "]", "<", "h", "t"]
+    hard += ["".join(rng.choice(parts) for _ in range(rng.randint(0, 25))) for _ in range(5000)]
+    for text in hard:
+        assert _drop_urls(text) == _URL_RE.sub("", text), repr(text)
