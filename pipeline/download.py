@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
@@ -255,7 +256,7 @@ def write_pool_shard(ws: Workspace, shard: str, samples: list[dict]) -> dict:
 #    process (its own process group) that we watch: img2dataset's fetch function is replaced in its
 #    workers by urlsafety.fetch (pinned, redirect-checked, deadline, body cap) plus an image header
 #    check (pixel bombs, non-images, truncated files) — see _HookedWriter below.
-# 4. Convert. When img2dataset writes {j}_stats.json (after closing that shard's tar and parquet),
+# 4. Convert. When img2dataset writes {j}_stats.json (after closing that shard's images and parquet),
 #    we turn its output into ours: our keys, sha256 of the stored bytes, every input row accounted
 #    for (success / failed / refused + reason). Tar, then manifest, then the marker — so a kill -9
 #    at any moment leaves a shard either finished or redone by the next run.
@@ -269,6 +270,8 @@ WORK_DIR = "_work"
 ROUNDS = 2  # fetch rounds per run for shards that did not finish (img2dataset stalled or crashed)
 END_GRACE = 10.0  # seconds img2dataset gets to exit once every shard is converted
 STARTUP_LIMIT = 180.0  # seconds img2dataset may take to start (imports) before it counts as stalled
+IMAGES = ".images"  # img2dataset's stored images per shard, as written by _HookedWriter
+_RECORD = "<IQ"  # one record of it: key length, image length (then the key, then the bytes)
 INPUT_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()), ("caption", pa.string()),
                           ("query_ids", pa.list_(pa.int32()))])
 
@@ -594,20 +597,38 @@ def inspect_image(data: bytes, max_area: float) -> str | None:
 
 
 class _HookedWriter:
-    """img2dataset's WebDatasetSampleWriter, constructed after installing the fetch hook."""
+    """Stands in for img2dataset's WebDatasetSampleWriter; constructed after installing the fetch hook.
+
+    It writes img2dataset's per-shard parquet exactly as that writer does (one row per url, with
+    status, error and size), but the images go to a plain record stream ``{name}.images`` instead
+    of a webdataset tar: per stored image ``<u32 key length><u64 byte length><key><bytes>``, in the
+    order img2dataset hands them over. Our tar is written from it (step 4) under our keys, so the
+    img2dataset tar was only an intermediate — building it (webdataset TarWriter, a JSON per
+    sample) and parsing it back (Python's tarfile reads a PAX header per member) cost ~1 ms of CPU
+    per image, more than resizing it. The stream is complete when img2dataset writes
+    ``{name}_stats.json``, which it does after close().
+    """
 
     def __init__(self, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format):
         _install_hook(output_folder)
-        from img2dataset.writer import WebDatasetSampleWriter
+        import fsspec
+        from img2dataset.writer import BufferedParquetWriter
 
-        self._writer = WebDatasetSampleWriter(shard_id, output_folder, save_caption, oom_shard_count,
-                                              schema, encode_format)
+        name = f"{shard_id:0{oom_shard_count}d}"
+        fs, path = fsspec.core.url_to_fs(output_folder)
+        self._images = fs.open(f"{path}/{name}{IMAGES}", "wb")
+        self._parquet = BufferedParquetWriter(f"{output_folder}/{name}.parquet", schema, 100)
 
     def write(self, img_str, key, caption, meta):
-        self._writer.write(img_str, key, caption, meta)
+        if img_str is not None:
+            k = key.encode("utf-8")
+            self._images.write(struct.pack(_RECORD, len(k), len(img_str)) + k)
+            self._images.write(img_str)
+        self._parquet.write(meta)
 
     def close(self):
-        self._writer.close()
+        self._parquet.close()
+        self._images.close()
 
 
 class _NoLogger:
@@ -708,11 +729,11 @@ def _reason(msg: str | None) -> str:
 
 
 def _finish_shard(ws: Workspace, shard: str, rows: list[dict], pre: list, results: dict | None,
-                  i2d_tar: Path | None, sps: int) -> dict:
+                  i2d_images: Path | None, sps: int) -> dict:
     """Merge pre-check verdicts and img2dataset results into pool rows; write tar, manifest, marker.
 
     ``results`` is img2dataset's parquet of this shard by uid; the images are streamed from its
-    tar ``i2d_tar`` into ours under our keys.
+    ``.images`` stream ``i2d_images`` (_HookedWriter) into our tar under our keys.
     """
     width = key_width(sps)
     out, ours = [], {}  # ours: img2dataset key -> our key, for its success rows
@@ -735,7 +756,7 @@ def _finish_shard(ws: Workspace, shard: str, rows: list[dict], pre: list, result
                 row["status"] = "refused" if err.startswith("refused:") else "failed"
                 row["error"] = err
         out.append(row)
-    counts = write_shard_files(ws, shard, out, _i2d_images(i2d_tar, ours) if i2d_tar else {})
+    counts = write_shard_files(ws, shard, out, _i2d_images(i2d_images, ours) if i2d_images else {})
     mark_done(ws.path(FOLDER), shard, counts)
     return counts
 
@@ -747,12 +768,20 @@ def _i2d_results(out_dir: Path, name: str) -> dict:
     return {r["uid"]: r for r in tbl.to_pylist()}
 
 
-def _i2d_images(tar_path: Path, ours: dict):
-    """(our key, bytes) for each image in img2dataset's tar, one at a time."""
-    with tarfile.open(tar_path) as tf:
-        for m in tf:
-            if m.isfile() and m.name.endswith(".jpg") and m.name[:-4] in ours:
-                yield ours[m.name[:-4]], tf.extractfile(m).read()
+def _i2d_images(path: Path, ours: dict):
+    """(our key, bytes) for each image of a shard's ``.images`` stream (_HookedWriter), one at a time."""
+    head = struct.calcsize(_RECORD)
+    with open(path, "rb") as fh:
+        while rec := fh.read(head):
+            if len(rec) < head:
+                raise ValueError(f"{path.name}: truncated record header")
+            klen, dlen = struct.unpack(_RECORD, rec)
+            key = fh.read(klen).decode("utf-8")
+            data = fh.read(dlen)
+            if len(data) != dlen:
+                raise ValueError(f"{path.name}: truncated image {key!r}")
+            if key in ours:
+                yield ours[key], data
 
 
 # -- 5. one fetch round, watched -----------------------------------------------------------------------
@@ -848,11 +877,11 @@ def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.P
                     continue
                 shard, rows, pre = pending.pop(j)
                 try:
-                    _finish_shard(ws, shard, rows, pre, _i2d_results(out_dir, name), out_dir / f"{name}.tar", sps)
+                    _finish_shard(ws, shard, rows, pre, _i2d_results(out_dir, name), out_dir / f"{name}{IMAGES}", sps)
                 except Exception as exc:  # noqa: BLE001 - a broken img2dataset shard is redone next round
                     warn(f"download: shard {shard}: img2dataset output unreadable ({exc.__class__.__name__}); will retry")
                     continue
-                for suffix in (".tar", ".parquet", "_stats.json"):
+                for suffix in (IMAGES, ".parquet", "_stats.json"):
                     (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
                 advance()
                 last_change = time.monotonic()
