@@ -5,6 +5,7 @@ measured in the same run, per worker and with several workers.
     python benchmarks/queries_parse.py --copies 100 --workers 1,2
     python benchmarks/queries_parse.py --dump enwiki-...-multistream.xml.bz2 --workers 1,4,8
     python benchmarks/queries_parse.py --memory    # peak RSS vs --spill-entries (bounded memory)
+    python benchmarks/queries_parse.py --breakdown # CPU seconds of each step of one worker
 
 Without ``--dump`` the input is the real 5-article fragment (../shared/fixtures/wikipedia, heavy table
 markup) repeated ``--copies`` times into a multistream dump with an index (100 pages per stream,
@@ -12,7 +13,9 @@ as Wikimedia does). Rates are MB of decompressed XML per second (the same bytes 
 
 - ``bz2 decompress``: just ``bz2`` reading the whole file (the baseline);
 - ``expat pages``: decompress + XML → pages (no markup stripping, no counting);
-- ``count, 1 worker``: decompress + XML + strip markup + tokenize + count + spill (what one worker does);
+- ``count, 1 worker, no thread``: decompress + XML + strip markup + tokenize + count + spill, all on one
+  core (what one worker costs; the decompression thread is left out: it adds CPU, it only moves
+  work to a spare core);
 - ``count, N workers``: the multistream ranges over N processes (``--workers``).
 
 The single-process lines are CPU seconds of this process (all its threads), best of ``--repeat``
@@ -125,6 +128,55 @@ def memory_main(words: int, vocab: int, spills: list[int]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def breakdown_main(path: Path, repeat: int) -> None:
+    """CPU seconds of each step one worker runs, each step timed alone on the previous step's
+    output (best of ``repeat``), and the best per-worker ratio to bz2 those steps allow."""
+    from collections import Counter
+    from itertools import pairwise
+
+    from queries import wikitext
+
+    def decompress():
+        return b"".join(dump._file_chunks(path))
+
+    xml = decompress()
+    pages = list(dump.iter_pages(path, threaded=False))
+    arts = [p.text for p in pages if p.ns == 0 and not p.redirect]
+    plain = [wikitext.strip_markup(t) for t in arts]
+    toks = [wikitext.count_tokens(t) for t in plain]
+
+    def count():
+        uni, bi = Counter(), Counter()
+        for t in toks:
+            uni.update(t)
+            bi.update(pairwise(t))
+
+    steps = [("bz2 decompress (the baseline)", decompress),
+             ("decompress + expat -> pages", lambda: sum(1 for _ in dump.iter_pages(path, threaded=False))),
+             ("strip markup", lambda: [wikitext.strip_markup(t) for t in arts]),
+             ("tokenize (COUNT_TOKEN_RE.findall)", lambda: [wikitext.count_tokens(t) for t in plain]),
+             ("count unigrams + bigrams (Counter)", count)]
+    best = {}
+    for _ in range(repeat):
+        for name, fn in steps:
+            t, _r = timed(fn, time.process_time)
+            best[name] = min(best.get(name, t), t)
+    base = best[steps[0][0]]
+    best["expat -> pages (alone)"] = max(0.0, best.pop(steps[1][0]) - base)
+    print(f"input: {path.name}  {len(xml) / 1e6:.1f} MB XML, {len(arts)} articles, "
+          f"{sum(map(len, toks)):,} tokens  cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+    print(f"{'step (CPU seconds, best of %d)' % repeat:44s} {'seconds':>8s} {'x bz2':>6s}")
+    order = [steps[0][0], "expat -> pages (alone)"] + [n for n, _ in steps[2:]]
+    for name in order:
+        print(f"{name:44s} {best[name]:8.3f} {best[name] / base:6.2f}")
+    total = sum(best[n] for n in order)
+    print(f"{'sum: one worker, one core':44s} {total:8.3f} {total / base:6.2f}  -> at most "
+          f"{base / total:.2f}x bz2 per worker")
+    rest = total - base
+    print(f"{'  with decompression on a 2nd core (thread)':44s} {max(base, rest):8.3f} "
+          f"{max(base, rest) / base:6.2f}  -> at most {base / max(base, rest):.2f}x bz2")
+
+
 def timed(fn, clock=time.perf_counter):
     t = clock()
     r = fn()
@@ -140,6 +192,8 @@ def main():
     ap.add_argument("--pages-per-stream", type=int, default=100, help="pages per bz2 stream (Wikimedia: 100)")
     ap.add_argument("--memory", action="store_true",
                     help="instead: peak RSS of one counting process vs --spill-entries on a Zipf dump")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="instead: CPU seconds of each step of one worker (decompress, XML, strip, tokenize, count)")
     ap.add_argument("--memory-words", type=int, default=3_000_000)
     ap.add_argument("--memory-vocab", type=int, default=300_000)
     ap.add_argument("--memory-spills", default="100000,10000000000")
@@ -156,6 +210,8 @@ def main():
             path = make_multistream(FIXTURE, args.copies, tmp / "bench-multistream.xml.bz2",
                                     args.pages_per_stream)
         csize = path.stat().st_size
+        if args.breakdown:
+            return breakdown_main(path, args.repeat)
 
         def decompress():
             n = 0
@@ -168,19 +224,19 @@ def main():
 
         def pages():
             st = {}
-            n = sum(1 for _ in dump.iter_pages(path, st))
+            n = sum(1 for _ in dump.iter_pages(path, st, threaded=False))
             return st["bytes"]
 
         def count1():
             out = tmp / "c1"
             shutil.rmtree(out, ignore_errors=True)
-            return counting.count_range(dump.Range(str(path)), str(out))["bytes"]
+            return counting.count_range(dump.Range(str(path)), str(out), threaded=False)["bytes"]
 
         rows = []
         best = {}
         for _ in range(args.repeat):  # interleaved, best of N: the machine is shared
             for name, fn in (("bz2 decompress (baseline)", decompress), ("expat pages", pages),
-                             ("count, 1 worker (whole file)", count1)):
+                             ("count, 1 worker, no thread (whole file)", count1)):
                 t, nbytes = timed(fn, time.process_time)
                 if name not in best or t < best[name][0]:
                     best[name] = (t, nbytes)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import multiprocessing
+import os
 import shutil
 from pathlib import Path
 
@@ -112,8 +113,11 @@ def count_dumps(folder: Path, dumps: list[Path], opts: dict, force: bool = False
         log(f"queries: {len(shards) - len(todo)}/{len(shards)} counting shards already done, skipping them")
     if todo:
         (folder / SUCCESS).unlink(missing_ok=True)
-    tasks = [(s, shards[s][1], str(counts_dir / s), opts["partitions"], opts["spill_entries"]) for s in todo]
-    workers = max(1, min(int(opts["workers"]), len(tasks) or 1))
+    workers = max(1, min(int(opts["workers"]), len(todo) or 1))
+    # Each worker decompresses in a helper thread only if there is a core to spare for it.
+    threaded = 2 * workers <= (os.cpu_count() or 1)
+    tasks = [(s, shards[s][1], str(counts_dir / s), opts["partitions"], opts["spill_entries"], threaded)
+             for s in todo]
     with progress("queries: counting", total=len(shards)) as advance:
         advance(len(shards) - len(todo))
         if workers == 1:
