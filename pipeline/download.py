@@ -700,6 +700,14 @@ def _runner_main(job_file: str) -> None:
     # here needs it, and it is a third of the start-up time. A None entry makes `import torch` fail
     # fast, and webdataset then falls back to its stand-ins.
     sys.modules.setdefault("torch", None)
+    # Two more imports nothing here uses (~1 s of the start-up together): img2dataset's logger
+    # imports wandb at the top (we never enable it, and its LoggerProcess is replaced below), and
+    # its distributor module imports Ray to define the Ray distributor, needed only with --distributor ray.
+    import types
+
+    sys.modules.setdefault("wandb", types.ModuleType("wandb"))
+    if job["kwargs"]["distributor"] != "ray":
+        sys.modules.setdefault("ray", None)  # `import ray` raises ModuleNotFoundError, which img2dataset expects
     import img2dataset  # noqa: F401  (the package re-exports a function named `main`: take the module)
 
     i2d_main = sys.modules["img2dataset.main"]
