@@ -177,6 +177,14 @@ def breakdown_main(path: Path, repeat: int) -> None:
           f"{max(base, rest) / base:6.2f}  -> at most {base / max(base, rest):.2f}x bz2")
 
 
+def _cpu_all() -> float:
+    """CPU seconds of this process and of its children that have ended (the worker pool's)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def timed(fn, clock=time.perf_counter):
     t = clock()
     r = fn()
@@ -247,9 +255,12 @@ def main():
             rows.append((name, t, xml_bytes / t / 1e6))
         opts = dict(qbuild.DEFAULTS, chunk_mb=max(0.01, csize / 1e6 / 16))
         w1 = None
+        cpu: dict[int, float] = {}
         for w in [int(x) for x in args.workers.split(",")]:
             folder = tmp / f"w{w}"
+            cpu0 = _cpu_all()
             t, infos = timed(lambda: qbuild.count_dumps(folder, [path], {**opts, "workers": w}, force=True))
+            cpu[w] = _cpu_all() - cpu0
             nbytes = sum(i["bytes"] for i in infos.values())
             # the ranges skip stream 0 (<mediawiki> + <siteinfo>): a few hundred bytes
             assert xml_bytes - 10_000 < nbytes <= xml_bytes, (nbytes, xml_bytes)
@@ -265,6 +276,12 @@ def main():
                 print(f"{name + ' [wall]':44s} {t:8.2f} {r:9.1f} {'':7s} {r / w1:11.2f}")
             else:  # CPU seconds of one process
                 print(f"{name + ' [cpu]':44s} {t:8.2f} {r:9.1f} {r / base:7.2f}")
+        # Wall-clock scaling needs idle cores; the CPU all processes spent shows whether more
+        # workers add work (spawn, imports, per-range setup) or just split it.
+        if cpu:
+            print(f"CPU seconds of all processes (this one + finished workers): "
+                  + ", ".join(f"{w} worker(s) {c:.2f}" for w, c in cpu.items())
+                  + "  (equal = the work splits without overhead; wall time / N needs N idle cores)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
