@@ -182,10 +182,17 @@ def summary(ws: Workspace) -> list[tuple[str, str]]:
         c = read_json(cal)
         chosen = c.get("chosen", {})
         parts = []
+        from .overlap import SIGNALS
+
         for sig, v in chosen.items():
-            if isinstance(v, dict) and v.get("threshold") is not None:
-                parts.append(f"{sig} ≥/≤ {v['threshold']:.3g}: P {v.get('precision', float('nan')):.2f} "
+            if not isinstance(v, dict):
+                continue
+            op = "≥" if sig not in SIGNALS or SIGNALS[sig].higher_is_better else "≤"
+            if v.get("threshold") is not None:
+                parts.append(f"{sig} {op} {v['threshold']:.3g}: P {v.get('precision', float('nan')):.2f} "
                              f"R {v.get('recall', float('nan')):.2f}")
+            else:
+                parts.append(f"{sig}: no threshold reaches the target precision")
         if parts:
             rows.append(("calibration (planted App. C copies)", "; ".join(parts)))
     if "eval" in mf.REGISTRY:

@@ -122,8 +122,13 @@ def calibrated_thresholds(ws: Workspace) -> dict:
 
     For every signal whose sweep reached the target precision, its chosen threshold becomes the
     ``overlap`` threshold (CLIP: ``high``) for every benchmark; the review band keeps its configured
-    lower edge unless that would lie past the new threshold. Signals that reached no threshold keep
-    their configured values."""
+    lower edge unless that would lie past the new threshold. A signal that reached the target at no
+    threshold may not decide ``overlap`` on its own (its overlap threshold becomes unreachable); its
+    review band starts where its measured precision was best, so a reviewer sees those pairs."""
+    import math
+
+    import pyarrow.compute as pc
+
     from . import overlap as ov
     from .io import read_json
 
@@ -131,14 +136,30 @@ def calibrated_thresholds(ws: Workspace) -> dict:
     if not p.exists():
         raise ClipcurateError(f"{p} not found: run `clipcurate overlap calibrate` first (or drop use_calibration)")
     chosen = read_json(p).get("chosen", {})
+    curve_p = p.with_name("curve.parquet")
+    curve = pq.read_table(curve_p) if curve_p.exists() else None
     base = ov.options(ws)
     out: dict = {}
     signal_thresholds = dict(base.get("signal_thresholds") or {})
     for name, c in chosen.items():
-        thr = c.get("threshold") if isinstance(c, dict) else None
-        if thr is None or name not in ov.SIGNALS:
+        if not isinstance(c, dict) or name not in ov.SIGNALS:
             continue
         sig = ov.SIGNALS[name]
+        thr = c.get("threshold")
+        if thr is None:  # never precise enough: review only, from its most precise threshold
+            if curve is None:
+                continue
+            rows = curve.filter(pc.equal(curve["signal"], name)).to_pylist()
+            rows = [r for r in rows if r["tp"] + r["fp"] > 0]
+            if not rows:
+                continue
+            best = max(rows, key=lambda r: (r["precision"], r["recall"]))
+            never = math.inf if sig.higher_is_better else -math.inf
+            if name == "clip":
+                out["high"], out["low"] = never, float(best["threshold"])
+            else:
+                signal_thresholds[name] = {"overlap": never, "review": float(best["threshold"])}
+            continue
         if name == "clip":
             out["high"] = float(thr)
             out["low"] = min(float(base["low"]), float(thr))
