@@ -98,21 +98,26 @@ def load(ws: Workspace) -> tuple[list[dict], int]:
     path = log_path(ws)
     if not path.exists():
         return [], 0
-    records, bad = [], 0
     with open(path, "rb") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                bad += 1
-                continue
-            if isinstance(rec, dict) and rec.get("decision") in DECISIONS and "pair_id" in rec:
-                records.append(rec)
-            else:
-                bad += 1
+        return parse_lines(fh)
+
+
+def parse_lines(lines) -> tuple[list[dict], int]:
+    """Decision records from raw log lines, and how many lines were torn or not decisions."""
+    records, bad = [], 0
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(rec, dict) and rec.get("decision") in DECISIONS and "pair_id" in rec:
+            records.append(rec)
+        else:
+            bad += 1
     return records, bad
 
 
@@ -199,18 +204,6 @@ class LogTail:
         if end < 0:
             return []
         self.offset += end + 1
-        out = []
-        for line in data[:end].split(b"\n"):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                self.bad += 1
-                continue
-            if isinstance(rec, dict) and rec.get("decision") in DECISIONS and "pair_id" in rec:
-                out.append(rec)
-            else:
-                self.bad += 1
+        out, bad = parse_lines(data[:end].split(b"\n"))
+        self.bad += bad
         return out
