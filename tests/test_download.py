@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from _download_server import EXPECTED, ImageServer, write_urls
+import pipeline.download  # noqa: F401  (registers the `pool` manifest that pool_rows reads)
 from pipeline import manifest as mf
 from pipeline.uid import pair_uid
 
