@@ -14,7 +14,7 @@ from pipeline.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
 from .state import state
 
 detector_app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                           help="The App. C copy detector and the cheap copy signals (perceptual hashes).")
+                           help="The copy detector of CLIP App. C and the cheap copy signals (perceptual hashes).")
 
 
 class Preset(str, Enum):
