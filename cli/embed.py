@@ -52,11 +52,11 @@ def embed(
         pool = any(ws.path("pool", "shards").glob("*.tar")) or names == [] or not list_benchmarks(ws)
     if not pool and names == []:
         raise typer.BadParameter("--no-pool with --no-benchmarks leaves nothing to embed")
-    if pool:  # a missing upstream is the first thing to say, before any model is loaded
-        emb.pool_shards(ws)
     from pipeline.executor import from_config
 
     ex = from_config(state.config(ws), executor, ray_address)  # --executor ray: pool shards on Ray actors
+    if pool:  # a missing upstream is said before any model is loaded
+        emb.pool_shards(ws)
     if detector:
         from pipeline.models import resolve_device
 
