@@ -279,7 +279,7 @@ def main():
         # Wall-clock scaling needs idle cores; the CPU all processes spent shows whether more
         # workers add work (spawn, imports, per-range setup) or just split it.
         if cpu:
-            print(f"CPU seconds of all processes (this one + finished workers): "
+            print("CPU seconds of all processes (this one + finished workers): "
                   + ", ".join(f"{w} worker(s) {c:.2f}" for w, c in cpu.items())
                   + "  (equal = the work splits without overhead; wall time / N needs N idle cores)")
     finally:

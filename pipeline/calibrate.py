@@ -47,7 +47,7 @@ from .augment import app_c_copy
 from .console import log, warn
 from .errors import ClipcurateError, MissingUpstream
 from .io import atomic_path, write_json
-from .overlap import SIGNALS, combine, decide, model_info, pick_tag, thresholds_for
+from .overlap import SIGNALS, decide, model_info, pick_tag, thresholds_for
 from .search import Searcher
 from .workspace import Workspace
 

@@ -29,11 +29,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 import math
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -47,7 +45,7 @@ from .console import log, warn
 from .errors import ClipcurateError, MissingUpstream
 from .io import clean_temp, read_json, write_json, write_text
 from .search import Pairs, Searcher, TopK
-from .stage import PLAN, SUCCESS, mark_done, marker
+from .stage import PLAN, SUCCESS, mark_done
 from .workspace import Workspace
 
 FOLDER = "overlap"

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import Config
 from .errors import ClipcurateError
+from .io import atomic_path
 from .run import step
 from .workspace import Workspace
 
@@ -53,10 +55,6 @@ def download(ws, input=None, serve=None, **options):
     with ImageServer(serve, port=preferred_port(ws)) as base:
         urls = [u.replace(PLACEHOLDER, base) if u else u for u in tbl.column("url").to_pylist()]
         live = ws.path("download-input.parquet")
-        import pyarrow as pa
-
-        from .io import atomic_path
-
         with atomic_path(live) as tmp:
             pq.write_table(tbl.set_column(tbl.column_names.index("url"), "url", pa.array(urls, pa.string())), tmp)
         res = dl.download(ws, live, cfg=conf)

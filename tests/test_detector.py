@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import detector, synth
+from pipeline import detector
 from pipeline.augment import app_c_copy
 from pipeline.detector_net import BlurPool, CopyDetector, build_model, info_nce
 
