@@ -14,14 +14,21 @@ loopback server, measured in the same run.
    subprocess, like a user runs it): images/s end to end (start-up included), and the steady rate
    between the first and the last shard completion marker (start-up excluded).
 
-Prints both rates and their ratio to the baseline. Never asserts times.
+Prints both rates and their ratio to the baseline, and the CPU each side spent per image: the
+baseline client (this process), the server (its own process), the download's whole process tree
+(getrusage of reaped children; this process is made the subreaper, so img2dataset workers whose
+runner was killed at the end are counted too). `--breakdown` then times, in this process on the
+server's own images, each step a stored image costs (fetch, header check, resize + re-encode, tar
+members), with the cached / header-only paths the download's workers install. Never asserts times.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -67,6 +74,105 @@ def plain_gets(urls: list[str], threads: int) -> float:
     return dt
 
 
+def server_cpu(proc) -> float:
+    """CPU seconds the server process has used (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def become_subreaper() -> None:
+    """Orphans of the download (workers of a runner killed at the end) are re-parented to us."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap_orphans(keep: int) -> None:
+    """Wait for exited orphans (so their CPU lands in RUSAGE_CHILDREN); leaves ``keep`` (the server)."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if not any(p.isdigit() and int(p) != keep and _parent(int(p)) == os.getpid()
+                       for p in os.listdir("/proc")):
+                return
+            time.sleep(0.05)
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def breakdown(urls: list[str], args) -> None:
+    """CPU ms per image of each step a stored image costs, timed here one image at a time."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import img2dataset.resizer as i2d_resizer
+
+    from pipeline import download as dl
+    from pipeline import urlsafety
+
+    sample = urls[: min(len(urls), 1000)]
+    policy = urlsafety.Policy.make(allow_private=True)
+
+    def timed(label, fn, items):
+        t = time.process_time()
+        out = [fn(x) for x in items]
+        ms = 1000 * (time.process_time() - t) / len(items)
+        print(f"  {label:58s} {ms:6.3f} ms/image")
+        return out
+
+    def plain(u):
+        with urllib.request.urlopen(u, timeout=30) as r:
+            return r.read()
+
+    print(f"CPU per image, one at a time in this process ({len(sample)} of the server's images):")
+    timed("plain urllib GET (what the baseline does per image)", plain, sample)
+    bodies = timed("urlsafety.fetch (pinned, checked, deadline, body cap)",
+                   lambda u: urlsafety.fetch(u, policy)[0], sample)
+    timed("inspect_image (header: bombs, non-images, truncation)", lambda b: dl.inspect_image(b, 89_478_485), bodies)
+    if not isinstance(i2d_resizer.A, dl._CachedTransforms):
+        i2d_resizer.A = dl._CachedTransforms(i2d_resizer.A)
+    original = getattr(i2d_resizer.Resizer.__call__, "__wrapped__", i2d_resizer.Resizer.__call__)
+    fast = dl._resizer_call(original, i2d_resizer)
+    rz = i2d_resizer.Resizer(args.image_size, args.resize_mode, False, encode_quality=95,
+                             skip_reencode=args.skip_reencode)
+    stored = timed(f"Resizer {args.resize_mode}{' skip-reencode' if args.skip_reencode else ''} "
+                   f"{args.image_size} px (as the workers run it)", lambda b: fast(rz, io.BytesIO(b))[0], bodies)
+    import cv2
+    import numpy as np
+
+    pixels = timed("  of which cv2.imdecode alone", lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), -1), bodies)
+    timed("  of which cv2.imencode q95 alone", lambda a: cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, 95]), pixels)
+    row = {"uid": "0" * 32, "url": sample[0], "caption": "caption 0", "width": 256, "height": 256, "query_ids": []}
+    sink = dl.TarStream(io.BytesIO())
+
+    def members(b):
+        for name, blob in dl.sample_members("000000000", "00000", row, b)[1]:
+            sink.add(name, blob)
+
+    timed("sha256 + json + 3 tar members (TarStream)", members, [b for b in stored if b])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=4000, help="images")
@@ -77,7 +183,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=256, help="clipcurate --image-size")
     ap.add_argument("--resize-mode", default="border")
     ap.add_argument("--skip-reencode", action="store_true", help="clipcurate --skip-reencode")
+    ap.add_argument("--breakdown", action="store_true", help="also time each step of a stored image")
     args = ap.parse_args()
+    become_subreaper()
 
     from _download_server import write_urls
 
@@ -92,7 +200,11 @@ def main() -> None:
         n_proc = args.processes or min(cores, -(-args.n // args.samples_per_shard))
         conns = n_proc * args.threads
         plain_gets(urls[: min(200, args.n)], conns)  # warm up the server
-        base_times = {c: plain_gets(urls, c) for c in dict.fromkeys((conns, args.threads))}
+        base_times, base_cpu = {}, {}
+        for c in dict.fromkeys((conns, args.threads)):
+            cpu0, srv0 = self_cpu(), server_cpu(proc)
+            base_times[c] = plain_gets(urls, c)
+            base_cpu[c] = (self_cpu() - cpu0, server_cpu(proc) - srv0)
         conns, base_s = min(base_times.items(), key=lambda kv: kv[1])
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPCURATE_")}
@@ -104,8 +216,11 @@ def main() -> None:
             cmd.append("--skip-reencode")
         t = time.perf_counter()
         t_wall = time.time()
+        cpu0, srv0 = children_cpu(), server_cpu(proc)
         res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         ours_s = time.perf_counter() - t
+        reap_orphans(keep=proc.pid)
+        ours_cpu, ours_srv = children_cpu() - cpu0, server_cpu(proc) - srv0
         if res.returncode != 0:
             raise SystemExit(f"clipcurate download failed:\n{res.stderr}")
         counts = {d["status"]: d["rows"] for d in map(json.loads, res.stdout.splitlines())}
@@ -114,6 +229,8 @@ def main() -> None:
         steady = None
         if n_shards >= 2:  # rows finished between the first and the last marker, over that time
             steady = (args.n * (n_shards - 1) / n_shards) / max(marks[-1] - marks[0], 1e-9)
+        if args.breakdown:
+            breakdown(urls, args)
     finally:
         proc.kill()
         proc.wait()
@@ -131,6 +248,11 @@ def main() -> None:
     if steady:
         print(f"clipcurate download, steady:      {steady:8.1f} images/s  (first to last shard marker)"
               f"  ratio {steady / base_rate:.2f}x")
+    client, server = base_cpu[conns]
+    print(f"CPU per image: baseline client {1000 * client / args.n:.3f} ms + server {1000 * server / args.n:.3f} ms"
+          f"  |  download (whole process tree, start-up included) {1000 * ours_cpu / args.n:.3f} ms"
+          f" + server {1000 * ours_srv / args.n:.3f} ms")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t_wall))} UTC")
 
 

@@ -19,11 +19,11 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tarfile
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from . import config, manifest, registry, sql, urlsafety
 from .console import log, progress, warn
 from .errors import ClipcurateError, MissingUpstream
-from .io import atomic_path, clean_temp, read_json, write_json, write_text
+from .io import FILE_MODE, atomic_path, clean_temp, read_json, write_json, write_text
 from .stage import PLAN, SUCCESS, done_info, is_done, mark_done
 from .uid import pair_uid
 from .workspace import Workspace
@@ -138,12 +138,73 @@ def shard_manifest(ws: Workspace, shard: str) -> Path:
     return ws.path(FOLDER, "manifest", f"{shard}.parquet")
 
 
-def _tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o444
-    info.mtime = 0  # deterministic tars: the same samples give the same bytes
-    tf.addfile(info, io.BytesIO(data))
+class TarStream:
+    """Write a tar of regular files, byte for byte what ``tarfile`` writes in USTAR format for a
+    member with mode 0444, mtime 0 and no owner (deterministic: the same samples give the same
+    bytes), without tarfile's per-member cost (TarInfo, field validation, checksum loop in Python).
+
+    Each header is one 512-byte template with the name and the size patched in; the checksum is
+    the template's byte sum plus those two fields. A name over 100 bytes or a size over USTAR's 8 GiB
+    goes through tarfile itself (prefix split, its errors). ``close`` writes the two zero blocks and
+    pads to tarfile's 10 KiB record, as ``TarFile.close`` does.
+    """
+
+    def __init__(self, fh):
+        self._fh = fh
+        self._offset = 0
+
+    @staticmethod
+    def _template() -> tuple[bytes, int]:
+        info = tarfile.TarInfo("x")
+        info.mode, info.mtime = 0o444, 0
+        head = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+        head[0:100] = bytes(100)        # name
+        head[124:136] = bytes(12)       # size
+        head[148:156] = b" " * 8        # checksum, counted as spaces
+        return bytes(head), sum(head)
+
+    def add(self, name: str, data: bytes) -> None:
+        raw = name.encode("utf-8")
+        size = len(data)
+        if len(raw) > 100 or size >= 8 ** 11:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = size, 0o444, 0
+            head = info.tobuf(tarfile.USTAR_FORMAT)
+        else:
+            template, base = _TAR_TEMPLATE
+            size_field = b"%011o\0" % size
+            head = bytearray(template)
+            head[0:len(raw)] = raw
+            head[124:136] = size_field
+            head[148:155] = b"%06o\0" % (base + sum(raw) + sum(size_field))
+        pad = -size % 512
+        self._fh.write(head)
+        self._fh.write(data)
+        if pad:
+            self._fh.write(bytes(pad))
+        self._offset += len(head) + size + pad
+
+    def close(self) -> None:
+        end = self._offset + 1024
+        self._fh.write(bytes(1024 + (-end % tarfile.RECORDSIZE)))
+        self._offset = 0
+
+
+_TAR_TEMPLATE = TarStream._template()
+
+
+def sample_members(key: str, shard: str, row: dict, data: bytes) -> tuple[str, list[tuple[str, bytes]]]:
+    """sha256 and the three tar members (``{key}.jpg``, ``.txt``, ``.json``) of one stored image.
+
+    ``row`` holds uid, url, caption, width, height and query_ids. Used by the img2dataset workers
+    (_HookedWriter) and by write_shard_files, so both write the same bytes.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    meta = {"uid": row["uid"], "url": row["url"], "caption": row["caption"], "key": key, "shard": shard,
+            "width": row["width"], "height": row["height"], "sha256": digest,
+            "query_ids": list(row.get("query_ids") or [])}
+    return digest, [(f"{key}.jpg", data), (f"{key}.txt", (row["caption"] or "").encode("utf-8")),
+                    (f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))]
 
 
 def write_shard_files(ws: Workspace, shard: str, rows: list[dict], images) -> dict:
@@ -161,22 +222,19 @@ def write_shard_files(ws: Workspace, shard: str, rows: list[dict], images) -> di
 
     waiting = {r["key"]: r for r in rows if r["status"] == "success"}
     pairs = images.items() if isinstance(images, dict) else images
-    with atomic_path(shard_tar(ws, shard)) as tmp:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
-            for key, data in pairs:
-                r = waiting.pop(key, None)
-                if r is None:
-                    continue
-                r["sha256"] = hashlib.sha256(data).hexdigest()
-                if r.get("width") is None or r.get("height") is None:
-                    with Image.open(io.BytesIO(data)) as im:
-                        r["width"], r["height"] = im.size
-                meta = {"uid": r["uid"], "url": r["url"], "caption": r["caption"], "key": key,
-                        "shard": shard, "width": r["width"], "height": r["height"],
-                        "sha256": r["sha256"], "query_ids": list(r.get("query_ids") or [])}
-                _tar_add(tf, f"{key}.jpg", data)
-                _tar_add(tf, f"{key}.txt", (r["caption"] or "").encode("utf-8"))
-                _tar_add(tf, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+    with atomic_path(shard_tar(ws, shard)) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
+        tar = TarStream(fh)
+        for key, data in pairs:
+            r = waiting.pop(key, None)
+            if r is None:
+                continue
+            if r.get("width") is None or r.get("height") is None:
+                with Image.open(io.BytesIO(data)) as im:
+                    r["width"], r["height"] = im.size
+            r["sha256"], members = sample_members(key, shard, r, data)
+            for name, blob in members:
+                tar.add(name, blob)
+        tar.close()
     for r in waiting.values():
         r.update(status="failed", error="stored image missing", width=None, height=None, sha256=None)
     manifest.write(POOL, rows, shard_manifest(ws, shard))
@@ -273,10 +331,11 @@ ROUNDS = 2  # fetch rounds per run for shards that did not finish (img2dataset s
 # hangs (measured here: 2 of 3 runs of 12 shards waited out the old 10 s grace): kill it soon.
 END_GRACE = 1.0
 STARTUP_LIMIT = 180.0  # seconds img2dataset may take to start (imports) before it counts as stalled
-IMAGES = ".images"  # img2dataset's stored images per shard, as written by _HookedWriter
-_RECORD = "<IQ"  # one record of it: key length, image length (then the key, then the bytes)
 INPUT_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()), ("caption", pa.string()),
                           ("query_ids", pa.list_(pa.int32()))])
+# What img2dataset reads: the input rows to fetch, each with its position in our shard ("row"), from
+# which its worker names the sample with our key.
+FETCH_SCHEMA = INPUT_SCHEMA.append(pa.field("row", pa.int32()))
 
 
 def _conf(cfg: dict | None) -> dict:
@@ -496,6 +555,53 @@ def _install_hook(output_folder: str) -> None:
     i2d_downloader.download_image = _hooked_download_image
     if not isinstance(i2d_resizer.A, _CachedTransforms):
         i2d_resizer.A = _CachedTransforms(i2d_resizer.A)
+    if not getattr(i2d_resizer.Resizer.__call__, "_clipcurate", False):
+        i2d_resizer.Resizer.__call__ = _resizer_call(i2d_resizer.Resizer.__call__, i2d_resizer)
+
+
+def _resizer_call(original, i2d_resizer):
+    """img2dataset's Resizer.__call__, without the decode when the image is kept byte for byte.
+
+    With ``resize_mode no`` and ``skip_reencode``, img2dataset stores a JPEG's own bytes (when
+    ``imghdr`` calls it a JPEG and it has no alpha channel); it still decodes the whole image, only
+    to learn its size for the min-size / area / aspect checks — at 256 px half the CPU of a stored
+    image, for a 2 MP photo ~10 ms. The size is in the JPEG header: read it there (Pillow parses
+    the markers, no pixel is decoded) and apply the same checks in the same order. Anything else —
+    another mode, a format that is re-encoded, a CMYK JPEG (img2dataset would matte its fourth
+    channel as alpha), a header Pillow cannot parse — goes to img2dataset's own code.
+    """
+    import imghdr  # deprecated, but what img2dataset's own check uses: the same verdict
+
+    from PIL import Image
+
+    def call(self, img_stream, blurring_bbox_list=None):
+        if (self.skip_reencode and not self.disable_all_reencoding and blurring_bbox_list is None
+                and self.resize_mode == i2d_resizer.ResizeMode.no and self.what_ext == "jpeg"):
+            try:
+                img_stream.seek(0)
+                if imghdr.what(img_stream) == "jpeg":
+                    img_stream.seek(0)
+                    with Image.open(img_stream) as im:
+                        ok = im.format == "JPEG" and im.mode in ("RGB", "L")
+                        width, height = im.size
+                    if ok and width > 0 and height > 0:
+                        if min(height, width) < self.min_image_size:
+                            return None, None, None, None, None, "image too small"
+                        if height * width > self.max_image_area:
+                            return None, None, None, None, None, "image area too large"
+                        if max(height, width) / min(height, width) > self.max_aspect_ratio:
+                            return None, None, None, None, None, "aspect ratio too large"
+                        img_stream.seek(0)
+                        return img_stream.read(), width, height, width, height, None
+            except Exception:  # noqa: BLE001 - not parseable here: img2dataset decides
+                img_stream.seek(0)
+                return original(self, img_stream, blurring_bbox_list)
+            img_stream.seek(0)
+        return original(self, img_stream, blurring_bbox_list)
+
+    call._clipcurate = True
+    call.__wrapped__ = original
+    return call
 
 
 class _CachedTransforms:
@@ -524,8 +630,29 @@ class _CachedTransforms:
             made = self._made.get(key)
             if made is None:
                 made = self._made[key] = attr(**kwargs)
+                if name == "PadIfNeeded" and set(kwargs) <= {"min_height", "min_width", "border_mode", "value", "p"}:
+                    made = self._made[key] = _PadIfNeeded(made, kwargs["min_height"], kwargs["min_width"])
             return made
         return make
+
+
+class _PadIfNeeded:
+    """PadIfNeeded that hands back an image already at least min_height x min_width as it is.
+
+    albumentations would copy it through cv2.copyMakeBorder with zero borders (the same pixels) after
+    its per-call bookkeeping (~0.05 ms per image); in `border` mode that is every image whose longest
+    side the resize has just made `image_size` on both sides, or that was square. Smaller images are
+    padded by albumentations itself.
+    """
+
+    def __init__(self, transform, min_height: int, min_width: int):
+        self._transform, self._h, self._w = transform, min_height, min_width
+
+    def __call__(self, *args, **kwargs):
+        image = kwargs.get("image")
+        if not args and set(kwargs) == {"image"} and image.shape[0] >= self._h and image.shape[1] >= self._w:
+            return {"image": image}
+        return self._transform(*args, **kwargs)
 
 
 def _hooked_download_image(row, timeout, user_agent_token, disallowed_header_directives):
@@ -602,36 +729,54 @@ def inspect_image(data: bytes, max_area: float) -> str | None:
 class _HookedWriter:
     """Stands in for img2dataset's WebDatasetSampleWriter; constructed after installing the fetch hook.
 
-    It writes img2dataset's per-shard parquet exactly as that writer does (one row per url, with
-    status, error and size), but the images go to a plain record stream ``{name}.images`` instead
-    of a webdataset tar: per stored image ``<u32 key length><u64 byte length><key><bytes>``, in the
-    order img2dataset hands them over. Our tar is written from it (step 4) under our keys, so the
-    img2dataset tar was only an intermediate — building it (webdataset TarWriter, a JSON per
-    sample) and parsing it back (Python's tarfile reads a PAX header per member) cost ~1 ms of CPU
-    per image, more than resizing it. The stream is complete when img2dataset writes
+    It writes img2dataset's per-shard parquet as that writer does (one row per url, with status,
+    error and size), plus a ``sha256`` column of the stored bytes, and writes the shard's images
+    straight into *our* webdataset tar ``{name}.tar``: our key (our shard name + the row's position,
+    carried in the ``row`` column), ``{key}.jpg``, ``{key}.txt``, ``{key}.json`` — the bytes
+    write_shard_files would write. The parent then only renames the finished tar into the pool
+    (step 4): no second pass over the images, and the tar work is spread over the worker processes
+    instead of the one process that plans. Both files are complete when img2dataset writes
     ``{name}_stats.json``, which it does after close().
     """
 
     def __init__(self, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format):
         _install_hook(output_folder)
-        import fsspec
         from img2dataset.writer import BufferedParquetWriter
 
         name = f"{shard_id:0{oom_shard_count}d}"
-        fs, path = fsspec.core.url_to_fs(output_folder)
-        self._images = fs.open(f"{path}/{name}{IMAGES}", "wb")
-        self._parquet = BufferedParquetWriter(f"{output_folder}/{name}.parquet", schema, 100)
+        self._shard = _HOOK["shards"][shard_id]
+        self._width = _HOOK["key_width"]
+        self._fh = open(f"{output_folder}/{name}.tar", "wb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
+        self._tar = TarStream(self._fh)
+        self._parquet = BufferedParquetWriter(f"{output_folder}/{name}.parquet",
+                                              schema.append(pa.field("sha256", pa.string())), 100)
 
     def write(self, img_str, key, caption, meta):
+        meta["sha256"] = None
         if img_str is not None:
-            k = key.encode("utf-8")
-            self._images.write(struct.pack(_RECORD, len(k), len(img_str)) + k)
-            self._images.write(img_str)
+            our_key = f"{self._shard}{meta['row']:0{self._width}d}"
+            meta["sha256"], members = sample_members(our_key, self._shard, meta, img_str)
+            for member, blob in members:
+                self._tar.add(member, blob)
         self._parquet.write(meta)
 
     def close(self):
         self._parquet.close()
-        self._images.close()
+        self._tar.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())  # the parent renames it into the pool: durable first, as atomic_path
+        self._fh.close()
+
+
+class _LazyModule(types.ModuleType):
+    """A module imported on first attribute access (then it is the real one in sys.modules)."""
+
+    def __getattr__(self, name):
+        import importlib
+
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), name)
 
 
 class _NoLogger:
@@ -706,11 +851,15 @@ def _runner_main(job_file: str) -> None:
     # Two more imports nothing here uses (~1 s of the start-up together): img2dataset's logger
     # imports wandb at the top (we never enable it, and its LoggerProcess is replaced below), and
     # its distributor module imports Ray to define the Ray distributor, needed only with --distributor ray.
-    import types
-
     sys.modules.setdefault("wandb", types.ModuleType("wandb"))
     if job["kwargs"]["distributor"] != "ray":
         sys.modules.setdefault("ray", None)  # `import ray` raises ModuleNotFoundError, which img2dataset expects
+    # albumentations imports huggingface_hub (~0.15 s) only to offer saving pipelines to the Hub, and
+    # does without it when the import fails. albumentations itself (~0.6 s) is needed only to resize:
+    # with resize_mode "no" img2dataset never calls it, so it is imported on first use only.
+    sys.modules.setdefault("huggingface_hub", None)
+    if job["kwargs"]["resize_mode"] == "no":
+        sys.modules.setdefault("albumentations", _LazyModule("albumentations"))
     import img2dataset  # noqa: F401  (the package re-exports a function named `main`: take the module)
 
     i2d_main = sys.modules["img2dataset.main"]
@@ -740,14 +889,15 @@ def _reason(msg: str | None) -> str:
 
 
 def _finish_shard(ws: Workspace, shard: str, rows: list[dict], pre: list, results: dict | None,
-                  i2d_images: Path | None, sps: int) -> dict:
-    """Merge pre-check verdicts and img2dataset results into pool rows; write tar, manifest, marker.
+                  i2d_tar: Path | None, sps: int) -> dict:
+    """Merge pre-check verdicts and img2dataset results into pool rows; tar, manifest, marker.
 
-    ``results`` is img2dataset's parquet of this shard by uid; the images are streamed from its
-    ``.images`` stream ``i2d_images`` (_HookedWriter) into our tar under our keys.
+    ``results`` is img2dataset's parquet of this shard by uid (with the sha256 of each stored image);
+    ``i2d_tar`` is the shard's tar as its worker wrote it under our keys (_HookedWriter), renamed
+    into the pool here. Without it (nothing was fetched) an empty tar is written.
     """
     width = key_width(sps)
-    out, ours = [], {}  # ours: img2dataset key -> our key, for its success rows
+    out = []
     for i, (r, verdict) in enumerate(zip(rows, pre)):
         key = f"{shard}{i:0{width}d}"
         row = {"uid": r["uid"], "url": r["url"], "caption": r["caption"], "shard": shard, "key": key,
@@ -759,40 +909,51 @@ def _finish_shard(ws: Workspace, shard: str, rows: list[dict], pre: list, result
             row["error"] = "lost by img2dataset"
         else:
             res = results[r["uid"]]
-            if res["status"] == "success":
-                row.update(status="success", width=res["width"], height=res["height"])
-                ours[res["key"]] = key
+            if res["status"] == "success" and res["sha256"]:
+                row.update(status="success", width=res["width"], height=res["height"], sha256=res["sha256"])
+            elif res["status"] == "success":
+                row["error"] = "stored image missing"
             else:
                 err = _reason(res.get("error_message"))
                 row["status"] = "refused" if err.startswith("refused:") else "failed"
                 row["error"] = err
         out.append(row)
-    counts = write_shard_files(ws, shard, out, _i2d_images(i2d_images, ours) if i2d_images else {})
+    if i2d_tar is None:
+        counts = write_shard_files(ws, shard, out, {})
+    else:
+        # The worker fsynced the tar; rename it into the pool (same file system: both under pool/),
+        # then the manifest — the same order and durability as write_shard_files.
+        target = shard_tar(ws, shard)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(i2d_tar, FILE_MODE)
+        os.replace(i2d_tar, target)
+        _fsync_dir(target.parent)
+        manifest.write(POOL, out, shard_manifest(ws, shard))
+        counts = {"rows": len(out), **{s: 0 for s in STATUSES}}
+        for r in out:
+            counts[r["status"]] += 1
     mark_done(ws.path(FOLDER), shard, counts)
     return counts
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        log(f"download: could not fsync {path}")
+    finally:
+        os.close(fd)
 
 
 def _i2d_results(out_dir: Path, name: str) -> dict:
     """img2dataset's parquet of one shard, by uid."""
     tbl = pq.read_table(out_dir / f"{name}.parquet",
-                        columns=["uid", "key", "status", "error_message", "width", "height"])
+                        columns=["uid", "status", "error_message", "width", "height", "sha256"])
     return {r["uid"]: r for r in tbl.to_pylist()}
-
-
-def _i2d_images(path: Path, ours: dict):
-    """(our key, bytes) for each image of a shard's ``.images`` stream (_HookedWriter), one at a time."""
-    head = struct.calcsize(_RECORD)
-    with open(path, "rb") as fh:
-        while rec := fh.read(head):
-            if len(rec) < head:
-                raise ValueError(f"{path.name}: truncated record header")
-            klen, dlen = struct.unpack(_RECORD, rec)
-            key = fh.read(klen).decode("utf-8")
-            data = fh.read(dlen)
-            if len(data) != dlen:
-                raise ValueError(f"{path.name}: truncated image {key!r}")
-            if key in ours:
-                yield ours[key], data
 
 
 # -- 5. one fetch round, watched -----------------------------------------------------------------------
@@ -828,12 +989,12 @@ def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.P
     for shard in todo:
         rows = pq.read_table(folder / INPUT_DIR / f"{shard}.parquet").to_pylist()
         pre = precheck([r["url"] for r in rows], policy, threads=int(conf["threads"]))
-        fetch = [r for r, v in zip(rows, pre) if v is None]
+        fetch = [dict(r, row=i) for i, (r, v) in enumerate(zip(rows, pre)) if v is None]
         if not fetch:  # nothing to fetch: finish it here
             _finish_shard(ws, shard, rows, pre, None, None, sps)
             advance()
             continue
-        pq.write_table(pa.Table.from_pylist(fetch, schema=INPUT_SCHEMA), in_dir / f"{shard}.parquet")
+        pq.write_table(pa.Table.from_pylist(fetch, schema=FETCH_SCHEMA), in_dir / f"{shard}.parquet")
         batch.append((shard, rows, pre))
     if not batch:
         shutil.rmtree(work, ignore_errors=True)
@@ -846,10 +1007,11 @@ def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.P
     write_json(work / "fetch.json", {
         "policy": policy.to_json(), "deadline": float(conf["fetch_deadline"]),
         "max_bytes": int(conf["max_body_bytes"]), "max_area": float(conf["max_image_area"]),
-        "pdeathsig": conf["distributor"] == "multiprocessing"})
+        "pdeathsig": conf["distributor"] == "multiprocessing",
+        "shards": [shard for shard, _, _ in batch], "key_width": key_width(sps)})
     kwargs = dict(
         url_list=str(in_dir), input_format="parquet", url_col="url", caption_col="caption",
-        save_additional_columns=["uid", "query_ids"], output_folder=str(out_dir), output_format="webdataset",
+        save_additional_columns=["uid", "query_ids", "row"], output_folder=str(out_dir), output_format="webdataset",
         image_size=int(conf["image_size"]), resize_mode=conf["resize_mode"],
         resize_only_if_bigger=bool(conf["resize_only_if_bigger"]), encode_quality=int(conf["encode_quality"]),
         skip_reencode=bool(conf["skip_reencode"]),
@@ -888,11 +1050,11 @@ def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.P
                     continue
                 shard, rows, pre = pending.pop(j)
                 try:
-                    _finish_shard(ws, shard, rows, pre, _i2d_results(out_dir, name), out_dir / f"{name}{IMAGES}", sps)
+                    _finish_shard(ws, shard, rows, pre, _i2d_results(out_dir, name), out_dir / f"{name}.tar", sps)
                 except Exception as exc:  # noqa: BLE001 - a broken img2dataset shard is redone next round
                     warn(f"download: shard {shard}: img2dataset output unreadable ({exc.__class__.__name__}); will retry")
                     continue
-                for suffix in (IMAGES, ".parquet", "_stats.json"):
+                for suffix in (".tar", ".parquet", "_stats.json"):
                     (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
                 advance()
                 last_change = time.monotonic()
