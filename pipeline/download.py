@@ -860,6 +860,11 @@ def _runner_main(job_file: str) -> None:
     sys.modules.setdefault("huggingface_hub", None)
     if job["kwargs"]["resize_mode"] == "no":
         sys.modules.setdefault("albumentations", _LazyModule("albumentations"))
+    # img2dataset imports at the top what only other paths use: pandas (~0.2 s; its reader needs it
+    # for JSON input, ours is Parquet), webdataset (its tar writer, replaced by _HookedWriter) and
+    # fire (its command line). Imported on first use, if any.
+    for name in ("pandas", "webdataset", "fire"):
+        sys.modules.setdefault(name, _LazyModule(name))
     import img2dataset  # noqa: F401  (the package re-exports a function named `main`: take the module)
 
     i2d_main = sys.modules["img2dataset.main"]
