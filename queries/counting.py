@@ -31,7 +31,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .dump import Range, iter_pages
+from . import fastcount
+from .dump import HeaderUnsupported, Range, body_chunks, iter_pages
 from .wikitext import count_tokens, strip_markup
 
 DEFAULT_PARTITIONS = 32
@@ -66,6 +67,10 @@ class Counts:
         if len(self.uni) + len(self.bi) > self.spill_entries:
             self.spill()
 
+    def add_page(self, wikitext: str) -> None:
+        """Count one article's wikitext: strip markup, tokenize, count."""
+        self.add(count_tokens(strip_markup(wikitext)))
+
     def _file(self, name: str):
         fh = self._files.get(name)
         if fh is None:
@@ -76,30 +81,33 @@ class Counts:
         """Append the in-memory counts, split by partition, to the partition files; reset."""
         if not self.uni and not self.bi:
             return
+        # Words only (breaks start with a non-alphanumeric character), and pairs of two words.
+        words = {w: c for w, c in self.uni.items() if w[:1].isalnum()}
+        pairs = {k: c for k, c in self.bi.items() if k[0] in words and k[1] in words}
+        self.words += sum(words.values())
+        self.bigrams += sum(pairs.values())
+        self._write(words, pairs)
+        self.uni = Counter()
+        self.bi = Counter()
+        self.spills += 1
+
+    def _write(self, words: dict, pairs: dict) -> None:
+        """Append words and word pairs, split by partition, to the partition files."""
         P = self.partitions
-        # Words only (breaks start with a non-alphanumeric character); the partition of each word
-        # is computed once and reused for the bigrams that start with it.
+        # The partition of each word is computed once and reused for the pairs that start with it.
         part: dict[str, int] = {}
         ubuckets: list[dict] = [{} for _ in range(P)]
-        for w, c in self.uni.items():
-            if w[:1].isalnum():
-                p = part[w] = zlib.crc32(w.encode("utf-8", "surrogatepass")) % P
-                ubuckets[p][w] = c
-                self.words += c
+        for w, c in words.items():
+            p = part[w] = zlib.crc32(w.encode("utf-8", "surrogatepass")) % P
+            ubuckets[p][w] = c
         bbuckets: list[dict] = [{} for _ in range(P)]
-        for (a, b), c in self.bi.items():
-            p = part.get(a)
-            if p is not None and b in part:
-                bbuckets[p][(a, b)] = c
-                self.bigrams += c
+        for k, c in pairs.items():
+            bbuckets[part[k[0]]][k] = c
         for p in range(P):
             if ubuckets[p]:
                 marshal.dump(ubuckets[p], self._file(f"u{p:03d}.bin"))
             if bbuckets[p]:
                 marshal.dump(bbuckets[p], self._file(f"b{p:03d}.bin"))
-        self.uni = Counter()
-        self.bi = Counter()
-        self.spills += 1
 
     def close(self) -> None:
         self.spill()
@@ -108,41 +116,111 @@ class Counts:
         self._files.clear()
 
 
+class FastCounts(Counts):
+    """:class:`Counts` with the per-page work in C (:mod:`queries.fastcount`): strip, tokenize and
+    count happen in one call without the GIL, in hash tables of words and word-id pairs; breaks are
+    never stored. Spilling turns the tables into the same dicts and partition files as the Python
+    path, so the merged counts are identical (tests/test_queries_fast.py)."""
+
+    def __init__(self, folder: Path, partitions: int = DEFAULT_PARTITIONS,
+                 spill_entries: int = DEFAULT_SPILL_ENTRIES):
+        super().__init__(folder, partitions, spill_entries)
+        self._c = fastcount.new_counts()
+
+    def add(self, toks: list[str]) -> None:
+        raise TypeError("FastCounts counts pages: use add_page(wikitext)")
+
+    def add_page(self, wikitext: str) -> None:
+        if self._c.add(wikitext) > self.spill_entries:
+            self.spill()
+
+    def spill(self) -> None:
+        if not self._c.distinct:
+            return
+        words, pairs, n_words, n_pairs = self._c.take()
+        self.words += n_words
+        self.bigrams += n_pairs
+        self._write(words, pairs)
+        self.spills += 1
+
+
 def count_range(rng: Range, out_dir: str, partitions: int = DEFAULT_PARTITIONS,
-                spill_entries: int = DEFAULT_SPILL_ENTRIES, threaded: bool = True) -> dict:
+                spill_entries: int = DEFAULT_SPILL_ENTRIES, threaded: bool = True,
+                fast: bool | None = None) -> dict:
     """Count one dump range into ``out_dir`` (published atomically); return its statistics.
 
     Only articles count: namespace 0, not redirects. A worker process runs this for each range.
     ``threaded``: decompress in a helper thread (see :func:`queries.dump.iter_pages`); it pays only
     when a spare core can run it, else its handovers cost ~10% more CPU for nothing.
+    ``fast`` (default: when the C extension is built): read pages and count them in C
+    (:mod:`queries.fastcount`); a range whose XML the C scanner does not take (see
+    ``_fastcount.c``) is counted again from scratch with expat (and the C counter), and
+    ``fallback`` in the statistics says why. ``fast=False``: the pure-Python reference (expat,
+    :mod:`queries.wikitext`, ``Counter``). All paths give the same counts.
     """
     out = Path(out_dir)
     tmp = out.with_name(".tmp-" + out.name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    counts = Counts(tmp, partitions, spill_entries)
-    stats = {"pages": 0, "articles": 0, "redirects": 0, "other_namespaces": 0, "bytes": 0}
+    if fast is None:
+        fast = fastcount.AVAILABLE
     # The counters hold millions of tuples, which the cyclic garbage collector would walk again
     # and again as they grow (~10% of the counting time); nothing here makes reference cycles.
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        for page in iter_pages(rng, stats, threaded=threaded):
-            stats["pages"] += 1
-            if page.ns != 0:
-                stats["other_namespaces"] += 1
-            elif page.redirect:
-                stats["redirects"] += 1
-            else:
-                stats["articles"] += 1
-                counts.add(count_tokens(strip_markup(page.text)))
-        counts.close()
+        stats = None
+        why = None
+        if fast:
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                stats = _count_fast(rng, tmp, partitions, spill_entries, threaded)
+            except (fastcount.Unsupported, HeaderUnsupported) as exc:
+                why = str(exc)
+        if stats is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            counts = FastCounts if fast else Counts
+            stats = _count_python(rng, counts(tmp, partitions, spill_entries), threaded)
+            if why:
+                stats["fallback"] = why
     finally:
         if gc_was_on:
             gc.enable()
-    stats.pop("schema", None)
-    stats.update(words=counts.words, bigrams=counts.bigrams, spills=counts.spills)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+    return stats
+
+
+def _count_python(rng: Range, counts: Counts, threaded: bool) -> dict:
+    """Pages from expat, each counted by ``counts`` (:class:`Counts`: the reference, or :class:`FastCounts`)."""
+    stats = {"pages": 0, "articles": 0, "redirects": 0, "other_namespaces": 0, "bytes": 0}
+    for page in iter_pages(rng, stats, threaded=threaded):
+        stats["pages"] += 1
+        if page.ns != 0:
+            stats["other_namespaces"] += 1
+        elif page.redirect:
+            stats["redirects"] += 1
+        else:
+            stats["articles"] += 1
+            counts.add_page(page.text)
+    counts.close()
+    stats.pop("schema", None)
+    stats.update(words=counts.words, bigrams=counts.bigrams, spills=counts.spills,
+                 reader="expat", counter="c" if isinstance(counts, FastCounts) else "python")
+    return stats
+
+
+def _count_fast(rng: Range, tmp: Path, partitions: int, spill_entries: int, threaded: bool) -> dict:
+    """Pages read and counted in C, straight from the decompressed bytes (header checked by expat)."""
+    counts = FastCounts(tmp, partitions, spill_entries)
+    stats = {"bytes": 0}
+    feed = counts._c.feed
+    for chunk in body_chunks(rng, stats, threaded=threaded):
+        # feed stops after the page that crosses the spill threshold; spill, then go on
+        while feed(chunk, spill_entries) > spill_entries:
+            counts.spill()
+            chunk = b""
+    stats.update(counts._c.finish(not rng.multistream))
+    counts.close()
+    stats.update(words=counts.words, bigrams=counts.bigrams, spills=counts.spills, reader="c", counter="c")
     return stats
 
 

@@ -317,6 +317,70 @@ def iter_pages(rng: Range | str | os.PathLike, stats: dict | None = None,
         stats["schema"] = collector.schema
 
 
+def body_chunks(rng: Range | str | os.PathLike, stats: dict | None = None,
+                threaded: bool = True) -> Iterator[bytes]:
+    """The decompressed bytes of a dump (or multistream range) from its first ``<page>`` on, for
+    the C page scanner (:mod:`queries.fastcount`); the header before it is checked by expat here.
+
+    Raises :class:`HeaderUnsupported` when the header is anything but a well-formed
+    ``<mediawiki>`` + ``<siteinfo>`` of a known schema in UTF-8 followed by a ``<page>`` (the
+    caller then reads the range with :func:`iter_pages`, which gives the exact error, if any).
+    ``stats`` receives ``bytes`` (all decompressed bytes, header included).
+    """
+    if not isinstance(rng, Range):
+        rng = Range(str(rng))
+    path = rng.path
+    if not Path(path).is_file() or Path(path).stat().st_size == 0:
+        raise HeaderUnsupported("missing or empty file")
+    chunks = _range_chunks(rng) if rng.multistream else _file_chunks(Path(path))
+    if threaded:
+        chunks = _threaded(chunks)
+    nbytes = 0
+    try:
+        if not rng.multistream:
+            head = b""
+            for chunk in chunks:
+                nbytes += len(chunk)
+                head += chunk
+                if b"<page>" in head or len(head) > (16 << 20):
+                    break
+            at = head.find(b"<page>")
+            if at < 0:
+                raise HeaderUnsupported("no <page> in the first 16 MB")
+            _check_header(path, head[:at])
+            yield head[at:]
+        for chunk in chunks:
+            nbytes += len(chunk)
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close:
+            close()
+    if stats is not None:
+        stats["bytes"] = stats.get("bytes", 0) + nbytes
+
+
+class HeaderUnsupported(Exception):
+    """The dump header is not one the C page scanner may take for granted."""
+
+
+def _check_header(path: str, head: bytes) -> None:
+    decl = head[:200]
+    if decl.startswith(b"<?xml") and b"encoding" in decl.split(b"?>", 1)[0]:
+        enc = re.search(rb'encoding=["\']([^"\']+)', decl)
+        if not enc or enc.group(1).lower().replace(b"-", b"") != b"utf8":
+            raise HeaderUnsupported("not UTF-8")
+    collector = _PageCollector(path, lambda page: None, chunk_mode=False)
+    parser = _parser(collector)
+    try:
+        parser.Parse(head, False)
+        parser.Parse(_END, True)
+    except (expat.ExpatError, ClipcurateError) as exc:
+        raise HeaderUnsupported(str(exc)) from None
+    if collector.schema is None or collector.pages:
+        raise HeaderUnsupported("no <mediawiki> header")
+
+
 # -- multistream planning ---------------------------------------------------------------------------
 
 def index_path(dump: str | os.PathLike) -> Path | None:

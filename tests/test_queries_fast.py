@@ -1,0 +1,259 @@
+"""The C counting path (queries/_fastcount.c) against the Python reference (queries/wikitext.py,
+expat, Counter): the same plain text, the same tokens and the same merged counts, character for
+character, on the real dump fragment, on generated dumps and on random markup; and every XML the C
+page scanner does not take falls back to expat with the same result or the same error."""
+
+from __future__ import annotations
+
+import bz2
+import html
+import html.entities
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _queries_helpers import FIXTURE, write_dump, synthetic_pages, HEADER, FOOTER, page_xml
+from pipeline.errors import ClipcurateError
+from queries import counting, dump, fastcount, wikitext
+
+# No skip when the extension is missing: install.sh builds it, and a failed build would silently
+# make `queries build` ~5x slower, so these tests fail instead (test_extension_built says why).
+
+
+def test_extension_built():
+    assert fastcount.BUILT, ("queries._fastcount is not built: run ./install.sh (needs a C compiler); "
+                             "`python setup.py build_ext --inplace` shows the compiler error")
+
+
+# -- the character classes the C code hard-codes are Python's ----------------------------------------
+
+def test_case_folds_match_re_over_every_code_point():
+    # fold_eq() in the C code: under re.IGNORECASE these are the only non-ASCII characters that
+    # match an ASCII letter of a tag name.
+    letters = sorted(set("".join(["ref", "math", "gallery", "timeline", "score", "syntaxhighlight",
+                                  "source", "chem", "ce", "hiero", "imagemap", "mapframe", "maplink",
+                                  "graph", "templatedata", "references", "inputbox", "categorytree",
+                                  "br"])))
+    expected = {"i": {0x130, 0x131}, "k": {0x212A}, "s": {0x17F}}
+    for L in letters:
+        pat = re.compile("(?i)" + L)
+        found = {c for c in range(0x80, sys.maxunicode + 1) if pat.fullmatch(chr(c))}
+        assert found == expected.get(L, set()), L
+    # drop_namespace(): the only non-ASCII character whose lowercase is all ASCII
+    assert [c for c in range(0x80, sys.maxunicode + 1)
+            if all(ord(x) < 128 for x in chr(c).lower())] == [0x212A]
+
+
+def test_backreference_case_rule_matches_re():
+    # </\1> under re.I compares simple lowercase forms
+    for open_, close in [("maplin\u212a", "maplink"), ("maplink", "maplin\u212a"),
+                         ("\u017fource", "source"), ("source", "\u017fource"), ("REF", "ref"),
+                         ("t\u0130meline", "timeline"), ("t\u0130meline", "t\u0131meline"),
+                         ("timeline", "t\u0131meline")]:
+        s = f"a <{open_}>x</{close}> b <ref>y</ref> c"
+        assert fastcount.strip_markup(s) == wikitext.strip_markup(s), (open_, close)
+
+
+# -- strip_markup and count_tokens: C == Python ----------------------------------------------------
+
+@pytest.mark.skipif(not FIXTURE.is_file(), reason="real dump fragment not found (../shared/fixtures)")
+def test_real_fragment_strips_and_tokenizes_identically():
+    pages = [p.text for p in dump.iter_pages(FIXTURE)]
+    assert pages
+    for text in pages:
+        plain = wikitext.strip_markup(text)
+        assert fastcount.strip_markup(text) == plain
+        assert fastcount.count_tokens(plain) == wikitext.count_tokens(plain)
+
+
+PIECES = ["<!--", "-->", "<", ">", "/>", "/", "ref", "REF", "references", "math", "ce", "chem",
+          "maplin\u212a", "\u017fource", "t\u0131meline", "timeline", "</", "br", "BR", "<br/>",
+          "<br >", "{{", "}}", "{|", "|}", "|}}", "|", "[[", "]]", "[", "]", ":", "File:", "file",
+          "Category:", "en:", "de-at:", "simple:", "zh-min-nan:", "\u212aa:", "http://", "https://",
+          "ftp://", "//", "http:", "'", "''", "'''", "\u2019", "-", "__TOC__", "__", "_", "&", "&amp;",
+          "&nbsp;", "&#123;", "&#x41;", "&#X;", "&#", "&notit;", "&notin", "&amp", "&#128;", "&#0;",
+          "&#xD800;", "&#99999999999;", "&#x110000;", "&#11;", " ", "  ", "\n", "\t", "\u00a0",
+          "\u2009", "word", "Paris", "don't", "well-known", "1990s", "\u65e5\u672c", "\u00e9",
+          "\u0663", "x", "a", "=", ";", "#", ".", ",", "(", ")", '"', "\r"]
+
+
+def _random_markup(rng: random.Random, n: int, wild: float) -> str:
+    out = []
+    for _ in range(n):
+        if rng.random() < wild:  # any code point (surrogates excluded: not in page text)
+            c = rng.randrange(0x110000)
+            out.append(chr(c if not 0xD800 <= c <= 0xDFFF else 0x41))
+        else:
+            out.append(rng.choice(PIECES))
+    return "".join(out)
+
+
+@pytest.mark.parametrize("seed,wild", [(0, 0.0), (1, 0.0), (2, 0.3)])
+def test_random_markup_strips_and_tokenizes_identically(seed, wild):
+    rng = random.Random(seed)
+    for _ in range(4000):
+        s = _random_markup(rng, rng.randint(1, 50), wild)
+        assert fastcount.strip_markup(s) == wikitext.strip_markup(s), repr(s)
+        assert fastcount.count_tokens(s) == wikitext.count_tokens(s), repr(s)
+
+
+def test_html_entities_decode_as_html_unescape():
+    names = list(html.entities.html5)
+    rng = random.Random(3)
+    for name in rng.sample(names, 400) + ["amp", "amp;", "notin", "notit;", "ampx;"]:
+        for s in (f"&{name}", f"x&{name}y", f"&{name};&{name}", f"&{name[:-1]}"):
+            assert fastcount.strip_markup(s) == wikitext.strip_markup(s), repr(s)
+    for num in [0, 9, 13, 65, 128, 150, 159, 160, 0xD800, 0xDFFF, 0xFDD0, 0xFFFE, 0x10FFFF, 0x110000, 10**20]:
+        for s in (f"&#{num};", f"&#{num}", f"&#x{num:x};", f"&#X{num:X}z"):
+            assert fastcount.strip_markup(s) == wikitext.strip_markup(s), repr(s)
+
+
+# -- whole ranges: C reader + C counter == expat + Python ---------------------------------------------
+
+def _merged(out, partitions):
+    uni, n = counting.merge_unigrams([out], partitions, 1)
+    return uni, dict(counting.merge_bigrams([out], partitions, 1)), n
+
+
+def _both(rng: dump.Range, tmp_path, partitions=8, spill_entries=10**9):
+    ref = counting.count_range(rng, str(tmp_path / "ref"), partitions, spill_entries, fast=False)
+    fast = counting.count_range(rng, str(tmp_path / "fast"), partitions, spill_entries, fast=True)
+    return ref, fast, _merged(tmp_path / "ref", partitions), _merged(tmp_path / "fast", partitions)
+
+
+KEYS = ("pages", "articles", "redirects", "other_namespaces", "bytes", "words", "bigrams")
+
+
+@pytest.mark.skipif(not FIXTURE.is_file(), reason="real dump fragment not found (../shared/fixtures)")
+def test_real_fragment_counts_identically(tmp_path):
+    ref, fast, a, b = _both(dump.Range(str(FIXTURE)), tmp_path)
+    assert fast["reader"] == "c" and "fallback" not in fast
+    assert ref["reader"] == "expat" and ref["counter"] == "python"
+    assert {k: ref[k] for k in KEYS} == {k: fast[k] for k in KEYS}
+    assert a == b and a[2] > 10_000
+
+
+@pytest.mark.parametrize("kind", ["xml", "bz2", "multistream"])
+def test_generated_dumps_count_identically_with_spills(tmp_path, kind):
+    pages = synthetic_pages(120, seed=5)
+    pages += [
+        {"title": "Entities", "text": "Caf\u00e9 na\u00efve \u00bd &amp; 5 < 6 > 4 \"q\" 'a' \U0001F600 \u65e5\u672c\u8a9e\r\nx\ry"},
+        {"title": "Empty", "text": ""},
+        {"title": "Unicode joiners", "text": "rock\u2019n\u2019roll well-known don't \u0663\u0664 \u00b2 word_word"},
+    ]
+    name = "d-multistream.xml.bz2" if kind == "multistream" else f"d.xml{'.bz2' if kind == 'bz2' else ''}"
+    path = write_dump(tmp_path / name, pages, kind=kind, pages_per_stream=17)
+    ranges = dump.plan_ranges(path, 2000) if kind == "multistream" else [dump.Range(str(path))]
+    assert len(ranges) > 1 or kind != "multistream"
+    for i, rng in enumerate(ranges):
+        ref, fast, a, b = _both(rng, tmp_path / f"r{i}", spill_entries=300)
+        assert fast["reader"] == "c" and "fallback" not in fast, fast
+        assert fast["spills"] > 1
+        assert {k: ref[k] for k in KEYS} == {k: fast[k] for k in KEYS}
+        assert a == b
+
+
+def _dump_text(pages_xml: str, between: str = "") -> bytes:
+    """A dump of ``pages_xml`` with ``between`` inserted after the first page."""
+    first, rest = pages_xml.split("</page>\n", 1)
+    return (HEADER.format(v="0.10") + first + "</page>\n" + between + rest + FOOTER).encode()
+
+
+# well-formed XML that MediaWiki does not write: the C scanner hands the range to expat
+ODD_BUT_VALID = {
+    "comment between pages": lambda p: _dump_text(p, "  <!-- a comment -->\n"),
+    "text between pages": lambda p: _dump_text(p, "  stray words\n"),
+    "CDATA in text": lambda p: _dump_text(p.replace("Zzinfobox", "<![CDATA[Zz & cdata]]>", 1)),
+    "element inside text": lambda p: _dump_text(p.replace("Zzinfobox", "<b>Zzbold</b>", 1)),
+    "ns with an entity": lambda p: _dump_text(p.replace("<ns>0</ns>", "<ns>&#48;</ns>", 1)),
+    "processing instruction in a page": lambda p: _dump_text(p.replace("<revision>", "<?pi x?><revision>", 1)),
+}
+
+# well-formed XML that the C scanner reads itself
+PLAIN_VALID = {
+    "character references": lambda p: _dump_text(p.replace("Zzinfobox", "&#x9;tab&#65;&#x1F600;&#13;", 1)),
+    "all five entities": lambda p: _dump_text(p.replace("Zzinfobox", "&apos;&quot;&lt;&gt;&amp;", 1)),
+    "CRLF and CR line ends": lambda p: _dump_text(p.replace("Zzinfobox", "a\r\nb\rc\r\n", 1)),
+    "attributes with > in quotes": lambda p: _dump_text(p.replace("<text ", '<text note="a>b" ', 1)),
+    "self-closing text": lambda p: _dump_text(p.replace("</revision>", '<text deleted="deleted" /></revision>', 1)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLAIN_VALID))
+def test_valid_xml_the_scanner_reads_counts_the_same(tmp_path, case):
+    pages = synthetic_pages(6, seed=9)
+    xml = "".join(page_xml(p["title"], p["text"], p.get("ns", 0), p.get("redirect"), i + 1)
+                  for i, p in enumerate(pages))
+    path = tmp_path / "plain.xml.bz2"
+    path.write_bytes(bz2.compress(PLAIN_VALID[case](xml)))
+    ref, fast, a, b = _both(dump.Range(str(path)), tmp_path)
+    assert fast["reader"] == "c" and "fallback" not in fast, fast
+    assert {k: ref[k] for k in KEYS} == {k: fast[k] for k in KEYS}
+    assert a == b
+
+
+@pytest.mark.parametrize("case", sorted(ODD_BUT_VALID))
+def test_valid_xml_the_scanner_leaves_to_expat_counts_the_same(tmp_path, case):
+    pages = synthetic_pages(6, seed=9)
+    xml = "".join(page_xml(p["title"], p["text"], p.get("ns", 0), p.get("redirect"), i + 1)
+                  for i, p in enumerate(pages))
+    path = tmp_path / "odd.xml.bz2"
+    path.write_bytes(bz2.compress(ODD_BUT_VALID[case](xml)))
+    ref, fast, a, b = _both(dump.Range(str(path)), tmp_path)
+    assert fast["reader"] == "expat" and fast["fallback"], fast
+    assert {k: ref[k] for k in KEYS} == {k: fast[k] for k in KEYS}
+    assert a == b
+
+
+BROKEN = {
+    "unknown entity": lambda p: _dump_text(p.replace("Zzinfobox", "&bogus;", 1)),
+    "unclosed element inside text": lambda p: _dump_text(p.replace("Zzinfobox", "<b>x", 1)),
+    "cut in a page": lambda p: _dump_text(p)[:-300],
+    "invalid UTF-8": lambda p: _dump_text(p).replace(b"Zzinfobox", b"Zz\xff\xfebox", 1),
+    "control character": lambda p: _dump_text(p).replace(b"Zzinfobox", b"Zz\x01box", 1),
+    "character reference to a control character": lambda p: _dump_text(p.replace("Zzinfobox", "&#1;", 1)),
+    "a second root": lambda p: _dump_text(p) + b"<mediawiki></mediawiki>",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_xml_gives_expats_error(tmp_path, case):
+    pages = synthetic_pages(6, seed=9)
+    xml = "".join(page_xml(p["title"], p["text"], p.get("ns", 0), p.get("redirect"), i + 1)
+                  for i, p in enumerate(pages))
+    path = tmp_path / "broken.xml.bz2"
+    path.write_bytes(bz2.compress(BROKEN[case](xml)))
+    errors = []
+    for fast in (False, True):
+        with pytest.raises(ClipcurateError) as exc:
+            counting.count_range(dump.Range(str(path)), str(tmp_path / f"o{fast}"), fast=fast)
+        errors.append(str(exc.value))
+    assert errors[0] == errors[1]
+    assert "malformed XML" in errors[0] or "not XML" in errors[0]
+
+
+def test_pure_python_switch():
+    code = "from queries import fastcount; print(fastcount.BUILT, fastcount.AVAILABLE)"
+    env = {**os.environ, "CLIPCURATE_PURE_PYTHON": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.stdout.split() == ["True", "False"], out.stderr
+
+
+def test_counts_object_contract():
+    c = fastcount.new_counts()
+    assert c.add("[[a|Hello]] world. Hello world") == c.distinct > 0
+    words, pairs, n_words, n_pairs = c.take()
+    assert words == {"Hello": 2, "world": 2}
+    assert pairs == {("Hello", "world"): 2}
+    assert (n_words, n_pairs) == (4, 2)
+    assert c.distinct == 0 and c.take()[:2] == ({}, {})
+    with pytest.raises(TypeError):
+        c.add(b"bytes")
+    with pytest.raises(fastcount.Unsupported):
+        c.feed(b"<notapage>")
