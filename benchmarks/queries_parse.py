@@ -2,6 +2,7 @@
 measured in the same run, per worker and with several workers.
 
     python benchmarks/queries_parse.py                          # real fixture pages, repeated
+    python benchmarks/queries_parse.py --zipf                   # a Zipf dump: large vocabulary
     python benchmarks/queries_parse.py --copies 100 --workers 1,2
     python benchmarks/queries_parse.py --dump enwiki-...-multistream.xml.bz2 --workers 1,4,8
     python benchmarks/queries_parse.py --memory    # peak RSS vs --spill-entries (bounded memory)
@@ -9,19 +10,22 @@ measured in the same run, per worker and with several workers.
 
 Without ``--dump`` the input is the real 5-article fragment (../shared/fixtures/wikipedia, heavy table
 markup) repeated ``--copies`` times into a multistream dump with an index (100 pages per stream,
-as Wikimedia does). Rates are MB of decompressed XML per second (the same bytes for every line):
+as Wikimedia does); ``--zipf`` writes instead a bz2 dump of random Zipf text (~40 MB XML, a
+400,000-word vocabulary: hash tables far bigger than the CPU caches, as on the real dump).
+Rates are MB of decompressed XML per second (the same bytes for every line):
 
 - ``bz2 decompress``: just ``bz2`` reading the whole file (the baseline);
-- ``expat pages``: decompress + XML → pages (no markup stripping, no counting);
-- ``count, 1 worker, no thread``: decompress + XML + strip markup + tokenize + count + spill, all on one
-  core (what one worker costs; the decompression thread is left out: it adds CPU, it only moves
-  work to a spare core);
+- ``expat pages``: decompress + expat XML -> pages (no markup stripping, no counting);
+- ``count, 1 worker, pure Python``: the reference path (expat, regexes, ``Counter``), one core;
+- ``count, 1 worker, C, no thread``: decompress + what queries/_fastcount.c does (XML pages ->
+  strip markup -> tokenize -> count) + spill, all on one core: **the per-worker ratio**;
+- ``count, 1 worker, C, decompression thread``: the same with decompression in a helper thread
+  (the GIL is released while C works), wall clock: one worker's speed when a 2nd core is idle;
 - ``count, N workers``: the multistream ranges over N processes (``--workers``).
 
 The single-process lines are CPU seconds of this process (all its threads), best of ``--repeat``
 runs interleaved, so other jobs on a shared machine distort them little; "vs bz2" is the per-worker
-ratio. The N-worker lines are wall-clock seconds (parallel speed-up is a wall-clock notion): they
-only mean something on a machine with N idle cores.
+ratio. The wall-clock lines only mean something on a machine with idle cores.
 """
 
 from __future__ import annotations
@@ -151,11 +155,27 @@ def breakdown_main(path: Path, repeat: int) -> None:
             uni.update(t)
             bi.update(pairwise(t))
 
+    from queries import fastcount
+
+    body = list(dump.body_chunks(dump.Range(str(path)), threaded=False))
+
+    def c_feed():
+        c = fastcount.new_counts()
+        for chunk in body:
+            c.feed(chunk)
+        c.finish(True)
+        return c.take()
+
+    def c_strip():
+        return [fastcount.strip_markup(t) for t in arts]
+
     steps = [("bz2 decompress (the baseline)", decompress),
              ("decompress + expat -> pages", lambda: sum(1 for _ in dump.iter_pages(path, threaded=False))),
              ("strip markup", lambda: [wikitext.strip_markup(t) for t in arts]),
              ("tokenize (COUNT_TOKEN_RE.findall)", lambda: [wikitext.count_tokens(t) for t in plain]),
-             ("count unigrams + bigrams (Counter)", count)]
+             ("count unigrams + bigrams (Counter)", count),
+             ("C: strip markup alone (str in, str out)", c_strip),
+             ("C: XML -> pages -> strip -> tokenize -> count", c_feed)]
     best = {}
     for _ in range(repeat):
         for name, fn in steps:
@@ -165,16 +185,24 @@ def breakdown_main(path: Path, repeat: int) -> None:
     best["expat -> pages (alone)"] = max(0.0, best.pop(steps[1][0]) - base)
     print(f"input: {path.name}  {len(xml) / 1e6:.1f} MB XML, {len(arts)} articles, "
           f"{sum(map(len, toks)):,} tokens  cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
-    print(f"{'step (CPU seconds, best of %d)' % repeat:44s} {'seconds':>8s} {'x bz2':>6s}")
-    order = [steps[0][0], "expat -> pages (alone)"] + [n for n, _ in steps[2:]]
+    print(f"{'step (CPU seconds, best of %d)' % repeat:50s} {'seconds':>8s} {'x bz2':>6s}")
+    W = 48
+    print("pure Python path:")
+    order = [steps[0][0], "expat -> pages (alone)"] + [n for n, _ in steps[2:5]]
     for name in order:
-        print(f"{name:44s} {best[name]:8.3f} {best[name] / base:6.2f}")
+        print(f"  {name:{W}s} {best[name]:8.3f} {best[name] / base:6.2f}")
     total = sum(best[n] for n in order)
-    print(f"{'sum: one worker, one core':44s} {total:8.3f} {total / base:6.2f}  -> at most "
+    print(f"  {'sum: one worker, one core':{W}s} {total:8.3f} {total / base:6.2f}  -> at most "
           f"{base / total:.2f}x bz2 per worker")
     rest = total - base
-    print(f"{'  with decompression on a 2nd core (thread)':44s} {max(base, rest):8.3f} "
+    print(f"  {'with decompression on a 2nd core (thread)':{W}s} {max(base, rest):8.3f} "
           f"{max(base, rest) / base:6.2f}  -> at most {base / max(base, rest):.2f}x bz2")
+    print("C path (queries/_fastcount.c):")
+    for name in (steps[0][0], steps[5][0], steps[6][0]):
+        print(f"  {name:{W}s} {best[name]:8.3f} {best[name] / base:6.2f}")
+    total = base + best[steps[6][0]]
+    print(f"  {'sum: one worker, one core':{W}s} {total:8.3f} {total / base:6.2f}  -> at most "
+          f"{base / total:.2f}x bz2 per worker")
 
 
 def _cpu_all() -> float:
@@ -195,6 +223,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dump", type=Path, help="a real (multistream) dump; default: the fixture, repeated")
     ap.add_argument("--copies", type=int, default=60, help="fixture repeats (60 ≈ 15 MB of XML)")
+    ap.add_argument("--zipf", action="store_true",
+                    help="input: a bz2 dump of --memory-words random Zipf words (400,000-word vocabulary)")
     ap.add_argument("--workers", default="1,2", help="worker counts to measure, e.g. 1,2,4")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for the single-process lines")
     ap.add_argument("--pages-per-stream", type=int, default=100, help="pages per bz2 stream (Wikimedia: 100)")
@@ -212,6 +242,11 @@ def main():
     try:
         if args.dump:
             path = args.dump
+        elif args.zipf:
+            xml = make_zipf_dump(tmp / "zipf.xml", args.memory_words, 400_000)
+            path = tmp / "zipf.xml.bz2"
+            path.write_bytes(bz2.compress(xml.read_bytes()))
+            xml.unlink()
         else:
             if not FIXTURE.is_file():
                 sys.exit(f"fixture {FIXTURE} not found; pass --dump")
@@ -235,17 +270,25 @@ def main():
             n = sum(1 for _ in dump.iter_pages(path, st, threaded=False))
             return st["bytes"]
 
-        def count1():
+        def count1(fast: bool, threaded: bool = False):
             out = tmp / "c1"
             shutil.rmtree(out, ignore_errors=True)
-            return counting.count_range(dump.Range(str(path)), str(out), threaded=False)["bytes"]
+            st = counting.count_range(dump.Range(str(path)), str(out), threaded=threaded, fast=fast)
+            assert st["reader"] == ("c" if fast else "expat") and "fallback" not in st, st
+            return st["bytes"]
 
+        steps = [("bz2 decompress (baseline)", decompress, time.process_time),
+                 ("expat pages", pages, time.process_time),
+                 ("count, 1 worker, pure Python", lambda: count1(False), time.process_time),
+                 ("count, 1 worker, C, no thread", lambda: count1(True), time.process_time),
+                 ("count, 1 worker, C, decompression thread", lambda: count1(True, True), time.perf_counter)]
         rows = []
         best = {}
+        clock_of = {}
         for _ in range(args.repeat):  # interleaved, best of N: the machine is shared
-            for name, fn in (("bz2 decompress (baseline)", decompress), ("expat pages", pages),
-                             ("count, 1 worker, no thread (whole file)", count1)):
-                t, nbytes = timed(fn, time.process_time)
+            for name, fn, clock in steps:
+                t, nbytes = timed(fn, clock)
+                clock_of[name] = "wall" if clock is time.perf_counter else "cpu"
                 if name not in best or t < best[name][0]:
                     best[name] = (t, nbytes)
         xml_bytes = best["bz2 decompress (baseline)"][1]
@@ -270,12 +313,12 @@ def main():
             shutil.rmtree(folder, ignore_errors=True)
         print(f"input: {path.name}  {csize / 1e6:.1f} MB bz2, {xml_bytes / 1e6:.1f} MB XML  "
               f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
-        print(f"{'step':44s} {'seconds':>8s} {'XML MB/s':>9s} {'vs bz2':>7s} {'vs 1 worker':>11s}")
+        print(f"{'step':50s} {'seconds':>8s} {'XML MB/s':>9s} {'vs bz2':>7s} {'vs 1 worker':>11s}")
         for name, t, r in rows:
-            if name.startswith("count, ") and "whole" not in name:  # wall clock, several processes
-                print(f"{name + ' [wall]':44s} {t:8.2f} {r:9.1f} {'':7s} {r / w1:11.2f}")
-            else:  # CPU seconds of one process
-                print(f"{name + ' [cpu]':44s} {t:8.2f} {r:9.1f} {r / base:7.2f}")
+            if name not in clock_of:  # wall clock, several processes
+                print(f"{name + ' [wall]':50s} {t:8.2f} {r:9.1f} {'':7s} {r / w1:11.2f}")
+            else:  # one process: CPU seconds, or wall clock for the threaded line
+                print(f"{name + f' [{clock_of[name]}]':50s} {t:8.2f} {r:9.1f} {r / base:7.2f}")
         # Wall-clock scaling needs idle cores; the CPU all processes spent shows whether more
         # workers add work (spawn, imports, per-range setup) or just split it.
         if cpu:

@@ -702,8 +702,17 @@ static int load_text(Work *w, PyObject *text) {
  * including that joiner, so scanning resumes just after it.                                        */
 
 static inline int is_joiner(U c) { return c == '\'' || c == 0x2019 || c == '-'; }
-static inline int tok_space(U c) { return c == '_' || (c != '\n' && is_space(c)); }
-static inline int tok_word(U c) { return c != '_' && is_alnum(c); }
+/* ASCII classes for the tokenizer, one lookup per character ('_' is a space here) */
+enum { C_OTHER = 0, C_WORD = 1, C_SPACE = 2 };
+static unsigned char tok_class[128];
+static inline int tok_space(U c) {
+    if (c < 128) return tok_class[c] == C_SPACE;
+    return is_space(c);
+}
+static inline int tok_word(U c) {
+    if (c < 128) return tok_class[c] == C_WORD;
+    return Py_UNICODE_ISALNUM(c);
+}
 
 /* calls emit(kind, start, end, ctx) with kind 1 = word, 0 = break */
 typedef void (*emit_fn)(int kind, const U *s, Py_ssize_t a, Py_ssize_t b, void *ctx);
@@ -817,7 +826,14 @@ static int words_grow(CountsObject *c) {
 }
 
 static inline int same_word(const U *a, const U *b, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) if (a[i] != b[i]) return 0;
+    Py_ssize_t i = 0;
+#ifdef VEC
+    for (; i + 4 <= n; i += 4) {
+        __m128i x = _mm_cmpeq_epi32(_mm_loadu_si128((const __m128i *)(a + i)), _mm_loadu_si128((const __m128i *)(b + i)));
+        if (_mm_movemask_epi8(x) != 0xffff) return 0;
+    }
+#endif
+    for (; i < n; i++) if (a[i] != b[i]) return 0;
     return 1;
 }
 
@@ -933,8 +949,25 @@ static void count_page(CountsObject *c) {
     Tok *t = c->toks;
     /* (2) words -> ids (EMPTY for a break) */
     for (Py_ssize_t i = 0; i < m; i++) {
-        if (PREFETCH && i + PREFETCH < m && t[i + PREFETCH].len && c->wcap)
-            __builtin_prefetch(&c->w[t[i + PREFETCH].hash & (uint32_t)(c->wcap - 1)]);
+        /* three stages, as a word's lookup touches three places one after the other: its slot
+         * (fetched 2*PREFETCH tokens ahead), then the info of the id found in its first slot
+         * (PREFETCH ahead), then that word's characters in the arena (PREFETCH/2 ahead). A
+         * guess that is wrong (a collision, a table grown since) only costs a useless fetch. */
+        if (PREFETCH && c->wcap) {
+            uint32_t mask = (uint32_t)(c->wcap - 1);
+            Py_ssize_t j = i + 2 * PREFETCH;
+            if (j < m && t[j].len) __builtin_prefetch(&c->w[t[j].hash & mask]);
+            j = i + PREFETCH;
+            if (j < m && t[j].len) {
+                const WordSlot *e = &c->w[t[j].hash & mask];
+                if (e->hash == t[j].hash && e->id != EMPTY) __builtin_prefetch(&c->info[e->id]);
+            }
+            j = i + PREFETCH / 2;
+            if (j < m && t[j].len) {
+                const WordSlot *e = &c->w[t[j].hash & mask];
+                if (e->hash == t[j].hash && e->id != EMPTY) __builtin_prefetch(c->arena + c->info[e->id].off);
+            }
+        }
         if (!t[i].len) { t[i].id = EMPTY; continue; }
         uint32_t id;
         WordInfo *e = word_info(c, s + t[i].start, t[i].len, t[i].hash, &id);
@@ -1538,8 +1571,10 @@ static struct PyModuleDef moduledef = {
     -1, module_methods};
 
 PyMODINIT_FUNC PyInit__fastcount(void) {
-    for (int c = 0; c < 128; c++)
+    for (int c = 0; c < 128; c++) {
         ascii_word[c] = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        tok_class[c] = ascii_word[c] ? C_WORD : (c == '_' || (c != '\n' && is_space((U)c))) ? C_SPACE : C_OTHER;
+    }
     if (PyType_Ready(&CountsType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
