@@ -34,6 +34,7 @@ from pipeline.errors import ClipcurateError
 
 SUPPORTED_SCHEMAS = ("0.8", "0.9", "0.10", "0.11")
 READ_SIZE = 1 << 20
+MAX_OUT = 8 << 20  # largest decompressed chunk handed on (see _range_chunks)
 _SCHEMA_RE = re.compile(r"export-(\d+\.\d+)/?$")
 _END = b"</mediawiki>"
 
@@ -125,14 +126,17 @@ def _range_chunks(rng: Range, trailing_ok: bool = False) -> Iterator[bytes]:
                 break
             if left is not None:
                 left -= len(raw)
-            while raw:
+            # At most MAX_OUT bytes per call, whatever the input: a crafted stream that expands
+            # a thousandfold (a "bz2 bomb") costs MAX_OUT of memory at a time, not 1 GB per read.
+            while True:
                 try:
-                    out = dec.decompress(raw)
+                    out = dec.decompress(raw, MAX_OUT)
                 except (OSError, EOFError) as exc:
                     if trailing_ok and streams and not fed and isinstance(exc, OSError):
                         return
                     raise _decompress_errors(path, exc) from None
-                fed = True
+                fed = fed or bool(raw)
+                raw = b""
                 if out:
                     yield out
                 if dec.eof:  # next stream: a fresh decompressor on the leftover bytes
@@ -140,8 +144,11 @@ def _range_chunks(rng: Range, trailing_ok: bool = False) -> Iterator[bytes]:
                     raw = dec.unused_data
                     dec = bz2.BZ2Decompressor()
                     fed = False
-                else:
-                    raw = b""
+                    if not raw:
+                        break
+                elif dec.needs_input:
+                    break
+                # else: more output is waiting in the decompressor; ask again with no input
         if fed and not dec.eof:
             raise _decompress_errors(path, EOFError())
 

@@ -257,3 +257,12 @@ def test_counts_object_contract():
         c.add(b"bytes")
     with pytest.raises(fastcount.Unsupported):
         c.feed(b"<notapage>")
+
+
+def test_a_bz2_bomb_is_read_in_bounded_chunks(tmp_path):
+    # 64 MB of one byte compress to ~100 bytes; every read hands on at most MAX_OUT bytes
+    bomb = tmp_path / "bomb.xml.bz2"
+    bomb.write_bytes(bz2.compress(b"<" * (64 << 20)))
+    sizes = [len(c) for c in dump._file_chunks(bomb)]
+    assert sum(sizes) == 64 << 20
+    assert max(sizes) <= dump.MAX_OUT
