@@ -266,3 +266,25 @@ def test_a_bz2_bomb_is_read_in_bounded_chunks(tmp_path):
     sizes = [len(c) for c in dump._file_chunks(bomb)]
     assert sum(sizes) == 64 << 20
     assert max(sizes) <= dump.MAX_OUT
+
+
+def test_pages_cut_anywhere_between_feeds_count_the_same(tmp_path):
+    # the scanner must wait for the rest of a page wherever a chunk ends: in a tag, an attribute,
+    # an entity, a UTF-8 sequence, between "\r" and "\n", in "</page>" ...
+    pages = synthetic_pages(8, seed=2, words_per_page=40)
+    pages.append({"title": "Odd", "text": "a&amp;b \u00e9\u65e5\U0001F600 x\r\ny \"q\" <ref>r</ref>"})
+    path = write_dump(tmp_path / "d.xml", pages, kind="xml")
+    body = b"".join(dump.body_chunks(dump.Range(str(path)), threaded=False))
+    whole = fastcount.new_counts()
+    whole.feed(body)
+    expected = (whole.finish(True), whole.take())
+    rng = random.Random(0)
+    for sizes in ([rng.randint(1, 9) for _ in range(64)], [7], [1]):
+        c = fastcount.new_counts()
+        pos, k = 0, 0
+        while pos < len(body):
+            step = sizes[k % len(sizes)]
+            c.feed(body[pos:pos + step])
+            pos += step
+            k += 1
+        assert (c.finish(True), c.take()) == expected
