@@ -1331,11 +1331,12 @@ static int scan_page(CountsObject *c, const unsigned char *s, Py_ssize_t n, Py_s
 
 static const char PAGE_OPEN[] = "<page>", ROOT_CLOSE[] = "</mediawiki>";
 
-/* scan the complete pages of c->carry, stopping early once more than `limit` distinct entries
- * are held (the caller spills and calls again); keep the rest */
-static int scan_pages(CountsObject *c, Py_ssize_t limit) {
-    const unsigned char *s = c->carry;
-    Py_ssize_t n = c->carry_n, pos = 0;
+/* scan the complete pages of s[0:n], stopping early once more than `limit` distinct entries are
+ * held (the caller spills and calls again); *done = bytes consumed (whole pages and the whitespace
+ * around them) */
+static int scan_buf(CountsObject *c, const unsigned char *s, Py_ssize_t n, Py_ssize_t limit,
+                    Py_ssize_t *done) {
+    Py_ssize_t pos = 0;
     int r = SCAN_OK;
     while (1) {
         while (pos < n && xml_space(s[pos])) pos++;
@@ -1361,11 +1362,44 @@ static int scan_pages(CountsObject *c, Py_ssize_t limit) {
         pos += 6 + used;
         if (c->wlen + c->blen > limit) break;
     }
-    if (pos > 0) {
-        memmove(c->carry, c->carry + pos, (size_t)(n - pos));
-        c->carry_n = n - pos;
-    }
+    *done = pos;
     return r;
+}
+
+static int carry_append(CountsObject *c, const unsigned char *p, Py_ssize_t len) {
+    Py_ssize_t need = c->carry_n + len + 1;
+    if (need > c->carry_cap) {
+        Py_ssize_t cap = c->carry_cap ? c->carry_cap : 1 << 16;
+        while (cap < need) cap *= 2;
+        unsigned char *q = (unsigned char *)realloc(c->carry, (size_t)cap);
+        if (!q) return SCAN_OOM;
+        c->carry = q;
+        c->carry_cap = cap;
+    }
+    memcpy(c->carry + c->carry_n, p, (size_t)len);
+    c->carry_n += len;
+    return SCAN_OK;
+}
+
+/* Pages are scanned where they lie in the caller's chunk; only a page cut by the chunk's end is
+ * copied (into `carry`), and completed with the head of the next chunk up to its first "</page>". */
+static int feed_bytes(CountsObject *c, const unsigned char *buf, Py_ssize_t n, Py_ssize_t limit) {
+    Py_ssize_t done;
+    int r;
+    if (c->carry_n > 0) {
+        const unsigned char *e = memmem(buf, (size_t)n, "</page>", 7);
+        Py_ssize_t head = e ? (e - buf) + 7 : n;
+        if ((r = carry_append(c, buf, head))) return r;
+        buf += head;
+        n -= head;
+        if ((r = scan_buf(c, c->carry, c->carry_n, limit, &done))) return r;
+        memmove(c->carry, c->carry + done, (size_t)(c->carry_n - done));
+        c->carry_n -= done;
+        if (c->carry_n > 0)   /* stopped at the limit, or still no end of page: the rest waits */
+            return n ? carry_append(c, buf, n) : SCAN_OK;
+    }
+    if ((r = scan_buf(c, buf, n, limit, &done))) return r;
+    return carry_append(c, buf + done, n - done);
 }
 
 static PyObject *scan_error(int r) {
@@ -1384,21 +1418,9 @@ static PyObject *Counts_feed(CountsObject *c, PyObject *args) {
         return NULL;
     }
     c->busy = 1;
-    int r = SCAN_OK;
+    int r;
     Py_BEGIN_ALLOW_THREADS
-    Py_ssize_t need = c->carry_n + view.len + 1;
-    if (need > c->carry_cap) {
-        Py_ssize_t cap = c->carry_cap ? c->carry_cap : 1 << 20;
-        while (cap < need) cap *= 2;
-        unsigned char *p = (unsigned char *)realloc(c->carry, (size_t)cap);
-        if (!p) r = SCAN_OOM;
-        else { c->carry = p; c->carry_cap = cap; }
-    }
-    if (!r) {
-        memcpy(c->carry + c->carry_n, view.buf, (size_t)view.len);
-        c->carry_n += view.len;
-        r = scan_pages(c, limit);
-    }
+    r = feed_bytes(c, (const unsigned char *)view.buf, view.len, limit);
     Py_END_ALLOW_THREADS
     c->busy = 0;
     PyBuffer_Release(&view);

@@ -355,7 +355,7 @@ def body_chunks(rng: Range | str | os.PathLike, stats: dict | None = None,
             if at < 0:
                 raise HeaderUnsupported("no <page> in the first 16 MB")
             _check_header(path, head[:at])
-            yield head[at:]
+            yield memoryview(head)[at:]  # no copy of the (up to 8 MB) first chunk
         for chunk in chunks:
             nbytes += len(chunk)
             yield chunk
