@@ -8,7 +8,9 @@ from __future__ import annotations
 import bz2
 import html
 import html.entities
+import importlib
 import os
+import platform
 import random
 import re
 import subprocess
@@ -28,6 +30,29 @@ from queries import counting, dump, fastcount, wikitext
 def test_extension_built():
     assert fastcount.BUILT, ("queries._fastcount is not built: run ./install.sh (needs a C compiler); "
                              "`python setup.py build_ext --inplace` shows the compiler error")
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        importlib.import_module("queries._fastcount_avx2")  # built on every x86-64 (setup.py)
+
+
+def test_avx2_build_equals_the_portable_one(tmp_path):
+    base = importlib.import_module("queries._fastcount")
+    if not base.cpu_has_avx2():
+        pytest.skip("this CPU has no AVX2")
+    avx = importlib.import_module("queries._fastcount_avx2")
+    for m in (base, avx):
+        m._init(html.entities.html5, html._invalid_charrefs, html._invalid_codepoints)
+    rng = random.Random(7)
+    for _ in range(3000):
+        s = _random_markup(rng, rng.randint(1, 80), 0.1)
+        assert avx.strip_markup(s) == base.strip_markup(s), repr(s)
+    path = write_dump(tmp_path / "d.xml", synthetic_pages(60, seed=3), kind="xml")
+    body = b"".join(dump.body_chunks(dump.Range(str(path)), threaded=False))
+    results = []
+    for m in (base, avx):
+        c = m.Counts()
+        c.feed(body)
+        results.append((c.finish(True), c.take()))
+    assert results[0] == results[1]
 
 
 # -- the character classes the C code hard-codes are Python's ----------------------------------------
