@@ -6,6 +6,7 @@ page scanner does not take falls back to expat with the same result or the same 
 from __future__ import annotations
 
 import bz2
+from collections import Counter
 import html
 import html.entities
 import importlib
@@ -313,3 +314,20 @@ def test_pages_cut_anywhere_between_feeds_count_the_same(tmp_path):
             pos += step
             k += 1
         assert (c.finish(True), c.take()) == expected
+
+
+@pytest.mark.parametrize("seed,wild", [(4, 0.0), (5, 0.3)])
+def test_random_markup_counts_as_the_reference(seed, wild):
+    # the production path: Counts.add (strip, tokenize, count in C) vs wikitext + Counter
+    rng = random.Random(seed)
+    for _ in range(1500):
+        s = _random_markup(rng, rng.randint(1, 60), wild)
+        toks = wikitext.count_tokens(wikitext.strip_markup(s))
+        words = Counter(t for t in toks if t[:1].isalnum())
+        pairs = Counter((a, b) for a, b in zip(toks, toks[1:]) if a[:1].isalnum() and b[:1].isalnum())
+        c = fastcount.new_counts()
+        c.add(s)
+        got_words, got_pairs, n_words, n_pairs = c.take()
+        assert got_words == dict(words), repr(s)
+        assert got_pairs == dict(pairs), repr(s)
+        assert (n_words, n_pairs) == (sum(words.values()), sum(pairs.values()))
