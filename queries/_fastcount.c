@@ -218,7 +218,17 @@ static const char *DROP_TAGS[] = {
  * pass: two names matching at i would make one a prefix of the other, and the longer one goes on
  * with a letter, which fails the shorter one's \b. So list order does not matter. */
 static Py_ssize_t drop_name(const U *s, Py_ssize_t n, Py_ssize_t i) {
+    /* most tags (</ref>, <br>, <small>, <sup> ...) are out at the first letter */
+    if (i >= n) return 0;
+    U f = s[i];
+    if (f == 0x17F) f = 's';
+    else if (f == 0x130 || f == 0x131) f = 'i';
+    else if (f == 0x212A) f = 'k';
+    else if (f < 128) f |= 32;
+    if (f != 'r' && f != 'm' && f != 'g' && f != 't' && f != 's' && f != 'c' && f != 'h' && f != 'i')
+        return 0;
     for (int t = 0; DROP_TAGS[t]; t++) {
+        if ((U)DROP_TAGS[t][0] != f) continue;
         const char *name = DROP_TAGS[t];
         Py_ssize_t k = 0;
         while (name[k] && i + k < n && fold_eq(s[i + k], name[k])) k++;
