@@ -119,8 +119,9 @@ class Counts:
 class FastCounts(Counts):
     """:class:`Counts` with the per-page work in C (:mod:`queries.fastcount`): strip, tokenize and
     count happen in one call without the GIL, in hash tables of words and word-id pairs; breaks are
-    never stored. Spilling turns the tables into the same dicts and partition files as the Python
-    path, so the merged counts are identical (tests/test_queries_fast.py)."""
+    never stored. Spilling writes the same partition files as the Python path (marshal records of
+    the same dicts, made in C without a Python object per entry), so the merged counts are identical
+    (tests/test_queries_fast.py)."""
 
     def __init__(self, folder: Path, partitions: int = DEFAULT_PARTITIONS,
                  spill_entries: int = DEFAULT_SPILL_ENTRIES):
@@ -137,10 +138,15 @@ class FastCounts(Counts):
     def spill(self) -> None:
         if not self._c.distinct:
             return
-        words, pairs, n_words, n_pairs = self._c.take()
+        # the partition files' records, written in C (marshal format, no Python objects per entry)
+        words, pairs, n_words, n_pairs = self._c.spill(self.partitions)
+        for p in range(self.partitions):
+            if words[p]:
+                self._file(f"u{p:03d}.bin").write(words[p])
+            if pairs[p]:
+                self._file(f"b{p:03d}.bin").write(pairs[p])
         self.words += n_words
         self.bigrams += n_pairs
-        self._write(words, pairs)
         self.spills += 1
 
 

@@ -331,3 +331,31 @@ def test_random_markup_counts_as_the_reference(seed, wild):
         assert got_words == dict(words), repr(s)
         assert got_pairs == dict(pairs), repr(s)
         assert (n_words, n_pairs) == (sum(words.values()), sum(pairs.values()))
+
+
+def test_spill_records_are_marshal_of_the_same_dicts():
+    # partition of a word = zlib.crc32(utf-8) % P, pairs with their first word; each record is
+    # what marshal.dumps gives for the same dict (ASCII, non-ASCII and 300-character words)
+    import marshal
+    import zlib
+    text = ("Caf\u00e9 na\u00efve \U0001F600 x\u0663 " * 3 + " ".join(f"w{i} w{i + 1}" for i in range(300))
+            + " A" + "b" * 300 + " long-" + "\u00e9" * 200)
+    P = 7
+    a, b = fastcount.new_counts(), fastcount.new_counts()
+    a.add(text)
+    b.add(text)
+    words, pairs, nw, npairs = a.take()
+    uw, up, nw2, np2 = b.spill(P)
+    assert (nw, npairs) == (nw2, np2) and b.distinct == 0
+    part = {w: zlib.crc32(w.encode("utf-8", "surrogatepass")) % P for w in words}
+    for p in range(P):
+        want_w = {w: n for w, n in words.items() if part[w] == p}
+        want_p = {k: n for k, n in pairs.items() if part[k[0]] == p}
+        assert (marshal.loads(uw[p]) if uw[p] else {}) == want_w
+        assert (marshal.loads(up[p]) if up[p] else {}) == want_p
+        assert not uw[p] or marshal.loads(uw[p] + b"junk") == want_w  # one record, self-delimiting
+    # one partition: everything in one record each
+    c = fastcount.new_counts()
+    c.add("x y " * 10)
+    uw, up, _, _ = c.spill(1)
+    assert marshal.loads(uw[0]) == {"x": 10, "y": 10} and marshal.loads(up[0]) == {("x", "y"): 10, ("y", "x"): 9}
