@@ -1042,11 +1042,22 @@ static void count_page(CountsObject *c) {
     c->pairs += np;
 }
 
-static void counts_reset(CountsObject *c) {
+static void counts_free(CountsObject *c) {
     free(c->w); c->w = NULL; c->wcap = c->wlen = 0;
     free(c->info); c->info = NULL; c->infocap = 0;
     free(c->arena); c->arena = NULL; c->arena_n = c->arena_cap = 0;
     free(c->b); c->b = NULL; c->bcap = c->blen = 0;
+    c->words = c->pairs = 0;
+}
+
+/* after take()/spill(): empty, but the tables keep their size, so the next window does not grow
+ * them again from small (each doubling rehashes, and fresh pages fault in: ~20% of the counting
+ * on a large vocabulary). Their size is bounded by what the spill threshold let in. */
+static void counts_reset(CountsObject *c) {
+    for (Py_ssize_t i = 0; i < c->wcap; i++) c->w[i].id = EMPTY;
+    if (c->b) memset(c->b, 0, (size_t)c->bcap * sizeof(PairSlot));
+    c->wlen = c->blen = 0;
+    c->arena_n = 0;
     c->words = c->pairs = 0;
 }
 
@@ -1062,7 +1073,7 @@ static PyObject *Counts_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 }
 
 static void Counts_dealloc(CountsObject *c) {
-    counts_reset(c);
+    counts_free(c);
     free(c->work.a.p);
     free(c->work.b.p);
     free(c->carry);
