@@ -20,6 +20,17 @@ if [ ! -d /usr/share/wordnet ] && command -v apt-get >/dev/null 2>&1; then
     || log "could not install wordnet-base; queries build will run without WordNet unless --wordnet is given"
 fi
 
+# 1b. A C compiler and Python's headers: setup.py builds the C counter of `queries build`
+#     (queries/_fastcount.c); without them the install still works, with a ~5x slower pure-Python counter.
+has_headers() { $PY -c "import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" >/dev/null 2>&1; }
+if { ! command -v cc >/dev/null 2>&1 || ! has_headers; } && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+  log "apt-get install gcc python3-dev (to build the C counter)"
+  $SUDO apt-get update -qq >/dev/null 2>&1 || true
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc python3-dev >/dev/null 2>&1 \
+    || log "could not install gcc/python3-dev; queries build will use the slower pure-Python counter"
+fi
+
 # 2. torch + torchvision first, pinned to the builds this platform serves (a range in pyproject admits them).
 if ! $PY -c "import torch, torchvision" >/dev/null 2>&1; then
   log "pip install torch torchvision"
@@ -31,4 +42,6 @@ fi
 log "pip install -e .${extra}"
 $PY -m pip install -q --disable-pip-version-check -e ".${extra}"
 command -v pyenv >/dev/null 2>&1 && pyenv rehash >/dev/null 2>&1 || true
-log "done: $($PY -m cli.app --version)"
+built=$($PY -c "from queries import fastcount; print(fastcount.BUILD or '')" 2>/dev/null || true)
+[ -n "$built" ] || log "warning: the C counter (queries/_fastcount.c) was not built; queries build falls back to pure Python"
+log "done: $($PY -m cli.app --version)${built:+ (C counter: $built)}"
