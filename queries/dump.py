@@ -34,7 +34,8 @@ from pipeline.errors import ClipcurateError
 
 SUPPORTED_SCHEMAS = ("0.8", "0.9", "0.10", "0.11")
 READ_SIZE = 1 << 20
-MAX_OUT = 8 << 20  # largest decompressed chunk handed on (see _range_chunks)
+MAX_OUT = 1 << 20  # largest decompressed chunk handed on (see _range_chunks): small enough to
+# bound memory and to let a decompression thread and the C counter overlap well
 _SCHEMA_RE = re.compile(r"export-(\d+\.\d+)/?$")
 _END = b"</mediawiki>"
 
