@@ -310,7 +310,7 @@ def main():
 
         def pages():
             st = {}
-            n = sum(1 for _ in dump.iter_pages(path, st, threaded=False))
+            sum(1 for _ in dump.iter_pages(path, st, threaded=False))
             return st["bytes"]
 
         def count1(fast: bool, threaded: bool = False):
