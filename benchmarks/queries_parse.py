@@ -24,7 +24,8 @@ Rates are MB of decompressed XML per second (the same bytes for every line):
   strip markup -> tokenize -> count) + spill, all on one core: **the per-worker ratio**;
 - ``count, 1 worker, C, decompression thread``: the same with decompression in a helper thread
   (the GIL is released while C works), wall clock: one worker's speed when a 2nd core is idle;
-- ``count, N workers``: the multistream ranges over N processes (``--workers``).
+- ``count, N workers``: the multistream ranges over N processes (``--workers``); each with a
+  decompression thread when 2 x N <= cores, as `queries build` does, or never (``--no-thread``).
 
 The single-process lines are CPU seconds of this process (all its threads), best of ``--repeat``
 runs interleaved, so other jobs on a shared machine distort them little; "vs bz2" is the per-worker
@@ -265,6 +266,8 @@ def main():
                     help="input: a bz2 dump of --memory-words random Zipf words (400,000-word vocabulary)")
     ap.add_argument("--workers", default="1,2", help="worker counts to measure, e.g. 1,2,4")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for the single-process lines")
+    ap.add_argument("--no-thread", action="store_true",
+                    help="the N-worker lines without decompression threads (one core per worker)")
     ap.add_argument("--pages-per-stream", type=int, default=100, help="pages per bz2 stream (Wikimedia: 100)")
     ap.add_argument("--memory", action="store_true",
                     help="instead: peak RSS of one counting process vs --spill-entries on a Zipf dump")
@@ -340,6 +343,10 @@ def main():
             assert nbytes == xml_bytes, (name, nbytes, xml_bytes)
             rows.append((name, t, xml_bytes / t / 1e6))
         opts = dict(qbuild.DEFAULTS, chunk_mb=max(0.01, csize / 1e6 / 16))
+        if args.no_thread:
+            # queries build gives each worker a decompression thread when 2 x workers <= cores;
+            # without it every worker is one core, so N workers vs 1 is the scaling of that work
+            qbuild.os.cpu_count = lambda: 1
         w1 = None
         cpu: dict[int, float] = {}
         for w in [int(x) for x in args.workers.split(",")]:
