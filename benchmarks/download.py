@@ -2,9 +2,17 @@
 loopback server, measured in the same run.
 
     python benchmarks/download.py --n 4000 --threads 64
+    python benchmarks/download.py --n 4000 --samples-per-shard 500 --latency-ms 200
 
 1. A loopback image server (tests/_download_server.py) runs in its own process, serving N
-   generated JPEGs.
+   generated JPEGs. `--latency-ms X` (default 0) makes it wait X ms before answering each image
+   request — a simulated round trip plus remote server time, as every host on the web has. The
+   wait is a sleep in that request's own server thread (one thread per connection), so it delays
+   no other request and costs no CPU; it applies alike to the baseline's GETs and to the
+   download's (same server, same run). With latency, C connections complete at most
+   C · 1000 / X requests per second, so the rate depends on how many connections a client keeps
+   busy rather than on CPU; with 0 (a loopback server that answers at once) both sides are
+   CPU-bound.
 2. Baseline: a thread pool of plain urllib GETs fetches all N images once (no decoding, no
    writing) — the rate the server can be drained at. It gets as many concurrent connections as
    the download opens: processes × threads (img2dataset runs `--threads` fetches per process).
@@ -19,7 +27,8 @@ baseline client (this process), the server (its own process), the download's who
 (getrusage of reaped children; this process is made the subreaper, so img2dataset workers whose
 runner was killed at the end are counted too). `--breakdown` then times, in this process on the
 server's own images, each step a stored image costs (fetch, header check, resize + re-encode, tar
-members), with the cached / header-only paths the download's workers install. Never asserts times.
+members), with the cached / header-only paths the download's workers install (not with
+`--latency-ms`: it fetches one image at a time). Never asserts times.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ SERVER = """
 import sys, time
 sys.path[:0] = [{repo!r}, {tests!r}]
 from _download_server import ImageServer
-srv = ImageServer(image_size={size}).start()
+srv = ImageServer(image_size={size}, image_delay={delay!r}).start()
 for i in range({n}):  # pre-encode 256 distinct images: the server's cost per request is then just HTTP
     srv._cache[(i, "jpg")] = srv.image(i % 256, "jpg")
 print(srv.port, flush=True)
@@ -54,8 +63,8 @@ while True:
 """
 
 
-def start_server(n: int, size: int):
-    code = SERVER.format(repo=str(REPO), tests=str(REPO / "tests"), n=n, size=size)
+def start_server(n: int, size: int, latency_ms: float = 0.0):
+    code = SERVER.format(repo=str(REPO), tests=str(REPO / "tests"), n=n, size=size, delay=latency_ms / 1000)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     return proc, port
@@ -184,12 +193,18 @@ def main() -> None:
     ap.add_argument("--resize-mode", default="border")
     ap.add_argument("--skip-reencode", action="store_true", help="clipcurate --skip-reencode")
     ap.add_argument("--breakdown", action="store_true", help="also time each step of a stored image")
+    ap.add_argument("--latency-ms", type=float, default=0.0,
+                    help="simulated delay before each image response, in ms (default 0: answer at once)")
     args = ap.parse_args()
+    if args.latency_ms < 0:
+        ap.error("--latency-ms must be >= 0")
+    if args.breakdown and args.latency_ms:
+        ap.error("--breakdown fetches one image at a time; run it without --latency-ms")
     become_subreaper()
 
     from _download_server import write_urls
 
-    proc, port = start_server(args.n, args.server_image_size)
+    proc, port = start_server(args.n, args.server_image_size, args.latency_ms)
     tmp = Path(tempfile.mkdtemp(prefix="clipcurate-bench-download-"))
     try:
         urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(args.n)]
@@ -227,7 +242,9 @@ def main() -> None:
         marks = sorted(json.loads(p.read_text())["finished_at"] for p in (tmp / "ws" / "pool").glob("*.done"))
         n_shards = len(marks)
         steady = None
-        if n_shards >= 2:  # rows finished between the first and the last marker, over that time
+        # Rows finished between the first and the last marker, over that time. Needs more shards than
+        # processes: shards that run side by side finish together, and the window would be ~0 s.
+        if n_shards > n_proc:
             steady = (args.n * (n_shards - 1) / n_shards) / max(marks[-1] - marks[0], 1e-9)
         if args.breakdown:
             breakdown(urls, args)
@@ -240,14 +257,20 @@ def main() -> None:
     ours_rate = counts.get("success", 0) / ours_s
     print(f"images: {args.n}  success: {counts.get('success', 0)}  shards: {n_shards}  threads: {args.threads}  "
           f"processes: {n_proc}  cores: {cores}  resize: {args.resize_mode}"
-          f"{' skip-reencode' if args.skip_reencode else ''}")
+          f"{' skip-reencode' if args.skip_reencode else ''}  latency: {args.latency_ms:g} ms (simulated)")
     print(f"plain concurrent GETs (baseline): {base_rate:8.1f} images/s  ({base_s:.2f} s, {conns} connections; "
           + ", ".join(f"{c}: {args.n / t:.0f}/s" for c, t in base_times.items()) + ")")
+    if args.latency_ms:
+        print(f"latency ceiling for {conns} connections: {conns * 1000 / args.latency_ms:8.1f} images/s"
+              f"  (the baseline reaches {base_rate * args.latency_ms / (conns * 1000):.2f} of it)")
     print(f"clipcurate download, end to end:  {ours_rate:8.1f} images/s  ({ours_s:.2f} s, start-up included)"
           f"  ratio {ours_rate / base_rate:.2f}x")
     if steady:
         print(f"clipcurate download, steady:      {steady:8.1f} images/s  (first to last shard marker)"
               f"  ratio {steady / base_rate:.2f}x")
+    if marks:  # where the end-to-end time goes: start-up + first shard, the rest, after the last
+        print(f"shard markers: first {marks[0] - t_wall:.2f} s, last {marks[-1] - t_wall:.2f} s after the start;"
+              f" exit {ours_s:.2f} s")
     client, server = base_cpu[conns]
     print(f"CPU per image: baseline client {1000 * client / args.n:.3f} ms + server {1000 * server / args.n:.3f} ms"
           f"  |  download (whole process tree, start-up included) {1000 * ours_cpu / args.n:.3f} ms"

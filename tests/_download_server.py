@@ -20,6 +20,9 @@ Routes (``expected`` gives the reason clipcurate must report for each failure ro
 /redirect-private            302 to http://127.0.0.1:PORT/redirect-target.jpg
 /redirect-target.jpg         an ok image (must never be reached through the redirect)
 /robots                      an ok image with X-Robots-Tag: noai
+
+``image_delay`` (the benchmark's simulated latency) is a sleep in the request's own thread: the
+server runs one thread per connection, so a delayed answer holds back no other request.
 """
 
 from __future__ import annotations
