@@ -166,8 +166,8 @@ def count_range(rng: Range, out_dir: str, partitions: int = DEFAULT_PARTITIONS,
     """
     out = Path(out_dir)
     tmp = out.with_name(".tmp-" + out.name)
-    if fast is None:
-        fast = fastcount.AVAILABLE
+    if fast is None or not fastcount.BUILT:
+        fast = fast is None and fastcount.AVAILABLE
     # The counters hold millions of tuples, which the cyclic garbage collector would walk again
     # and again as they grow (~10% of the counting time); nothing here makes reference cycles.
     gc_was_on = gc.isenabled()
