@@ -1,24 +1,29 @@
 /* queries._fastcount: the hot loop of `queries build` in C.
  *
- * For each article this does what queries/wikitext.py does in Python, with the same output to the
- * character (the tests compare both on the real fixture, on generated dumps and on random markup):
+ * From the decompressed bytes of a dump to the spill files, this does what the Python reference
+ * does (queries/dump.py with expat, queries/wikitext.py, Counter, queries/counting.py), with the
+ * same result to the character; tests/test_queries_fast.py compares both on the real fixture, on
+ * generated dumps and on random markup:
  *
- *     strip_markup(text)  ->  count_tokens(...)  ->  Counter.update(words) + Counter.update(pairs)
+ *     <page> bytes -> ns, redirect, <text>  (scan_page; anything unusual -> Unsupported -> expat)
+ *     text -> strip_markup -> count_tokens -> word and word-pair counts  (count_page)
+ *     counts -> marshal records per partition  (Counts.spill)
  *
  * Each step of strip_markup is one regular expression (or one small scanner) in Python. Here each
  * is a hand-written left-to-right scanner with the same leftmost, non-overlapping, greedy/lazy
- * semantics as Python's `re.sub`, applied in the same order, each pass reading the previous pass's
- * output. The comment above each pass quotes the pattern it reproduces; the reasoning for why a
- * single forward scan gives exactly what the backtracking regex engine gives is written next to it.
+ * semantics as Python's `re.sub`, applied in the same order, each pass rewriting the previous
+ * pass's output in place. The comment above each pass quotes the pattern it reproduces; the
+ * reasoning for why a single forward scan gives exactly what the backtracking regex engine gives
+ * is written next to it.
  *
- * Text is handled as UTF-32 code points (a page's str is widened once); character classes are
- * Python's: `\s` is Py_UNICODE_ISSPACE, `\w` is Py_UNICODE_ISALNUM or '_', as in the `re` module.
+ * Text is handled as UTF-32 code points; character classes are Python's: `\s` is
+ * Py_UNICODE_ISSPACE, `\w` is Py_UNICODE_ISALNUM or '_', as in the `re` module.
  *
- * Counting: words are interned in an open-addressing hash table (FNV-1a over code points); a
- * bigram is the pair of word ids packed in 64 bits, counted in a second table. `take()` hands both
- * tables to Python as dicts (what queries/counting.py spills to disk) and starts again empty, so
- * memory stays bounded by the caller's spill threshold. The GIL is released while a page is
- * processed, so a decompression thread runs at the same time.
+ * Counting: words are interned in an open-addressing hash table; a bigram is the pair of word ids
+ * packed in 64 bits, counted in a second table. The caller spills (Counts.spill) when the tables
+ * hold more than its threshold, so memory stays bounded. The GIL is released while pages are
+ * processed, so a decompression thread runs at the same time. setup.py builds this file twice, the
+ * second time with -mavx2 (see find_char).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -693,7 +698,7 @@ static void pass_unescape(const U *s, Py_ssize_t n, Buf *o) {
 /* ---------------------------------------------------------------------------------------------- */
 /* strip_markup: the passes in wikitext.strip_markup's order                                       */
 
-typedef struct { Buf a, b; } Work;
+typedef struct { Buf a; } Work;   /* the page's text; every pass rewrites it in place */
 
 #define RUN(pass) do { Buf o_ = {cur->p, 0, cur->cap}; pass(cur->p, cur->n, &o_); cur->n = o_.n; } while (0)
 
@@ -1077,7 +1082,6 @@ static PyObject *Counts_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 static void Counts_dealloc(CountsObject *c) {
     counts_free(c);
     free(c->work.a.p);
-    free(c->work.b.p);
     free(c->carry);
     free(c->toks);
     free(c->keys);
@@ -1721,7 +1725,6 @@ static PyObject *mod_strip_markup(PyObject *self, PyObject *text) {
     if (load_text(&w, text) < 0 || strip_work(&w) < 0) PyErr_NoMemory();
     else res = work_to_str(&w);
     free(w.a.p);
-    free(w.b.p);
     return res;
 }
 
@@ -1752,7 +1755,6 @@ static PyObject *mod_count_tokens(PyObject *self, PyObject *text) {
     if (load_text(&w, text) < 0) t.err = 1;
     else tokenize(w.a.p, w.a.n, list_emit, &t);
     free(w.a.p);
-    free(w.b.p);
     if (t.err) {
         Py_DECREF(t.list);
         if (!PyErr_Occurred()) PyErr_NoMemory();
