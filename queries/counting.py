@@ -135,6 +135,19 @@ class FastCounts(Counts):
         if self._c.add(wikitext) > self.spill_entries:
             self.spill()
 
+    def feed(self, xml: bytes) -> None:
+        """Count the articles of the complete ``<page>``s in ``xml`` (dump bytes after the header;
+        a page cut at the end waits for the next call). Raises ``fastcount.Unsupported`` for XML
+        only expat should read."""
+        # the C side stops after the page that crosses the spill threshold; spill, then go on
+        while self._c.feed(xml, self.spill_entries) > self.spill_entries:
+            self.spill()
+            xml = b""
+
+    def finish(self, root_end: bool) -> dict:
+        """Page statistics, once nothing but whitespace (and ``</mediawiki>``) is left."""
+        return self._c.finish(root_end)
+
     def spill(self) -> None:
         if not self._c.distinct:
             return
@@ -218,13 +231,9 @@ def _count_fast(rng: Range, tmp: Path, partitions: int, spill_entries: int, thre
     """Pages read and counted in C, straight from the decompressed bytes (header checked by expat)."""
     counts = FastCounts(tmp, partitions, spill_entries)
     stats = {"bytes": 0}
-    feed = counts._c.feed
     for chunk in body_chunks(rng, stats, threaded=threaded):
-        # feed stops after the page that crosses the spill threshold; spill, then go on
-        while feed(chunk, spill_entries) > spill_entries:
-            counts.spill()
-            chunk = b""
-    stats.update(counts._c.finish(not rng.multistream))
+        counts.feed(chunk)
+    stats.update(counts.finish(root_end=not rng.multistream))
     counts.close()
     stats.update(words=counts.words, bigrams=counts.bigrams, spills=counts.spills, reader="c", counter="c")
     return stats

@@ -6,7 +6,8 @@ without the GIL. The Python functions stay the reference: tests/test_queries_fas
 two on the real dump fragment, on generated dumps and on random markup, character for character.
 
 The extension is built by ``pip install`` (setup.py, a C compiler is needed); where it could not be
-built, :data:`AVAILABLE` is False and counting uses the Python path (same counts, ~4x slower).
+built, :data:`AVAILABLE` is False and counting uses the Python path (same counts; `queries build`
+counts 3-5x slower, docs/benchmarks.md).
 ``CLIPCURATE_PURE_PYTHON=1`` forces the Python path (for comparisons and benchmarks).
 """
 
