@@ -27,7 +27,7 @@ def build(
     title_min_views: Optional[int] = typer.Option(None, "--title-min-views", help="Titles with at least this many summed views [70]."),
     title_min_hour_views: Optional[int] = typer.Option(None, "--title-min-hour-views", help="Count page-view rows with at least this many views [50]."),
     size: Optional[int] = typer.Option(None, "--size", help="Cap on the number of queries [500000]."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Counting processes [1]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Counting processes, then merging processes [1]."),
     partitions: Optional[int] = typer.Option(None, "--partitions", help="On-disk count partitions [32]."),
     spill_entries: Optional[int] = typer.Option(None, "--spill-entries", help="Spill counts to disk past this many keys [2000000]."),
     chunk_mb: Optional[float] = typer.Option(None, "--chunk-mb", help="Compressed MB of multistream bz2 per shard [32]."),

@@ -55,7 +55,7 @@ DOCS = {
     "title_min_views": "keep titles with at least this many summed views (MetaCLIP: 70)",
     "title_min_hour_views": "count only page-view rows with at least this many views (MetaCLIP: 50)",
     "size": "cap on the list length (CLIP: 500,000)",
-    "workers": "counting processes (over multistream ranges and dump files)",
+    "workers": "counting processes (over multistream ranges and dump files), then merging processes (over partitions)",
     "partitions": "hash partitions of the on-disk counts (memory of a merge = 1/partitions)",
     "spill_entries": "spill in-memory counts to disk past this many distinct keys per worker",
     "chunk_mb": "compressed MB of multistream bz2 per counting shard",
@@ -165,20 +165,18 @@ def assemble(folder: Path, shard_infos: dict[str, dict], opts: dict, pageview_fi
 
     # Unigrams: merge all partitions, keep what the unigram threshold or the PMI lookup needs.
     keep_min = min(opts["unigram_min_count"], opts["bigram_min_count"])
-    uni, n_words = counting.merge_unigrams(dirs, P, max(1, keep_min))
+    workers = max(1, int(opts["workers"]))
+    uni, n_words = counting.merge_unigrams(dirs, P, max(1, keep_min), workers)
     stats["corpus"]["distinct_words_kept_for_merge"] = len(uni)
     ucands = [(w, c) for w, c in uni.items() if c >= opts["unigram_min_count"]]
     ucands.sort(key=lambda wc: (-wc[1], wc[0]))
     candidates["unigram"] = [{"query": w, "source": "unigram", "count": c} for w, c in ucands]
 
     # Bigrams: prune by count, then NLTK's PMI against the word counts.
-    bcands = []
-    n_pruned = 0
-    for (a, b), c in counting.merge_bigrams(dirs, P, max(1, opts["bigram_min_count"])):
-        n_pruned += 1
-        score = pmi(c, uni[a], uni[b], n_words)
-        if score >= opts["bigram_min_pmi"]:
-            bcands.append((f"{a} {b}", c, score))
+    found, n_pruned = counting.bigram_candidates(
+        dirs, P, max(1, opts["bigram_min_count"]), lambda a, b, c: pmi(c, uni[a], uni[b], n_words),
+        opts["bigram_min_pmi"], workers)
+    bcands = [(f"{a} {b}", c, score) for a, b, c, score in found]
     bcands.sort(key=lambda t: (-t[2], -t[1], t[0]))
     stats["corpus"]["bigrams_after_min_count"] = n_pruned
     candidates["bigram"] = [{"query": q, "source": "bigram", "count": c, "pmi": s} for q, c, s in bcands]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import marshal
+import multiprocessing
 import os
 import shutil
 import zlib
@@ -273,15 +274,74 @@ def merge_partition(dirs: Iterable[Path], name: str) -> dict:
     return total
 
 
-def merge_unigrams(dirs: list[Path], partitions: int, keep_min: int) -> tuple[dict, int]:
-    """All word counts ≥ ``keep_min`` (merged partition by partition) and the total word count."""
+def merge_unigrams(dirs: list[Path], partitions: int, keep_min: int, workers: int = 1) -> tuple[dict, int]:
+    """All word counts ≥ ``keep_min`` (merged partition by partition) and the total word count.
+
+    ``workers`` > 1: the partitions are merged in that many processes (see :func:`_partition_map`).
+    """
     kept: dict[str, int] = {}
     total = 0
-    for p in range(partitions):
-        part = merge_partition(dirs, f"u{p:03d}.bin")
-        total += sum(part.values())
-        kept.update((w, c) for w, c in part.items() if c >= keep_min)
+    tasks = [(dirs, p, keep_min) for p in range(partitions)]
+    for part_total, part_kept in _partition_map(_merge_unigram_partition, tasks, workers):
+        total += part_total
+        kept.update(part_kept)
     return kept, total
+
+
+def _merge_unigram_partition(task: tuple) -> tuple[int, dict]:
+    dirs, p, keep_min = task
+    part = merge_partition(dirs, f"u{p:03d}.bin")
+    return sum(part.values()), {w: c for w, c in part.items() if c >= keep_min}
+
+
+def bigram_candidates(dirs: list[Path], partitions: int, min_count: int, score, min_score: float,
+                      workers: int = 1) -> tuple[list[tuple[str, str, int, float]], int]:
+    """Every bigram seen at least ``min_count`` times whose ``score(a, b, count)`` is at least
+    ``min_score``, as ``(a, b, count, score)``, and how many bigrams passed ``min_count``.
+
+    The merge, the pruning and the scoring of a partition happen where it is merged: in this
+    process, or with ``workers`` > 1 in forked processes that inherit ``score`` (and whatever it
+    reads, e.g. the unigram table) without copying it; only the few candidates come back.
+    """
+    global _SCORE
+    _SCORE = score
+    try:
+        found: list = []
+        passed = 0
+        tasks = [(dirs, p, min_count, min_score) for p in range(partitions)]
+        for part_found, part_passed in _partition_map(_score_bigram_partition, tasks, workers):
+            found += part_found
+            passed += part_passed
+        return found, passed
+    finally:
+        _SCORE = None
+
+
+_SCORE = None  # the scoring function of the running bigram_candidates (inherited by forked workers)
+
+
+def _score_bigram_partition(task: tuple) -> tuple[list, int]:
+    dirs, p, min_count, min_score = task
+    part = merge_partition(dirs, f"b{p:03d}.bin")
+    found, passed = [], 0
+    for (a, b), c in part.items():
+        if c >= min_count:
+            passed += 1
+            sc = _SCORE(a, b, c)
+            if sc >= min_score:
+                found.append((a, b, c, sc))
+    return found, passed
+
+
+def _partition_map(fn, tasks: list, workers: int):
+    """``map(fn, tasks)``, in order; with ``workers`` > 1 over a pool of forked processes (fork,
+    not spawn: the children share the parent's tables instead of receiving copies; the counting
+    threads have all ended by now). Falls back to one process where fork does not exist."""
+    if workers <= 1 or len(tasks) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from map(fn, tasks)
+        return
+    with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap(fn, tasks)
 
 
 def merge_bigrams(dirs: list[Path], partitions: int, min_count: int) -> Iterator[tuple[tuple[str, str], int]]:
