@@ -1821,6 +1821,148 @@ static PyObject *mod_init(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* merge_records(data, min_count): the merge of one partition, without a Python object per entry   */
+/*
+ * Merging the spilled counts used to load every record into Python dicts and sum them there; most
+ * entries (bigrams seen once) are then thrown away by the min_count filter, after costing an object
+ * each. Here the records that Counts.spill wrote (the subset of marshal above: 'z'/'a'/'u' strings,
+ * ')' pairs, 'i'/'l' ints, no back-references) are parsed in place: a key is identified by its
+ * encoded bytes (the writer encodes a given string one way only), counts are summed in a hash
+ * table, and only the entries that reach min_count become Python objects. Anything else (records
+ * from the pure-Python path, whose marshal.dump uses references) raises Unsupported, and
+ * queries/counting.py merges that partition the Python way.
+ */
+typedef struct { Py_ssize_t off; uint32_t len; uint32_t hash; int64_t count; } MergeSlot;
+
+static int m_str(const unsigned char *d, Py_ssize_t n, Py_ssize_t *i) {
+    if (*i >= n) return -1;
+    unsigned char t = d[*i];
+    Py_ssize_t len;
+    if (t == 'z') {
+        if (*i + 2 > n) return -1;
+        len = d[*i + 1];
+        *i += 2;
+    } else if (t == 'a' || t == 'u') {
+        if (*i + 5 > n) return -1;
+        len = (Py_ssize_t)((uint32_t)d[*i + 1] | (uint32_t)d[*i + 2] << 8 | (uint32_t)d[*i + 3] << 16 | (uint32_t)d[*i + 4] << 24);
+        *i += 5;
+    } else return -1;
+    if (len < 0 || *i + len > n) return -1;
+    *i += len;
+    return 0;
+}
+
+static int m_int(const unsigned char *d, Py_ssize_t n, Py_ssize_t *i, int64_t *v) {
+    if (*i >= n) return -1;
+    if (d[*i] == 'i') {
+        if (*i + 5 > n) return -1;
+        *v = (int32_t)((uint32_t)d[*i + 1] | (uint32_t)d[*i + 2] << 8 | (uint32_t)d[*i + 3] << 16 | (uint32_t)d[*i + 4] << 24);
+        *i += 5;
+        return 0;
+    }
+    if (d[*i] == 'l') {
+        if (*i + 5 > n) return -1;
+        int32_t nd = (int32_t)((uint32_t)d[*i + 1] | (uint32_t)d[*i + 2] << 8 | (uint32_t)d[*i + 3] << 16 | (uint32_t)d[*i + 4] << 24);
+        if (nd <= 0 || nd > 4 || *i + 5 + 2 * nd > n) return -1;   /* positive and < 2**60 */
+        uint64_t u = 0;
+        for (int k = nd - 1; k >= 0; k--) u = (u << 15) | ((uint64_t)d[*i + 5 + 2 * k] | (uint64_t)(d[*i + 6 + 2 * k] & 0x7f) << 8);
+        *v = (int64_t)u;
+        *i += 5 + 2 * nd;
+        return 0;
+    }
+    return -1;
+}
+
+static PyObject *m_decode_str(const unsigned char *d, Py_ssize_t *i) {
+    unsigned char t = d[*i];
+    Py_ssize_t len;
+    if (t == 'z') { len = d[*i + 1]; *i += 2; }
+    else { len = (Py_ssize_t)((uint32_t)d[*i + 1] | (uint32_t)d[*i + 2] << 8 | (uint32_t)d[*i + 3] << 16 | (uint32_t)d[*i + 4] << 24); *i += 5; }
+    PyObject *o = t == 'u' ? PyUnicode_DecodeUTF8((const char *)d + *i, len, "surrogatepass")
+                           : PyUnicode_DecodeASCII((const char *)d + *i, len, NULL);
+    *i += len;
+    return o;
+}
+
+static PyObject *mod_merge_records(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    long long min_count;
+    if (!PyArg_ParseTuple(args, "y*L", &view, &min_count)) return NULL;
+    const unsigned char *d = (const unsigned char *)view.buf;
+    Py_ssize_t n = view.len, i = 0, cap = 1 << 12, used = 0;
+    int64_t total = 0;
+    int bad = 0, oom = 0;
+    MergeSlot *t = (MergeSlot *)calloc((size_t)cap, sizeof(MergeSlot));
+    if (!t) { PyBuffer_Release(&view); return PyErr_NoMemory(); }
+    Py_BEGIN_ALLOW_THREADS
+    while (i < n && !bad && !oom) {
+        if (d[i++] != '{') { bad = 1; break; }
+        while (1) {
+            if (i >= n) { bad = 1; break; }
+            if (d[i] == '0') { i++; break; }
+            Py_ssize_t k0 = i;
+            if (d[i] == ')') {
+                if (i + 2 > n || d[i + 1] != 2) { bad = 1; break; }
+                i += 2;
+                if (m_str(d, n, &i) < 0 || m_str(d, n, &i) < 0) { bad = 1; break; }
+            } else if (m_str(d, n, &i) < 0) { bad = 1; break; }
+            Py_ssize_t klen = i - k0;
+            int64_t v;
+            if (m_int(d, n, &i, &v) < 0) { bad = 1; break; }
+            total += v;
+            if ((used + 1) * 2 > cap) {   /* grow */
+                Py_ssize_t nc = cap * 2;
+                MergeSlot *nt = (MergeSlot *)calloc((size_t)nc, sizeof(MergeSlot));
+                if (!nt) { oom = 1; break; }
+                for (Py_ssize_t q = 0; q < cap; q++) {
+                    if (!t[q].len) continue;
+                    Py_ssize_t sl = t[q].hash & (nc - 1);
+                    while (nt[sl].len) sl = (sl + 1) & (nc - 1);
+                    nt[sl] = t[q];
+                }
+                free(t);
+                t = nt;
+                cap = nc;
+            }
+            uint32_t h = crc32_bytes(d + k0, klen) | 1u;
+            Py_ssize_t sl = h & (cap - 1);
+            while (t[sl].len && !(t[sl].hash == h && t[sl].len == (uint32_t)klen && !memcmp(d + t[sl].off, d + k0, (size_t)klen)))
+                sl = (sl + 1) & (cap - 1);
+            if (!t[sl].len) { t[sl].off = k0; t[sl].len = (uint32_t)klen; t[sl].hash = h; used++; }
+            t[sl].count += v;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (oom) PyErr_NoMemory();
+    else if (bad) PyErr_SetString(Unsupported, "not a record of Counts.spill");
+    else if ((out = PyDict_New())) {
+        for (Py_ssize_t q = 0; q < cap; q++) {
+            if (!t[q].len || t[q].count < min_count) continue;
+            Py_ssize_t j = t[q].off;
+            PyObject *key;
+            if (d[j] == ')') {
+                j += 2;
+                PyObject *a = m_decode_str(d, &j);
+                PyObject *b = a ? m_decode_str(d, &j) : NULL;
+                key = b ? PyTuple_Pack(2, a, b) : NULL;
+                Py_XDECREF(a);
+                Py_XDECREF(b);
+            } else key = m_decode_str(d, &j);
+            PyObject *val = key ? PyLong_FromLongLong(t[q].count) : NULL;
+            if (!val || PyDict_SetItem(out, key, val) < 0) { Py_XDECREF(key); Py_XDECREF(val); Py_CLEAR(out); break; }
+            Py_DECREF(key);
+            Py_DECREF(val);
+        }
+    }
+    free(t);
+    PyBuffer_Release(&view);
+    if (!out) return NULL;
+    PyObject *res = Py_BuildValue("(NL)", out, (long long)total);
+    return res;
+}
+
 /* cpu_has_avx2() -> bool: may queries._fastcount_avx2 run here? */
 static PyObject *mod_cpu_has_avx2(PyObject *self, PyObject *Py_UNUSED(ignored)) {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
@@ -1832,6 +1974,9 @@ static PyObject *mod_cpu_has_avx2(PyObject *self, PyObject *Py_UNUSED(ignored)) 
 }
 
 static PyMethodDef module_methods[] = {
+    {"merge_records", mod_merge_records, METH_VARARGS,
+     "merge_records(data, min_count) -> (dict of the entries with count >= min_count, sum of all counts): "
+     "the Counts.spill records in data, summed; raises Unsupported for other marshal data."},
     {"cpu_has_avx2", mod_cpu_has_avx2, METH_NOARGS, "cpu_has_avx2() -> bool: can the AVX2 build run on this CPU?"},
     {"strip_markup", mod_strip_markup, METH_O, "strip_markup(text) -> plain text (as queries.wikitext.strip_markup)."},
     {"count_tokens", mod_count_tokens, METH_O, "count_tokens(text) -> tokens (as queries.wikitext.count_tokens)."},

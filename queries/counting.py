@@ -288,10 +288,32 @@ def merge_unigrams(dirs: list[Path], partitions: int, keep_min: int, workers: in
     return kept, total
 
 
+def merge_partition_min(dirs: Iterable[Path], name: str, min_count: int) -> tuple[dict, int]:
+    """One partition's entries seen at least ``min_count`` times, and the sum of all its counts.
+
+    Files written by the C counter are merged in C (``fastcount.merge_records``): only the kept
+    entries become Python objects. Anything else (the pure-Python path's records) is merged
+    by :func:`merge_partition`; both give the same result (tests/test_queries_fast.py).
+    """
+    dirs = list(dirs)
+    if fastcount.AVAILABLE:
+        blobs = []
+        for d in dirs:
+            f = Path(d) / name
+            if f.is_file():
+                blobs.append(f.read_bytes())
+        try:
+            return fastcount.merge_records(b"".join(blobs), min_count)
+        except fastcount.Unsupported:
+            pass
+    part = merge_partition(dirs, name)
+    return {k: c for k, c in part.items() if c >= min_count}, sum(part.values())
+
+
 def _merge_unigram_partition(task: tuple) -> tuple[int, dict]:
     dirs, p, keep_min = task
-    part = merge_partition(dirs, f"u{p:03d}.bin")
-    return sum(part.values()), {w: c for w, c in part.items() if c >= keep_min}
+    kept, total = merge_partition_min(dirs, f"u{p:03d}.bin", keep_min)
+    return total, kept
 
 
 def bigram_candidates(dirs: list[Path], partitions: int, min_count: int, score, min_score: float,
@@ -322,15 +344,13 @@ _SCORE = None  # the scoring function of the running bigram_candidates (inherite
 
 def _score_bigram_partition(task: tuple) -> tuple[list, int]:
     dirs, p, min_count, min_score = task
-    part = merge_partition(dirs, f"b{p:03d}.bin")
-    found, passed = [], 0
-    for (a, b), c in part.items():
-        if c >= min_count:
-            passed += 1
-            sc = _SCORE(a, b, c)
-            if sc >= min_score:
-                found.append((a, b, c, sc))
-    return found, passed
+    kept, _ = merge_partition_min(dirs, f"b{p:03d}.bin", min_count)
+    found = []
+    for (a, b), c in kept.items():
+        sc = _SCORE(a, b, c)
+        if sc >= min_score:
+            found.append((a, b, c, sc))
+    return found, len(kept)
 
 
 def _partition_map(fn, tasks: list, workers: int):

@@ -50,6 +50,11 @@ def count_tokens(text: str) -> list[str]:
     return _fastcount.count_tokens(text)
 
 
+def merge_records(data: bytes, min_count: int) -> tuple[dict, int]:
+    """The spill records in ``data`` summed: (entries with count >= min_count, sum of all counts)."""
+    return _fastcount.merge_records(data, min_count)
+
+
 def new_counts():
     """A C counter: ``add(page_wikitext) -> distinct entries``, ``take() -> (words, pairs, n_words, n_pairs)``."""
     return _fastcount.Counts()

@@ -350,3 +350,47 @@ def test_spill_records_are_marshal_of_the_same_dicts():
     c.add("x y " * 10)
     uw, up, _, _ = c.spill(1)
     assert marshal.loads(uw[0]) == {"x": 10, "y": 10} and marshal.loads(up[0]) == {("x", "y"): 10, ("y", "x"): 9}
+
+
+def test_c_merge_equals_the_python_merge(tmp_path):
+    # two ranges, several spills each: merge_partition_min (C, only kept entries become objects)
+    # against merge_partition (marshal.load + dict sums) on the same files
+    pages = synthetic_pages(150, seed=11)
+    dirs = []
+    for i, half in enumerate((pages[:75], pages[75:])):
+        path = write_dump(tmp_path / f"h{i}.xml.bz2", half)
+        out = tmp_path / f"c{i}"
+        st = counting.count_range(dump.Range(str(path)), str(out), 8, 400, fast=True)
+        assert st["spills"] > 2
+        dirs.append(out)
+    for name in [f"u{p:03d}.bin" for p in range(8)] + [f"b{p:03d}.bin" for p in range(8)]:
+        ref = counting.merge_partition(dirs, name)
+        for m in (1, 2, 5):
+            assert counting.merge_partition_min(dirs, name, m) == (
+                {k: c for k, c in ref.items() if c >= m}, sum(ref.values()))
+    # files of the pure-Python path (marshal.dump, with references) are merged the Python way
+    ref_dir = tmp_path / "ref"
+    counting.count_range(dump.Range(str(tmp_path / "h0.xml.bz2")), str(ref_dir), 8, 400, fast=False)
+    raw = (ref_dir / "b000.bin").read_bytes()
+    with pytest.raises(fastcount.Unsupported):
+        fastcount.merge_records(raw, 1)
+    part = counting.merge_partition([ref_dir], "b000.bin")
+    assert counting.merge_partition_min([ref_dir], "b000.bin", 2) == (
+        {k: c for k, c in part.items() if c >= 2}, sum(part.values()))
+
+
+def test_merge_records_edges():
+    import marshal
+    assert fastcount.merge_records(b"", 1) == ({}, 0)
+    for junk in (b"{", b"{z\x05ab", b"x", b"{z\x01ai\x01\x00\x00", marshal.dumps({"a": 1})):
+        with pytest.raises(fastcount.Unsupported):
+            fastcount.merge_records(junk, 1)
+    # counts past 2**31 are 'l' records (15-bit digits): 2**40 twice
+    big = 2 ** 40
+    digits = []
+    while big:
+        digits.append(big & 0x7FFF)
+        big >>= 15
+    rec = b"{z\x01x" + b"l" + len(digits).to_bytes(4, "little") + b"".join(d.to_bytes(2, "little") for d in digits) + b"0"
+    assert marshal.loads(rec) == {"x": 2 ** 40}
+    assert fastcount.merge_records(rec + rec, 1) == ({"x": 2 ** 41}, 2 ** 41)

@@ -3,8 +3,9 @@
 The C counter reads every byte of a dump someone downloaded from the internet, so an overrun or
 an undefined shift must not hide behind "the outputs were equal". This test compiles the file with
 ``-fsanitize=address,undefined`` (as ``_fastcount_asan``), then runs random markup, a generated
-dump fed in cut pieces, a large-vocabulary dump with many spills, and every HTML5 entity through
-it in a subprocess with the sanitizer runtime preloaded; any report fails the test.
+dump fed in cut pieces, a large-vocabulary dump with many spills and their merge, truncated
+records and every HTML5 entity through it, in a subprocess with the sanitizer runtime preloaded;
+any report fails the test.
 """
 
 from __future__ import annotations
@@ -61,13 +62,23 @@ DRIVER = textwrap.dedent(r'''
             if c.distinct > 500:
                 c.spill(8)
         c.finish(True); c.spill(8)
-    big = " ".join(f"w{rng.randrange(20000)}" for _ in range(200000))
+    big = " ".join(f"w{rng.randrange(20000)}" for _ in range(200000)) + " caf\u00e9 \U0001F600x"
     c = m.Counts()
+    records = [[] for _ in range(16)]
     for k in range(0, len(big), 5000):
         c.add(big[k:k + 5000])
         if c.distinct > 3000:
-            c.spill(16)
+            for p, (u, b) in enumerate(zip(*c.spill(16)[:2])):
+                records[p] += [u, b]
     c.take()
+    for recs in records:
+        m.merge_records(b"".join(r for r in recs), 1)
+        m.merge_records(b"".join(r for r in recs), 3)
+    for junk in (b"{", b"{z\x05ab", b"{)\x02z\x01a", b"{l\xff\xff\xff\x7f", b"{z\x01ai\x01"):
+        try:
+            m.merge_records(junk, 1)
+        except m.Unsupported:
+            pass
     for bad in (b"<page><ns>0</ns><text>&bogus;</text></page>", b"<page><text>\xff</text></page>", b"junk"):
         try:
             m.Counts().feed(bad)
