@@ -180,7 +180,7 @@ def assemble(folder: Path, shard_infos: dict[str, dict], opts: dict, pageview_fi
     bcands.sort(key=lambda t: (-t[2], -t[1], t[0]))
     stats["corpus"]["bigrams_after_min_count"] = n_pruned
     candidates["bigram"] = [{"query": q, "source": "bigram", "count": c, "pmi": s} for q, c, s in bcands]
-    del uni
+    uni = None  # the word table can be large: free it before the titles
 
     # Titles from page views.
     if pageview_files:
