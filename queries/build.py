@@ -137,6 +137,13 @@ def count_dumps(folder: Path, dumps: list[Path], opts: dict, force: bool = False
         if articles == 0:
             raise ClipcurateError(f"{p}: no articles (namespace 0, not redirects) in this dump; "
                                   f"is it an empty or non-article dump?")
+    slow = [s for s in shards if infos[s].get("fallback")]
+    if slow:  # the C scanner left these ranges to expat: same counts, slower (queries/_fastcount.c)
+        log(f"queries: {len(slow)} of {len(shards)} counting shards were read with expat instead of the "
+            f"C page scanner ({infos[slow[0]]['fallback']}); the counts are the same, only slower")
+    elif any(infos[s].get("counter") == "python" for s in shards):
+        log("queries: counted with the pure-Python path (the C counter is not built or "
+            "CLIPCURATE_PURE_PYTHON is set); same counts, slower")
     return {s: {**infos[s], "dump": str(shards[s][1].path)} for s in shards}
 
 

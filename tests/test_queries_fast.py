@@ -394,3 +394,16 @@ def test_merge_records_edges():
     rec = b"{z\x01x" + b"l" + len(digits).to_bytes(4, "little") + b"".join(d.to_bytes(2, "little") for d in digits) + b"0"
     assert marshal.loads(rec) == {"x": 2 ** 40}
     assert fastcount.merge_records(rec + rec, 1) == ({"x": 2 ** 41}, 2 ** 41)
+
+
+def test_build_says_when_a_range_fell_back_to_expat(tmp_path, capsys, monkeypatch):
+    from pipeline import console
+    from pipeline import queries as stage
+    from pipeline.workspace import Workspace
+
+    monkeypatch.setattr(console.console, "quiet", False)  # an earlier test may have left --quiet on
+
+    path = _small_dump(tmp_path, ODD_BUT_VALID["comment between pages"])
+    stage.build(Workspace(tmp_path / "ws"), [path], wordnet="none", unigram_min_count=1)
+    err = capsys.readouterr().err
+    assert "read with expat instead of the C page scanner (content between pages)" in err
