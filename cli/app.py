@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: exit 0 ok, 1 runtime error (one line), 2 usage."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
+    was_quiet = console.quiet  # --quiet is for this call; in-process callers (tests) keep theirs
     try:
         app(args=args, prog_name="clipcurate")
     except ClipcurateError as exc:
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _error(f"{exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
         sys.exit(1)
+    finally:
+        set_quiet(was_quiet)
 
 
 def echo_table(columns: list[str], rows: list, fmt: str = "table", title: str | None = None) -> None:

@@ -401,7 +401,7 @@ def test_build_says_when_a_range_fell_back_to_expat(tmp_path, capsys, monkeypatc
     from pipeline import queries as stage
     from pipeline.workspace import Workspace
 
-    monkeypatch.setattr(console.console, "quiet", False)  # an earlier test may have left --quiet on
+    monkeypatch.setattr(console.console, "quiet", False)
 
     path = _small_dump(tmp_path, ODD_BUT_VALID["comment between pages"])
     stage.build(Workspace(tmp_path / "ws"), [path], wordnet="none", unigram_min_count=1)
