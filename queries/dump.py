@@ -190,6 +190,13 @@ def _threaded(gen: Iterator[bytes], depth: int = 8) -> Iterator[bytes]:
         t.join(timeout=5)
 
 
+def _chunks(rng: Range, threaded: bool) -> Iterator[bytes]:
+    """The decompressed bytes of a range (a multistream slice or a whole file), decompressed in a
+    helper thread when ``threaded``."""
+    chunks = _range_chunks(rng) if rng.multistream else _file_chunks(Path(rng.path))
+    return _threaded(chunks) if threaded else chunks
+
+
 # -- parsing ---------------------------------------------------------------------------------------
 
 class _PageCollector:
@@ -287,9 +294,7 @@ def iter_pages(rng: Range | str | os.PathLike, stats: dict | None = None,
     pending: list[Page] = []
     collector = _PageCollector(path, pending.append, chunk_mode=rng.multistream)
     parser = _parser(collector)
-    chunks = _range_chunks(rng) if rng.multistream else _file_chunks(Path(path))
-    if threaded:
-        chunks = _threaded(chunks)
+    chunks = _chunks(rng, threaded)
     nbytes = 0
     carry = b""
     try:
@@ -340,9 +345,7 @@ def body_chunks(rng: Range | str | os.PathLike, stats: dict | None = None,
     path = rng.path
     if not Path(path).is_file() or Path(path).stat().st_size == 0:
         raise HeaderUnsupported("missing or empty file")
-    chunks = _range_chunks(rng) if rng.multistream else _file_chunks(Path(path))
-    if threaded:
-        chunks = _threaded(chunks)
+    chunks = _chunks(rng, threaded)
     nbytes = 0
     try:
         if not rng.multistream:
