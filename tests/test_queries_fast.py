@@ -276,6 +276,39 @@ def test_counts_object_contract():
         c.feed(b"<notapage>")
 
 
+def test_clear_forgets_everything_but_keeps_capacity():
+    c = fastcount.new_counts()
+    words = " ".join(f"w{i}" for i in range(50_000))  # grows both tables well past their start size
+    c.add(words)
+    c.feed(b"<page><title>T</title><ns>0</ns><revision><text>cut he")  # a page cut: bytes carried
+    c.clear()
+    assert c.distinct == 0
+    assert c.finish(False) == {"pages": 0, "articles": 0, "redirects": 0, "other_namespaces": 0}
+    assert c.add("[[a|Hello]] world. Hello world") == 3
+    assert c.take() == ({"Hello": 2, "world": 2}, {("Hello", "world"): 2}, 4, 2)
+
+
+def test_a_worker_reuses_its_counter_across_ranges_and_counts_the_same(tmp_path):
+    path = write_dump(tmp_path / "d-multistream.xml.bz2", synthetic_pages(150, seed=9),
+                      kind="multistream", pages_per_stream=10)
+    ranges = dump.plan_ranges(path, 1500)
+    assert len(ranges) > 2
+    counting.release_counters()
+    fresh = []
+    for i, rng in enumerate(ranges):  # a fresh counter for each range
+        counting.count_range(rng, str(tmp_path / f"fresh{i}"), 8, 200, fast=True)
+        fresh.append(_merged(tmp_path / f"fresh{i}", 8))
+        counting.release_counters()
+    used = set()
+    for i, rng in enumerate(ranges):  # one counter, handed from range to range
+        st = counting.count_range(rng, str(tmp_path / f"reused{i}"), 8, 200, fast=True)
+        assert st["spills"] > 1 and len(counting._idle_counters) == 1
+        used.add(id(counting._idle_counters[0]))
+        assert _merged(tmp_path / f"reused{i}", 8) == fresh[i]
+    assert len(used) == 1
+    counting.release_counters()
+
+
 def test_a_bz2_bomb_is_read_in_bounded_chunks(tmp_path):
     # 64 MB of one byte compress to ~100 bytes; every read hands on at most MAX_OUT bytes
     bomb = tmp_path / "bomb.xml.bz2"
