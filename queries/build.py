@@ -78,7 +78,7 @@ def _fingerprint(dumps: list[Path], opts: dict) -> dict:
         files.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                       "index": None if idx is None else str(idx)})
     return {"dumps": files, "partitions": opts["partitions"], "spill_entries": opts["spill_entries"],
-            "chunk_mb": opts["chunk_mb"], "counter": 1}
+            "chunk_mb": opts["chunk_mb"], "counter": 2}  # 2: one spill file per range
 
 
 def _shard_name(i: int, rng: dump.Range) -> str:
