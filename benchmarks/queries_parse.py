@@ -358,23 +358,28 @@ def main():
         if args.no_thread:
             # queries build gives each worker a decompression thread when 2 x workers <= cores;
             # without it every worker is one core, so N workers vs 1 is the scaling of that work
-            qbuild.os.cpu_count = lambda: 1
-        w1 = None
-        cpu: dict[int, float] = {}
-        for w in [int(x) for x in args.workers.split(",")]:
-            folder = tmp / f"w{w}"
-            cpu0 = _cpu_all()
-            t, infos = timed(lambda: qbuild.count_dumps(folder, [path], {**opts, "workers": w}, force=True))
-            cpu[w] = _cpu_all() - cpu0
-            nbytes = sum(i["bytes"] for i in infos.values())
-            # the ranges skip stream 0 (<mediawiki> + <siteinfo>): a few hundred bytes
-            assert xml_bytes - 10_000 < nbytes <= xml_bytes, (nbytes, xml_bytes)
-            rows.append((f"count, {w} worker(s) ({len(infos)} ranges)", t, xml_bytes / t / 1e6))
-            if w == 1:
-                w1 = xml_bytes / t / 1e6
-            shutil.rmtree(folder, ignore_errors=True)
+            real_cpu_count, qbuild.os.cpu_count = os.cpu_count, lambda: 1
+        try:
+            w1 = None
+            cpu: dict[int, float] = {}
+            for w in [int(x) for x in args.workers.split(",")]:
+                folder = tmp / f"w{w}"
+                cpu0 = _cpu_all()
+                t, infos = timed(lambda: qbuild.count_dumps(folder, [path], {**opts, "workers": w}, force=True))
+                cpu[w] = _cpu_all() - cpu0
+                nbytes = sum(i["bytes"] for i in infos.values())
+                # the ranges skip stream 0 (<mediawiki> + <siteinfo>): a few hundred bytes
+                assert xml_bytes - 10_000 < nbytes <= xml_bytes, (nbytes, xml_bytes)
+                rows.append((f"count, {w} worker(s) ({len(infos)} ranges)", t, xml_bytes / t / 1e6))
+                if w == 1:
+                    w1 = xml_bytes / t / 1e6
+                shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            if args.no_thread:
+                qbuild.os.cpu_count = real_cpu_count
+        cpus = os.cpu_count()
         print(f"input: {path.name}  {csize / 1e6:.1f} MB bz2, {xml_bytes / 1e6:.1f} MB XML  "
-              f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+              f"cpus={cpus} load={os.getloadavg()[0]:.1f}")
         print(f"{'step':50s} {'seconds':>8s} {'XML MB/s':>9s} {'vs bz2':>7s} {'vs 1 worker':>11s}")
         for name, t, r in rows:
             if name not in clock_of:  # wall clock, several processes
