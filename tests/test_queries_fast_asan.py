@@ -71,6 +71,15 @@ DRIVER = textwrap.dedent(r'''
             for p, (u, b) in enumerate(zip(*c.spill(16)[:2])):
                 records[p] += [u, b]
     c.take()
+    # a counter cleared with a page cut in its carry, then reused with its grown tables
+    c.add(big[:50000])
+    c.feed(body[: len(body) // 2])
+    c.clear()
+    for k in range(0, len(body), 997):
+        c.feed(body[k:k + 997], 300)
+        if c.distinct > 300:
+            c.spill(4)
+    c.finish(True); c.spill(4)
     for recs in records:
         m.merge_records(b"".join(r for r in recs), 1)
         m.merge_records(b"".join(r for r in recs), 3)
