@@ -92,7 +92,7 @@ class Counts:
         self._pos += len(record)
 
     def spill(self) -> None:
-        """Append the in-memory counts, split by partition, to the partition files; reset."""
+        """Append the in-memory counts, split by partition, to the spill file; reset."""
         if not self.uni and not self.bi:
             return
         # Words only (breaks start with a non-alphanumeric character), and pairs of two words.
@@ -106,7 +106,7 @@ class Counts:
         self.spills += 1
 
     def _write(self, words: dict, pairs: dict) -> None:
-        """Append words and word pairs, split by partition, to the partition files."""
+        """Append words and word pairs, one record per partition and kind, to the spill file."""
         P = self.partitions
         # The partition of each word is computed once and reused for the pairs that start with it.
         part: dict[str, int] = {}
@@ -144,7 +144,7 @@ def release_counters() -> None:
 class FastCounts(Counts):
     """:class:`Counts` with the per-page work in C (:mod:`queries.fastcount`): strip, tokenize and
     count happen in one call without the GIL, in hash tables of words and word-id pairs; breaks are
-    never stored. Spilling writes the same partition files as the Python path (marshal records of
+    never stored. Spilling writes the same partition records as the Python path (marshal records of
     the same dicts, made in C without a Python object per entry), so the merged counts are identical
     (tests/test_queries_fast.py)."""
 
