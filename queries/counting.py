@@ -39,6 +39,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from pipeline.errors import ClipcurateError
+
 from . import fastcount
 from .dump import HeaderUnsupported, Range, body_chunks, iter_pages
 from .wikitext import count_tokens, strip_markup
@@ -292,15 +294,27 @@ def partition_bytes(folder: Path, name: str) -> bytes:
     except FileNotFoundError:
         f = folder / name
         return f.read_bytes() if f.is_file() else b""
-    parts = index.get(name)
+    except (ValueError, EOFError, TypeError) as exc:
+        raise _damaged(folder, f"{SPILL_INDEX}: {exc}") from None
+    parts = index.get(name) if isinstance(index, dict) else None
     if not parts:
         return b""
     out = []
-    with open(folder / SPILL_FILE, "rb") as fh:
-        for off, n in parts:
-            fh.seek(off)
-            out.append(fh.read(n))
+    try:
+        with open(folder / SPILL_FILE, "rb") as fh:
+            for off, n in parts:
+                fh.seek(off)
+                out.append(fh.read(n))
+                if len(out[-1]) != n:
+                    raise _damaged(folder, f"{SPILL_FILE} ends before byte {off + n}")
+    except OSError as exc:
+        raise _damaged(folder, f"{SPILL_FILE}: {exc.strerror or exc}") from None
     return b"".join(out)
+
+
+def _damaged(folder: Path, what: str) -> ClipcurateError:
+    return ClipcurateError(f"damaged counting output {folder} ({what}); rerun `clipcurate queries "
+                           f"build` with --force to count again")
 
 
 def _records(folder: Path, name: str) -> Iterator[dict]:

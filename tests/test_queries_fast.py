@@ -465,3 +465,20 @@ def test_a_range_folder_is_one_spill_file_and_its_index(tmp_path):
     assert len(list(legacy.iterdir())) == 32
     assert _merged(legacy, 16) == _merged(outs[True], 16)
     assert counting.partition_bytes(outs[True], "u999.bin") == b""
+
+
+@pytest.mark.parametrize("damage", ["index", "short", "missing"])
+def test_a_damaged_range_folder_is_one_clear_error(tmp_path, damage):
+    path = write_dump(tmp_path / "d.xml.bz2", synthetic_pages(20, seed=2), kind="bz2")
+    out = tmp_path / "o"
+    counting.count_range(dump.Range(str(path)), str(out), 4, 10**9, fast=True)
+    if damage == "index":
+        (out / counting.SPILL_INDEX).write_bytes(b"junk")
+    elif damage == "short":
+        data = (out / counting.SPILL_FILE).read_bytes()
+        (out / counting.SPILL_FILE).write_bytes(data[: len(data) // 2])
+    else:
+        (out / counting.SPILL_FILE).unlink()
+    with pytest.raises(ClipcurateError, match=r"damaged counting output .*--force"):
+        for p in range(4):
+            counting.partition_bytes(out, f"b{p:03d}.bin")
