@@ -42,6 +42,6 @@ fi
 log "pip install -e .${extra}"
 $PY -m pip install -q --disable-pip-version-check -e ".${extra}"
 command -v pyenv >/dev/null 2>&1 && pyenv rehash >/dev/null 2>&1 || true
-built=$($PY -c "from queries import fastcount; print(fastcount.BUILD or '')" 2>/dev/null || true)
+built=$($PY -c "from clipcurate.queries import fastcount; print(fastcount.BUILD or '')" 2>/dev/null || true)
 [ -n "$built" ] || log "warning: the C counter (queries/_fastcount.c) was not built; queries build falls back to pure Python"
-log "done: $($PY -m cli.app --version)${built:+ (C counter: $built)}"
+log "done: $($PY -m clipcurate --version)${built:+ (C counter: $built)}"

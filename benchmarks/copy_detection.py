@@ -1,9 +1,9 @@
 """Copy detection on a generated calibration set: each signal alone and the combination rule.
 
-The set (all from ``pipeline.synth.make_image``, styles photo / bench / texture):
+The set (all from ``clipcurate.core.synth.make_image``, styles photo / bench / texture):
 
 - ``--n-bench`` benchmark images;
-- a pool holding one App. C copy (``pipeline.augment.app_c_copy`` at ``--strength``) of the first
+- a pool holding one App. C copy (``clipcurate.core.augment.app_c_copy`` at ``--strength``) of the first
   ``--copy-frac`` of them, plus ``--distractors`` other images of the same ten classes in the same
   styles — semantically the same as the benchmark images, but not copies (the case where CLIP
   embeddings fail: App. C).
@@ -30,9 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import detector, signals, synth  # noqa: E402
-from pipeline.augment import app_c_copy  # noqa: E402
-from pipeline.detector_net import make_preprocess  # noqa: E402
+from clipcurate.detector import stage as detector
+from clipcurate.overlap import signals
+from clipcurate.core import synth  # noqa: E402
+from clipcurate.core.augment import app_c_copy  # noqa: E402
+from clipcurate.detector.net import make_preprocess  # noqa: E402
 
 
 def make_set(n_bench: int, n_distract: int, copy_frac: float, strength: float, size: int, seed: int):
@@ -57,7 +59,7 @@ def clip_embed(name: str, images, device: str):
     import torch
 
     try:
-        from pipeline.models import ModelSpec, load
+        from clipcurate.core.models import ModelSpec, load
 
         m = load(ModelSpec(name, None), device=device)
         x = torch.stack([m.preprocess(im) for im in images]).to(m.device)

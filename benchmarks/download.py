@@ -137,8 +137,8 @@ def breakdown(urls: list[str], args) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import img2dataset.resizer as i2d_resizer
 
-    from pipeline import download as dl
-    from pipeline import urlsafety
+    from clipcurate.download import stage as dl
+    from clipcurate.download import urlsafety
 
     sample = urls[: min(len(urls), 1000)]
     policy = urlsafety.Policy.make(allow_private=True)
@@ -223,7 +223,7 @@ def main() -> None:
         conns, base_s = min(base_times.items(), key=lambda kv: kv[1])
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPCURATE_")}
-        cmd = [sys.executable, "-m", "cli.app", "-q", "-w", str(tmp / "ws"), "download", "--input",
+        cmd = [sys.executable, "-m", "clipcurate", "-q", "-w", str(tmp / "ws"), "download", "--input",
                str(tmp / "urls.parquet"), "--allow-private", "--threads", str(args.threads),
                "--processes", str(args.processes), "--samples-per-shard", str(args.samples_per_shard),
                "--image-size", str(args.image_size), "--resize-mode", args.resize_mode, "--format", "json"]

@@ -38,7 +38,7 @@ if ! "$PY" -c "import img2dataset, albumentations, duckdb" 2>/dev/null; then
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c "import img2dataset, albumentations, duckdb, cli.app" || { echo "download_device: imports failed"; exit 2; }
+"$PY" -c "import img2dataset, albumentations, duckdb, clipcurate.cli.app" || { echo "download_device: imports failed"; exit 2; }
 
 N=${N:-20000}
 SHARD=${SHARD:-1000}

@@ -1,12 +1,12 @@
 """`clipcurate embed` throughput on CPU against a naive loop, same model, same run, same outputs.
 
-The pool is generated (pipeline.synth JPEGs written as webdataset shards by
+The pool is generated (clipcurate.core.synth JPEGs written as webdataset shards by
 download.write_pool_shard). Both sides embed every image *and* every caption of every shard with
 the same loaded model; model loading and data generation are outside the timings.
 
 - naive: read the tar, then per batch: PIL open -> model.preprocess(img) (resize, crop, ToTensor,
   Normalize, one image at a time) -> torch.stack -> encode_image; tokenize + encode_text.
-- clipcurate: pipeline.embed.embed_pool — DataLoader workers decode and run the PIL half of the
+- clipcurate: clipcurate.embed.stage.embed_pool — DataLoader workers decode and run the PIL half of the
   transform, send uint8 batches; ToTensor + Normalize run batched; same batches, same model.
 
 The outputs must agree (fp16 vectors, max |diff| <= 1e-3; the count of bit-identical shards is
@@ -32,12 +32,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import embed, models  # noqa: E402
-from pipeline.bench import _tar_samples  # noqa: E402
-from pipeline.console import set_quiet  # noqa: E402
-from pipeline.download import write_pool_shard  # noqa: E402
-from pipeline.synth import caption_for, make_image  # noqa: E402
-from pipeline.workspace import Workspace  # noqa: E402
+from clipcurate.embed import stage as embed
+from clipcurate.core import models  # noqa: E402
+from clipcurate.bench.stage import _tar_samples  # noqa: E402
+from clipcurate.core.console import set_quiet  # noqa: E402
+from clipcurate.download.stage import write_pool_shard  # noqa: E402
+from clipcurate.core.synth import caption_for, make_image  # noqa: E402
+from clipcurate.core.workspace import Workspace  # noqa: E402
 
 
 def make_pool(ws: Workspace, shards: int, per_shard: int, size: int) -> None:

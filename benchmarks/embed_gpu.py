@@ -2,10 +2,10 @@
 
 Steps, each timed and printed (one JSON line at the end holds every figure):
 
-1. make N JPEGs (pipeline.synth, SIZE px, three styles) with a multiprocessing pool, written as
+1. make N JPEGs (clipcurate.core.synth, SIZE px, three styles) with a multiprocessing pool, written as
    webdataset shards of SHARD samples into a temporary workspace;
 2. model only: encode_image on a resident random batch (no data loading) — the ceiling;
-3. decode only: the DataLoader workers of pipeline.embed (read tar, PIL decode, resize/crop,
+3. decode only: the DataLoader workers of clipcurate.embed.stage (read tar, PIL decode, resize/crop,
    tokenise captions) drained without a model — the other ceiling;
 4. `embed_pool` end to end, images + captions as the stage does, then images only, then images
    only with ``decode="torch"`` (torchvision.io.decode_jpeg on the GPU = nvJPEG, resize on the
@@ -44,8 +44,8 @@ def env(name: str, default):
 
 def _make_shard(args):
     """One webdataset shard of generated JPEGs (runs in a worker process)."""
-    from pipeline.synth import caption_for, jpeg_bytes, make_image
-    from pipeline.uid import pair_uid
+    from clipcurate.core.synth import caption_for, jpeg_bytes, make_image
+    from clipcurate.core.uid import pair_uid
 
     path, shard, start, n, size = args
     rng = np.random.default_rng(shard)
@@ -67,9 +67,10 @@ def _make_shard(args):
 def main() -> None:
     import torch
 
-    from pipeline import embed, models
-    from pipeline.console import set_quiet
-    from pipeline.workspace import Workspace
+    from clipcurate.embed import stage as embed
+    from clipcurate.core import models
+    from clipcurate.core.console import set_quiet
+    from clipcurate.core.workspace import Workspace
 
     set_quiet(True)
     device = env("DEVICE", "cuda")

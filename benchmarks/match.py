@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from queries.match import Matcher, naive_match, spacing_reference  # noqa: E402
+from clipcurate.queries.match import Matcher, naive_match, spacing_reference  # noqa: E402
 
 SYL = ["ka", "lo", "mi", "ren", "to", "sa", "vel", "dor", "ni", "qua", "zu", "bel", "an", "tri", "os", "pe",
        "ra", "gu", "shi", "mon"]

@@ -39,7 +39,7 @@ def unit(rng, n, d):
 
 
 def throughput(args) -> dict:
-    from pipeline import search as se
+    from clipcurate.overlap import search as se
 
     rng = np.random.default_rng(0)
     q = unit(rng, args.bench, args.dim)
@@ -93,8 +93,8 @@ def throughput(args) -> dict:
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
-from pipeline import overlap
-from pipeline.workspace import Workspace
+from clipcurate.overlap import stage as overlap
+from clipcurate.core.workspace import Workspace
 if {run!r}:
     t0 = time.perf_counter()
     res = overlap.run(Workspace({ws!r}), {{"checkpoint_s": 1e9}}, force=True)

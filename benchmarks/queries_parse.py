@@ -46,8 +46,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from queries import build as qbuild  # noqa: E402
-from queries import counting, dump  # noqa: E402
+from clipcurate.queries import build as qbuild  # noqa: E402
+from clipcurate.queries import counting
+from clipcurate.queries import dump  # noqa: E402
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "wikipedia" / "enwiki-table-markup.xml.bz2"
 
@@ -175,7 +176,7 @@ def breakdown_main(path: Path, repeat: int) -> None:
     from collections import Counter
     from itertools import pairwise
 
-    from queries import wikitext
+    from clipcurate.queries import wikitext
 
     def decompress():
         return b"".join(dump._file_chunks(path))
@@ -192,7 +193,7 @@ def breakdown_main(path: Path, repeat: int) -> None:
             uni.update(t)
             bi.update(pairwise(t))
 
-    from queries import fastcount
+    from clipcurate.queries import fastcount
 
     body = list(dump.body_chunks(dump.Range(str(path)), threaded=False))
 

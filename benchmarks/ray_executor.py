@@ -31,7 +31,7 @@ TAG = "bench-model__random"
 
 def write_embeddings(root: Path, shards: int, rows: int, bench: int, d: int, seed: int = 0) -> None:
     """The embed stage's layout with random unit vectors (and a few planted copies)."""
-    from pipeline.uid import make_uid
+    from clipcurate.core.uid import make_uid
 
     rng = np.random.default_rng(seed)
 
@@ -82,10 +82,10 @@ def main() -> None:
 
     import ray
 
-    from pipeline import overlap
-    from pipeline.console import set_quiet
-    from pipeline.executor import get_executor
-    from pipeline.workspace import Workspace
+    from clipcurate.overlap import stage as overlap
+    from clipcurate.core.console import set_quiet
+    from clipcurate.core.executor import get_executor
+    from clipcurate.core.workspace import Workspace
 
     set_quiet(True)
     tmp = Path(tempfile.mkdtemp(prefix="clipcurate-ray-bench-"))

@@ -27,14 +27,14 @@ def main() -> None:
     import ray
     import torch
 
-    from pipeline import overlap
-    from pipeline.console import set_quiet
-    from pipeline.download import write_pool_shard
-    from pipeline.embed import embed_pool
-    from pipeline.executor import get_executor
-    from pipeline.models import ModelSpec
-    from pipeline.synth import caption_for, make_image
-    from pipeline.workspace import Workspace
+    from clipcurate.overlap import stage as overlap
+    from clipcurate.core.console import set_quiet
+    from clipcurate.download.stage import write_pool_shard
+    from clipcurate.embed.stage import embed_pool
+    from clipcurate.core.executor import get_executor
+    from clipcurate.core.models import ModelSpec
+    from clipcurate.core.synth import caption_for, make_image
+    from clipcurate.core.workspace import Workspace
 
     shards, per_shard = int(os.environ.get("SHARDS", 8)), int(os.environ.get("PER_SHARD", 1000))
     model = os.environ.get("MODEL", "ViT-B-32")
@@ -94,7 +94,7 @@ def main() -> None:
     import json
 
     import pyarrow as pa
-    from pipeline.uid import make_uid
+    from clipcurate.core.uid import make_uid
 
     def layout(root: Path, d=512, rows=200_000, pool_shards=8, bench=20_000):
         r = np.random.default_rng(1)

@@ -1,8 +1,8 @@
 """GPU check of curate → train → eval with the documented recipe's model (ViT-B-32, AMP).
 
 Builds a synthetic pool (seeded shapes, JPEG, 224 px), curates it, trains ViT-B-32 from scratch with
-`pipeline.train` (open_clip_train in process, webdataset shards), and evaluates the checkpoint with
-`pipeline.eval`. The baseline, measured in the same run: stock ``python -m open_clip_train.main
+`clipcurate.train.stage` (open_clip_train in process, webdataset shards), and evaluates the checkpoint with
+`clipcurate.eval.stage`. The baseline, measured in the same run: stock ``python -m open_clip_train.main
 --dataset-type synthetic`` (no decoding, no I/O — the compute-bound ceiling) with the same model,
 batch and precision. The ratio ours / synthetic says how much of the GPU the webdataset path keeps.
 
@@ -45,10 +45,10 @@ def _steady(rates: list[float]) -> float:
 
 def _shard(args):
     root, shard, start, n, size = args
-    from pipeline import download  # noqa: F401  (registers the pool manifest)
-    from pipeline import synth
-    from pipeline.download import write_pool_shard
-    from pipeline.workspace import Workspace
+    from clipcurate.download import stage as download  # noqa: F401  (registers the pool manifest)
+    from clipcurate.core import synth
+    from clipcurate.download.stage import write_pool_shard
+    from clipcurate.core.workspace import Workspace
 
     import numpy as np
 
@@ -123,11 +123,11 @@ def main() -> None:
         import torch
 
         res["device_name"] = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu"
-        from pipeline import download  # noqa: F401
-        from pipeline.curate import curate
-        from pipeline.eval import evaluate
-        from pipeline.train import train
-        from pipeline.workspace import Workspace
+        from clipcurate.download import stage as download  # noqa: F401
+        from clipcurate.curate.stage import curate
+        from clipcurate.eval.stage import evaluate
+        from clipcurate.train.stage import train
+        from clipcurate.core.workspace import Workspace
 
         ws = Workspace(work / "ws").create()
         if a.device.startswith("cuda") and a.probe_batch:
@@ -168,7 +168,7 @@ def main() -> None:
         if a.small:
             cmd += ["--force-image-size", str(a.size)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-        pre = "import sys; from pipeline.models import register_configs; register_configs(); " \
+        pre = "import sys; from clipcurate.core.models import register_configs; register_configs(); " \
               "from open_clip_train.main import main; main(sys.argv[1:])"
         t = time.time()
         r = subprocess.run([sys.executable, "-c", pre, *cmd[3:]], env=env, capture_output=True, text=True)
@@ -178,7 +178,7 @@ def main() -> None:
         if r.returncode:
             res["baseline_error"] = (r.stderr or r.stdout)[-600:]
 
-        # 4. ours: pipeline.train on the curated shards (the documented recipe's settings, shortened)
+        # 4. ours: clipcurate.train.stage on the curated shards (the documented recipe's settings, shortened)
         t = time.time()
         tr = train(ws, "recipe", model=a.model, batch_size=a.batch_size, epochs=a.epochs, lr=5e-4, wd=0.2,
                    warmup=10, precision=a.precision, workers=a.workers, device=a.device, log_every=2,

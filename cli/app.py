@@ -10,11 +10,11 @@ from typing import Optional
 
 import typer
 
-from pipeline import __version__
-from pipeline.console import console, out, set_quiet
-from pipeline.errors import ClipcurateError
+from clipcurate import __version__
+from clipcurate.core.console import console, out, set_quiet
+from clipcurate.core.errors import ClipcurateError
 
-from .state import state
+from clipcurate.cli.state import state
 
 HELP = """Curate CLIP-style image-text data and measure benchmark leakage (CLIP §5).
 
@@ -78,7 +78,7 @@ def main_callback(
 
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(f"cli.{_name}").register(app)
+    importlib.import_module(f"clipcurate.cli.{_name}").register(app)
 
 
 def _error(message: str) -> None:

@@ -1,4 +1,4 @@
-"""`clipcurate bench add` / `bench list`: the benchmark registry (pipeline.bench)."""
+"""`clipcurate bench add` / `bench list`: the benchmark registry (clipcurate.bench.stage)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .state import state
+from clipcurate.cli.state import state
 
 
 class Format(str, Enum):
@@ -38,7 +38,7 @@ def add(
     \b
     Example:  clipcurate bench add cifar10 --from torchvision:CIFAR10
     """
-    from pipeline import bench
+    from clipcurate.bench import stage as bench
 
     ws = state.ws(create=True)
     cfg = state.config(ws).get("bench", {"templates": templates})
@@ -53,9 +53,9 @@ def list_(fmt: Format = typer.Option(Format.table, "--format", "-f", help="table
     \b
     Example:  clipcurate bench list --format csv
     """
-    from pipeline import bench
+    from clipcurate.bench import stage as bench
 
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     ws = state.ws(must_exist=True)
     rows = bench.list_benchmarks(ws)

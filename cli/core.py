@@ -6,10 +6,10 @@ from enum import Enum
 
 import typer
 
-from pipeline import sql as sqlmod
-from pipeline.registry import status_rows
+from clipcurate.core import sql as sqlmod
+from clipcurate.core.registry import status_rows
 
-from .state import state
+from clipcurate.cli.state import state
 
 
 class Format(str, Enum):
@@ -24,7 +24,7 @@ def status(fmt: Format = typer.Option(Format.table, "--format", "-f", help="tabl
     \b
     Example:  clipcurate -w ./workspace status --format json
     """
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     ws = state.ws(must_exist=True)
     rows = status_rows(ws)
@@ -32,7 +32,7 @@ def status(fmt: Format = typer.Option(Format.table, "--format", "-f", help="tabl
     data = [[r["stage"], r["state"], f'{r["shards_done"]}/{r["shards_total"]}' if r["shards_total"] else "",
              ", ".join(f"{k}={v}" for k, v in r["rows"].items()), r["command"]] for r in rows]
     if fmt == Format.json:
-        from pipeline.console import out
+        from clipcurate.core.console import out
         import json
 
         for r in rows:
@@ -51,7 +51,7 @@ def sql(
     \b
     Example:  clipcurate sql "select status, count(*) from pool group by 1" --format csv
     """
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     ws = state.ws(must_exist=True)
     if list_:

@@ -1,4 +1,4 @@
-"""`clipcurate curate`: parse options, call pipeline.curate."""
+"""`clipcurate curate`: parse options, call clipcurate.curate.stage."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .state import state
+from clipcurate.cli.state import state
 
 
 def curate(
@@ -20,14 +20,14 @@ def curate(
     \b
     Example:  clipcurate -w ./workspace curate --shard-size 10000
     """
-    from pipeline.console import out
-    from pipeline.curate import curate as run
+    from clipcurate.core.console import out
+    from clipcurate.curate.stage import curate as run
 
     ws = state.ws(must_exist=True)
     cfg = state.config(ws).get("curate", {"shard_size": shard_size,
                                           "decontam": None if no_decontam is None else not no_decontam})
     res = run(ws, decontam=cfg["decontam"], shard_size=cfg["shard_size"], force=force)
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     import json
 

@@ -8,10 +8,10 @@ from typing import List, Optional
 
 import typer
 
-from pipeline.console import out
-from pipeline.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
+from clipcurate.core.console import out
+from clipcurate.core.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
 
-from .state import state
+from clipcurate.cli.state import state
 
 detector_app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                            help="The copy detector of CLIP App. C and the cheap copy signals (perceptual hashes).")
@@ -49,7 +49,7 @@ def train(
     \b
     Example:  clipcurate detector train --run tiny --preset tiny --steps 300
     """
-    from pipeline import detector
+    from clipcurate.detector import stage as detector
 
     ws = state.ws(must_exist=True)
     opts = {"preset": preset.value if preset else None, "steps": steps, "batch_size": batch_size,
@@ -71,9 +71,9 @@ def info(fmt: Format = typer.Option(Format.table, "--format", "-f", help="table 
     \b
     Example:  clipcurate detector info --format json
     """
-    from pipeline import detector
+    from clipcurate.detector import stage as detector
 
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     ws = state.ws(must_exist=True)
     rows = detector.runs(ws)
@@ -94,10 +94,10 @@ def hashes(force: bool = typer.Option(False, "--force", help="Recompute every ha
     \b
     Example:  clipcurate detector hashes
     """
-    from pipeline import signals
+    from clipcurate.overlap import signals
 
     ws = state.ws(must_exist=True)
-    from pipeline.executor import from_config
+    from clipcurate.core.executor import from_config
 
     counts = signals.compute_hashes(ws, force=force, executor=from_config(state.config(ws), executor, ray_address))
     out(json.dumps({k: v for k, v in counts.items() if not k.startswith("source_")}))

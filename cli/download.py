@@ -1,4 +1,4 @@
-"""`clipcurate download`: parse options, call pipeline.download."""
+"""`clipcurate download`: parse options, call clipcurate.download.stage."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from pipeline.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
+from clipcurate.core.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
 
-from .state import state
+from clipcurate.cli.state import state
 
 
 class Format(str, Enum):
@@ -53,9 +53,9 @@ def download(
     \b
     Example:  clipcurate -w ./workspace download --processes 4 --threads 64 --image-size 256
     """
-    from pipeline.download import download as run
+    from clipcurate.download.stage import download as run
 
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     ws = state.ws(create=True)
     cfg = state.config(ws).get("download", {
@@ -65,7 +65,7 @@ def download(
         "timeout": timeout, "retries": retries, "fetch_deadline": fetch_deadline,
         "max_image_area": max_image_area, "distributor": distributor, "allow_private": allow_private,
         "allow_hosts": list(allow_host) if allow_host else None})
-    from pipeline.executor import from_config
+    from clipcurate.core.executor import from_config
 
     res = run(ws, input_file, cfg=cfg, force=force,
               executor=from_config(state.config(ws), executor, ray_address))  # --executor ray: a Ray task per shard

@@ -1,4 +1,4 @@
-"""`clipcurate embed`: open_clip embeddings of the pool and the benchmarks (pipeline.embed)."""
+"""`clipcurate embed`: open_clip embeddings of the pool and the benchmarks (clipcurate.embed.stage)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from pipeline.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
+from clipcurate.core.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
 
-from .state import state
+from clipcurate.cli.state import state
 
 
 def embed(
@@ -36,9 +36,9 @@ def embed(
     \b
     Example:  clipcurate embed --model ViT-B-32 --pretrained laion2b_s34b_b79k --device cuda
     """
-    from pipeline import embed as emb
-    from pipeline.console import out
-    from pipeline.models import ModelSpec
+    from clipcurate.embed import stage as emb
+    from clipcurate.core.console import out
+    from clipcurate.core.models import ModelSpec
 
     ws = state.ws(must_exist=True)
     cfg = state.config(ws).get("embed", {
@@ -47,18 +47,18 @@ def embed(
         "decode": decode})
     names = (cfg["benchmarks"] or None) if benchmarks else []
     if pool is None:  # default: the pool when there is one; a workspace with only benchmarks is fine too
-        from pipeline.bench import list_benchmarks
+        from clipcurate.bench.stage import list_benchmarks
 
         pool = any(ws.path("pool", "shards").glob("*.tar")) or names == [] or not list_benchmarks(ws)
     if not pool and names == []:
         raise typer.BadParameter("--no-pool with --no-benchmarks leaves nothing to embed")
-    from pipeline.executor import from_config
+    from clipcurate.core.executor import from_config
 
     ex = from_config(state.config(ws), executor, ray_address)  # --executor ray: pool shards on Ray actors
     if pool:  # a missing upstream is said before any model is loaded
         emb.pool_shards(ws)
     if detector:
-        from pipeline.models import resolve_device
+        from clipcurate.core.models import resolve_device
 
         enc = emb.load_encoder("detector", detector)
         tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=resolve_device(cfg["device"]),

@@ -1,4 +1,4 @@
-"""`clipcurate eval`: parse options, call pipeline.eval."""
+"""`clipcurate eval`: parse options, call clipcurate.eval.stage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .state import state
+from clipcurate.cli.state import state
 
 
 class Format(str, Enum):
@@ -43,10 +43,10 @@ def eval_(
     """
     import math
 
-    from pipeline.console import log
-    from pipeline.eval import evaluate
+    from clipcurate.core.console import log
+    from clipcurate.eval.stage import evaluate
 
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     ws = state.ws(must_exist=True)
     cfg = state.config(ws).get("eval", {

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from pipeline.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
+from clipcurate.core.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
 
-from .core import Format
-from .state import state
+from clipcurate.cli.core import Format
+from clipcurate.cli.state import state
 
 
 class Backend(str, Enum):
@@ -25,19 +25,19 @@ overlap_app = typer.Typer(
 
 
 def _run(model_tag, k, high, low, backend, force, fmt, executor=None, ray_address=None):
-    from pipeline import overlap
+    from clipcurate.overlap import stage as overlap
 
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     ws = state.ws(must_exist=True)
     cfg = state.config(ws)
     overrides = {"model_tag": model_tag, "k": k, "high": high, "low": low,
                  "backend": backend.value if backend else None}
-    from pipeline.executor import from_config
+    from clipcurate.core.executor import from_config
 
     res = overlap.run(ws, overrides, force=force, cfg=cfg, executor=from_config(cfg, executor, ray_address))
     s = res.search
-    from pipeline.console import log
+    from clipcurate.core.console import log
 
     rate = s["pairs_scored"] / s["seconds"] if s["seconds"] > 0 else 0.0
     log(f"overlap: searched {s['shards_searched']}/{s['shards_total']} pool shard(s) with {s['backend']}"
@@ -111,9 +111,9 @@ def refresh_cmd(fmt: Format = typer.Option(Format.table, "--format", "-f", help=
     \b
     Example:  clipcurate overlap refresh
     """
-    from pipeline import overlap
+    from clipcurate.overlap import stage as overlap
 
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     ws = state.ws(must_exist=True)
     per = overlap.refresh_splits(ws, overlap.options(ws, cfg=state.config(ws)))
@@ -136,9 +136,9 @@ def calibrate_cmd(
     \b
     Example:  clipcurate overlap calibrate --benchmark cifar10 --copies 64 --target-precision 0.95
     """
-    from pipeline import calibrate
+    from clipcurate.overlap import calibrate
 
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     ws = state.ws(must_exist=True)
     cfg = state.config(ws)

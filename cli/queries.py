@@ -1,4 +1,4 @@
-"""`clipcurate queries build|match`: parse options, call pipeline.queries."""
+"""`clipcurate queries build|match`: parse options, call clipcurate.queries.stage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .state import state
+from clipcurate.cli.state import state
 
 queries_app = typer.Typer(
     help="Build CLIP's query list from Wikipedia and match candidate pairs against it (MetaCLIP).",
@@ -38,8 +38,8 @@ def build(
     \b
     Example:  clipcurate queries build enwiki.xml.bz2 --wordnet /usr/share/wordnet
     """
-    from pipeline import queries as stage
-    from pipeline.console import out
+    from clipcurate.queries import stage
+    from clipcurate.core.console import out
 
     ws = state.ws(create=True)
     opts = state.config(ws).get("queries", {
@@ -71,8 +71,8 @@ def match(
     \b
     Example:  clipcurate queries match laion_part0.parquet --caption-column TEXT --url-column URL
     """
-    from pipeline import queries as stage
-    from pipeline.console import out
+    from clipcurate.queries import stage
+    from clipcurate.core.console import out
 
     ws = state.ws(create=True)
     opts = state.config(ws).get("match", {

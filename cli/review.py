@@ -9,10 +9,10 @@ from typing import List, Optional
 
 import typer
 
-from pipeline.console import log, out
-from pipeline.errors import ClipcurateError
+from clipcurate.core.console import log, out
+from clipcurate.core.errors import ClipcurateError
 
-from .state import state
+from clipcurate.cli.state import state
 
 review_app = typer.Typer(no_args_is_help=False, add_completion=False, rich_markup_mode=None)
 
@@ -57,7 +57,7 @@ def review(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from pipeline import review as rv
+    from clipcurate.review import session as rv
 
     ws = state.ws(must_exist=True)
     cfg = state.config(ws).get("review", {"reviewer": reviewer, "sort": sort, "prefetch": prefetch,
@@ -90,8 +90,8 @@ def _interactive() -> bool:
 
 def open_app(ws, session, images: str, prefetch: int) -> bool:
     """Run the Textual app; returns whether this session wrote decisions."""
-    from pipeline.imageload import MediaLoader
-    from pipeline.review_app import ReviewApp
+    from clipcurate.core.imageload import MediaLoader
+    from clipcurate.review.app import ReviewApp
 
     if images != "none":
         import textual_image.widget  # noqa: F401 - asks the terminal for its cell size before Textual starts
@@ -108,9 +108,9 @@ def status(fmt: StatusFormat = typer.Option(StatusFormat.table, "--format", "-f"
     \b
     Example:  clipcurate review status --format json
     """
-    from pipeline import review as rv
+    from clipcurate.review import session as rv
 
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     ws = state.ws(must_exist=True)
     s = rv.summary(ws)
@@ -150,7 +150,7 @@ def export(
     \b
     Example:  clipcurate review export --format csv --output decisions.csv
     """
-    from pipeline import review as rv
+    from clipcurate.review import session as rv
 
     ws = state.ws(must_exist=True)
     n = rv.export(ws, output, fmt.value)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .state import state
+from clipcurate.cli.state import state
 
 
 class Size(str, Enum):
@@ -24,8 +24,8 @@ def run(pipeline: Path = typer.Argument(..., help="The pipeline file (TOML with 
     \b
     Example:  clipcurate -w ./workspace run examples/demo/pipeline.toml
     """
-    from pipeline.run import Pipeline, run_pipeline
-    from pipeline.workspace import Workspace
+    from clipcurate.run.runner import Pipeline, run_pipeline
+    from clipcurate.core.workspace import Workspace
 
     p = Pipeline.load(pipeline)
     ws = state.ws() if state.workspace else Workspace((p.path.parent / (p.workspace or ".")).resolve())
@@ -43,11 +43,11 @@ def demo(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
     \b
     Example:  clipcurate demo --workspace ./demo-workspace
     """
-    from pipeline.console import console
-    from pipeline.demo import run_demo
-    from pipeline.workspace import Workspace
+    from clipcurate.core.console import console
+    from clipcurate.run.demo import run_demo
+    from clipcurate.core.workspace import Workspace
 
-    from .app import echo_table
+    from clipcurate.cli.app import echo_table
 
     ws = Workspace(workspace) if workspace else state.ws()
     t0 = time.time()

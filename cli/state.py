@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipeline.config import Config
-from pipeline.workspace import Workspace
+from clipcurate.core.config import Config
+from clipcurate.core.workspace import Workspace
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""`clipcurate train`: parse options, call pipeline.train."""
+"""`clipcurate train`: parse options, call clipcurate.train.stage."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .state import state
+from clipcurate.cli.state import state
 
 
 def train(
@@ -35,8 +35,8 @@ def train(
     \b
     Example:  clipcurate -w ./workspace train --name tiny --epochs 3 --batch-size 32
     """
-    from pipeline.console import out
-    from pipeline.train import train as run
+    from clipcurate.core.console import out
+    from clipcurate.train.stage import train as run
 
     ws = state.ws(must_exist=True)
     opts = state.config(ws).get("train", {

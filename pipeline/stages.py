@@ -3,23 +3,23 @@ probe and canned SQL report. Each stage issue adds its module here, in pipeline 
 
 # noqa: F401 — imported for their registrations
 STAGE_MODULES: list[str] = [
-    "queries",
-    "executor",  # not a stage: the [executor] config section behind --executor local|ray
-    "download",
-    "bench",
-    "embed",
-    "detector",
-    "signals",  # pHash/dHash cache (manifest `hashes`), keypoints, caption MinHash
-    "overlap",
-    "calibrate",  # `overlap calibrate`: its config section and the calibration manifest
-    "review",
-    "curate",
-    "train",
-    "eval",
-    "run",  # `clipcurate run` / `demo`: step markers under run/
+    "queries.stage",
+    "core.executor",  # not a stage: the [executor] config section behind --executor local|ray
+    "download.stage",
+    "bench.stage",
+    "embed.stage",
+    "detector.stage",
+    "overlap.signals",  # pHash/dHash cache (manifest `hashes`), keypoints, caption MinHash
+    "overlap.stage",
+    "overlap.calibrate",  # `overlap calibrate`: its config section and the calibration manifest
+    "review.session",
+    "curate.stage",
+    "train.stage",
+    "eval.stage",
+    "run.runner",  # `clipcurate run` / `demo`: step markers under run/
 ]
 
 import importlib as _importlib
 
 for _name in STAGE_MODULES:
-    _importlib.import_module(f"pipeline.{_name}")
+    _importlib.import_module(f"clipcurate.{_name}")

@@ -1744,7 +1744,7 @@ static PyGetSetDef Counts_getset[] = {
 
 static PyTypeObject CountsType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "queries." STR(FASTCOUNT_MODNAME) ".Counts",
+    .tp_name = "clipcurate.queries." STR(FASTCOUNT_MODNAME) ".Counts",
     .tp_basicsize = sizeof(CountsObject),
     .tp_dealloc = (destructor)Counts_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -2044,7 +2044,7 @@ PyMODINIT_FUNC CAT(PyInit_, FASTCOUNT_MODNAME)(void) {
     if (PyType_Ready(&CountsType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
-    Unsupported = PyErr_NewException("queries." STR(FASTCOUNT_MODNAME) ".Unsupported", NULL, NULL);
+    Unsupported = PyErr_NewException("clipcurate.queries." STR(FASTCOUNT_MODNAME) ".Unsupported", NULL, NULL);
     if (!Unsupported || PyModule_AddObject(m, "Unsupported", Unsupported) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -27,12 +27,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.console import log, progress
-from pipeline.errors import ClipcurateError
-from pipeline.io import clean_temp, read_json, write_json
-from pipeline.stage import PLAN, SUCCESS, done_info, is_done, mark_done
+from clipcurate.core.console import log, progress
+from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.io import clean_temp, read_json, write_json
+from clipcurate.core.stage import PLAN, SUCCESS, done_info, is_done, mark_done
 
-from . import counting, dump, pageviews, wordnet
+from clipcurate.queries import counting
+from clipcurate.queries import dump
+from clipcurate.queries import pageviews
+from clipcurate.queries import wordnet
 
 SOURCES = ("wordnet", "unigram", "bigram", "title")
 

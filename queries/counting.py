@@ -39,11 +39,11 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pipeline.errors import ClipcurateError
+from clipcurate.core.errors import ClipcurateError
 
-from . import fastcount
-from .dump import HeaderUnsupported, Range, body_chunks, iter_pages
-from .wikitext import count_tokens, strip_markup
+from clipcurate.queries import fastcount
+from clipcurate.queries.dump import HeaderUnsupported, Range, body_chunks, iter_pages
+from clipcurate.queries.wikitext import count_tokens, strip_markup
 
 DEFAULT_PARTITIONS = 32
 DEFAULT_SPILL_ENTRIES = 2_000_000

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from xml.parsers import expat
 
-from pipeline.errors import ClipcurateError
+from clipcurate.core.errors import ClipcurateError
 
 SUPPORTED_SCHEMAS = ("0.8", "0.9", "0.10", "0.11")
 READ_SIZE = 1 << 20

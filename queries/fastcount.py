@@ -18,20 +18,20 @@ import html.entities
 import os
 
 try:
-    from . import _fastcount
+    from clipcurate.queries import _fastcount
 except ImportError:  # not built (no compiler at install time)
     _fastcount = None
 else:
     # the same code built with -mavx2 (setup.py), when this CPU can run it
     if _fastcount.cpu_has_avx2() and os.environ.get("CLIPCURATE_NO_AVX2", "") in ("", "0"):
         try:
-            from . import _fastcount_avx2 as _fastcount
+            from clipcurate.queries import _fastcount_avx2 as _fastcount
         except ImportError:
             pass
     # html.unescape's own tables, so that entities decode exactly as html.unescape does
     _fastcount._init(html.entities.html5, html._invalid_charrefs, html._invalid_codepoints)
 
-#: which build is in use: "queries._fastcount_avx2", "queries._fastcount" or None
+#: which build is in use: "clipcurate.queries._fastcount_avx2", "clipcurate.queries._fastcount" or None
 BUILD = _fastcount.__name__ if _fastcount is not None else None
 
 BUILT = _fastcount is not None

@@ -21,7 +21,7 @@ import bz2
 from pathlib import Path
 from urllib.parse import unquote
 
-from pipeline.errors import ClipcurateError
+from clipcurate.core.errors import ClipcurateError
 
 
 def _open(path: Path):

@@ -22,7 +22,7 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.errors import ClipcurateError
+from clipcurate.core.errors import ClipcurateError
 
 POS_FILES = ("adj", "adv", "noun", "verb")  # NLTK's all_synsets() order
 _MARKER_RE = re.compile(r"\([^()]*\)$")

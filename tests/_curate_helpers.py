@@ -1,6 +1,6 @@
 """Test data for curate / train / eval: a tiny synthetic pool, decontam list, splits, benchmarks.
 
-Written directly with tarfile + pipeline.manifest following docs/design.md, so these tests do not
+Written directly with tarfile + clipcurate.core.manifest following docs/design.md, so these tests do not
 depend on the download / overlap stages being run. When a manifest's owner has not registered it
 yet, a stand-in with the agreed columns is registered here (the owner's registration wins).
 """
@@ -14,10 +14,10 @@ import tarfile
 import numpy as np
 import pyarrow as pa
 
-from pipeline import manifest as mf
-from pipeline import synth
-from pipeline.uid import pair_uid
-from pipeline.workspace import Workspace
+from clipcurate.core import manifest as mf
+from clipcurate.core import synth
+from clipcurate.core.uid import pair_uid
+from clipcurate.core.workspace import Workspace
 
 _STANDINS = {
     "pool": ("pool/manifest/*.parquet", "download", [
@@ -99,7 +99,7 @@ def write_decontam(ws: Workspace, uids: list[str], benchmark: str = "shapes") ->
 def make_class_bench(ws: Workspace, tmp, name: str = "shapes", per_class: int = 6, n_classes: int = 4,
                      size: int = 32, style: str = "bench") -> dict:
     """An image-folder classification benchmark of synth shapes, added with `bench.add`."""
-    from pipeline import bench
+    from clipcurate.bench import stage as bench
 
     root = tmp / f"src_{name}"
     for c in range(n_classes):
@@ -112,7 +112,7 @@ def make_class_bench(ws: Workspace, tmp, name: str = "shapes", per_class: int = 
 
 def make_caption_bench(ws: Workspace, tmp, name: str = "capshapes", n: int = 12, size: int = 32) -> dict:
     """A caption benchmark (captions.jsonl + images), two captions per image."""
-    from pipeline import bench
+    from clipcurate.bench import stage as bench
 
     root = tmp / f"src_{name}"
     root.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ def make_caption_bench(ws: Workspace, tmp, name: str = "capshapes", n: int = 12,
 
 def write_splits(ws: Workspace, overlap: dict[str, set[int]]) -> None:
     """overlap/splits.parquet for every benchmark in the workspace: the given indices are Overlap."""
-    from pipeline import bench
+    from clipcurate.bench import stage as bench
 
     ensure_manifests()
     rows = []

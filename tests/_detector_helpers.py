@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline import synth
+from clipcurate.core import synth
 
 
 def pool_images(n: int, seed: int = 0, size: int = 64):
@@ -12,8 +12,8 @@ def pool_images(n: int, seed: int = 0, size: int = 64):
 
 def write_pool(ws, images, shard: str = "00000", captions=None) -> list[str]:
     """One finished pool shard holding ``images``; returns the pool uids in order."""
-    from pipeline.download import write_pool_shard
-    from pipeline.uid import pair_uid
+    from clipcurate.download.stage import write_pool_shard
+    from clipcurate.core.uid import pair_uid
 
     samples = []
     for i, img in enumerate(images):
@@ -28,7 +28,7 @@ def write_bench(ws, name: str, images) -> list[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.uid import make_uid
+    from clipcurate.core.uid import make_uid
 
     uids = [make_uid("bench", name, i) for i in range(len(images))]
     path = ws.path("benchmarks", name, "samples.parquet")

@@ -6,7 +6,7 @@ every failure the web can throw at a crawler. It counts each request by path and
         srv.hits["/img/3.jpg"]     # requests served for that path
 
 Routes (``expected`` gives the reason clipcurate must report for each failure route):
-/img/{i}.jpg  /img/{i}.png   ok images (pipeline.synth, 64 px, seeded by i; ``image_delay`` s late)
+/img/{i}.jpg  /img/{i}.png   ok images (clipcurate.core.synth, 64 px, seeded by i; ``image_delay`` s late)
 /404 /500                    HTTP errors
 /slow                        sleeps ``slow_seconds`` before answering (→ timeout)
 /trickle                     headers, then one byte every 0.1 s forever (→ fetch deadline)
@@ -35,7 +35,7 @@ import threading
 import time
 import zlib
 
-from pipeline.synth import caption_for, jpeg_bytes, make_image, png_bytes
+from clipcurate.core.synth import caption_for, jpeg_bytes, make_image, png_bytes
 
 EXPECTED = {
     "/404": ("failed", "HTTP 404"),

@@ -1,5 +1,5 @@
 """Data for the bench/embed tests: a small pool (through download.write_pool_shard) and benchmark
-sources of every kind, all generated with pipeline.synth."""
+sources of every kind, all generated with clipcurate.core.synth."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.synth import CLASSES, caption_for, jpeg_bytes, make_image, png_bytes
+from clipcurate.core.synth import CLASSES, caption_for, jpeg_bytes, make_image, png_bytes
 
 TINY = "clipcurate-tiny"
 
@@ -26,7 +26,7 @@ def make_pool(ws, shards: int = 3, per_shard: int = 12, bad: dict[int, int] | No
     """``shards`` pool shards of ``per_shard`` good images; ``bad={shard: n}`` adds n truncated JPEGs."""
     import numpy as np
 
-    from pipeline.download import write_pool_shard
+    from clipcurate.download.stage import write_pool_shard
 
     bad = bad or {}
     for s in range(shards):

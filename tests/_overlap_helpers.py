@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.uid import make_uid
+from clipcurate.core.uid import make_uid
 
 TAG = "test-model__random"
 

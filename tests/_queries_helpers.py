@@ -190,7 +190,7 @@ def write_pageviews(path: Path, rows: list[tuple[str, str, int]]) -> Path:
 
 def run_cli(argv: list[str]) -> int:
     """Run ``clipcurate`` in-process; return the exit code."""
-    from cli.app import main
+    from clipcurate.cli.app import main
 
     try:
         main(argv)

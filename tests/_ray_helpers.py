@@ -1,4 +1,4 @@
-"""Toy per-shard work for the Ray tests, following the pipeline.stage contract.
+"""Toy per-shard work for the Ray tests, following the clipcurate.core.stage contract.
 
 Each shard writes ``out/{shard}.npy`` (float16 vectors) and ``out/{shard}.parquet`` (uids) atomically;
 every execution also drops a file in ``runs/`` so a test can count how often each shard really ran.
@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import ClipcurateError
-from pipeline.io import atomic_path
-from pipeline.uid import make_uid
+from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.io import atomic_path
+from clipcurate.core.uid import make_uid
 
 ROWS = 40
 

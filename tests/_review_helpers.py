@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import synth
-from pipeline.decisions import pair_id
-from pipeline.uid import make_uid, pair_uid
-from pipeline.workspace import Workspace
+from clipcurate.core import synth
+from clipcurate.review.decisions import pair_id
+from clipcurate.core.uid import make_uid, pair_uid
+from clipcurate.core.workspace import Workspace
 
 BENCHMARKS = ("cifar10", "stl10")
 

@@ -22,7 +22,7 @@ class CliResult:
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
     """An empty, existing workspace; CLIPCURATE_* variables cleared so tests are hermetic."""
-    from pipeline.workspace import Workspace
+    from clipcurate.core.workspace import Workspace
 
     for k in list(os.environ):
         if k.startswith("CLIPCURATE_"):
@@ -35,8 +35,8 @@ def ws(tmp_path, monkeypatch):
 @pytest.fixture
 def cli(capsys):
     """``cli("-w", ws, "status")`` → CliResult(code, out, err), through the real entry point."""
-    from cli.app import main
-    from cli.state import state
+    from clipcurate.cli.app import main
+    from clipcurate.cli.state import state
 
     def run(*args) -> CliResult:
         capsys.readouterr()

@@ -9,8 +9,8 @@ from urllib.error import URLError
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import bench
-from pipeline.uid import make_uid
+from clipcurate.bench import stage as bench
+from clipcurate.core.uid import make_uid
 
 from _embed_helpers import captions_folder, captions_parquet, folder_tree, hf_parquet, wds_tar
 
@@ -125,7 +125,7 @@ class _TinyTV:
 
     def __init__(self, root, train=True, download=False):
         assert train is False and download is True
-        from pipeline.synth import make_image
+        from clipcurate.core.synth import make_image
 
         self.items = [(make_image(i % 2, i, size=32), i % 2) for i in range(5)]
 

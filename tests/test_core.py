@@ -12,13 +12,13 @@ import textwrap
 import pyarrow as pa
 import pytest
 
-from pipeline import config as cfgmod
-from pipeline import manifest as mf
-from pipeline import sql as sqlmod
-from pipeline.errors import ClipcurateError
-from pipeline.io import atomic_open, clean_temp, write_json
-from pipeline.stage import SUCCESS, Stage, is_done, stage_state
-from pipeline.uid import is_uid, make_uid, pair_uid
+from clipcurate.core import config as cfgmod
+from clipcurate.core import manifest as mf
+from clipcurate.core import sql as sqlmod
+from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.io import atomic_open, clean_temp, write_json
+from clipcurate.core.stage import SUCCESS, Stage, is_done, stage_state
+from clipcurate.core.uid import is_uid, make_uid, pair_uid
 
 
 # -- atomic writes -----------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def test_kill9_mid_write_leaves_no_partial_file(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(os.getcwd())!r})
-        from pipeline.io import atomic_open
+        from clipcurate.core.io import atomic_open
         with atomic_open({str(target)!r}) as fh:
             fh.write(b"x" * 1000)
             fh.flush()
@@ -123,7 +123,7 @@ def test_uid_is_stable_128_bit_hex():
     # field boundaries matter: ("ab", "c") != ("a", "bc")
     assert make_uid("ab", "c") != make_uid("a", "bc")
     out = subprocess.run([sys.executable, "-c",
-                          "from pipeline.uid import pair_uid; print(pair_uid('http://example.com/a.jpg', 'a cat'))"],
+                          "from clipcurate.core.uid import pair_uid; print(pair_uid('http://example.com/a.jpg', 'a cat'))"],
                          capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"})
     assert out.stdout.strip() == u
 
@@ -257,8 +257,8 @@ def test_cli_errors_exit_codes(ws, cli, tmp_path):
 
 def test_console_script_subprocess_exit_codes(tmp_path):
     """The installed entry point behaves the same as in-process main()."""
-    r = subprocess.run([sys.executable, "-m", "cli.app", "-w", str(tmp_path / "none"), "status"],
+    r = subprocess.run([sys.executable, "-m", "clipcurate", "-w", str(tmp_path / "none"), "status"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stdout == ""
-    r = subprocess.run([sys.executable, "-m", "cli.app", "bogus-command"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "clipcurate", "bogus-command"], capture_output=True, text=True)
     assert r.returncode == 2

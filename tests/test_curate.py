@@ -26,8 +26,8 @@ def _expected(rows, decontam):
 
 
 def test_curate_keeps_success_minus_decontam_bytes_unchanged(ws):
-    from pipeline import manifest as mf
-    from pipeline.curate import curate
+    from clipcurate.core import manifest as mf
+    from clipcurate.curate.stage import curate
 
     rows = make_pool(ws, n=40, shards=3)
     ok = [r for r in rows if r["status"] == "success"]
@@ -74,7 +74,7 @@ def test_stock_open_clip_loader_reads_the_shards(ws):
     from open_clip_train.data import get_dataset_size, get_wds_dataset
     from torchvision import transforms
 
-    from pipeline.curate import curate
+    from clipcurate.curate.stage import curate
 
     make_pool(ws, n=30, shards=2, fmt="png")
     res = curate(ws, shard_size=10, decontam=False)
@@ -83,7 +83,7 @@ def test_stock_open_clip_loader_reads_the_shards(ws):
     args = argparse.Namespace(train_data=res.pattern, train_num_samples=None, dataset_resampled=False,
                               train_data_upsampling_factors=None, seed=0, batch_size=5, workers=0,
                               world_size=1)
-    from pipeline.train import _open_clip_in_process
+    from clipcurate.train.stage import _open_clip_in_process
 
     with _open_clip_in_process(quiet=True):
         info = get_wds_dataset(args, transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()]),
@@ -93,7 +93,7 @@ def test_stock_open_clip_loader_reads_the_shards(ws):
 
 
 def test_rerun_is_idempotent_and_resumes_an_unfinished_shard(ws):
-    from pipeline.curate import curate
+    from clipcurate.curate.stage import curate
 
     make_pool(ws, n=30, shards=2)
     write_decontam(ws, [])
@@ -114,7 +114,7 @@ def test_refuses_non_empty_output_from_other_inputs_unless_force(ws, cli):
     write_decontam(ws, [])
     assert cli("-w", ws.root, "curate", "--shard-size", "5").code == 0
     # the decontamination list changed: old shards would silently mix in
-    from pipeline import manifest as mf
+    from clipcurate.core import manifest as mf
 
     uid = mf.read_all("curated", ws.root)["uid"][0].as_py()
     write_decontam(ws, [uid])
@@ -151,7 +151,7 @@ def test_empty_curated_set_is_one_line_exit_1(ws, cli):
 
 
 def test_truncated_pool_tar_is_counted_not_fatal(ws):
-    from pipeline.curate import curate
+    from clipcurate.curate.stage import curate
 
     rows = make_pool(ws, n=20, shards=2)
     p = ws.path("pool", "shards", "00001.tar")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import detector
-from pipeline.augment import app_c_copy
-from pipeline.detector_net import BlurPool, CopyDetector, build_model, info_nce
+from clipcurate.detector import stage as detector
+from clipcurate.core.augment import app_c_copy
+from clipcurate.detector.net import BlurPool, CopyDetector, build_model, info_nce
 
 from _detector_helpers import pool_images, write_pool
 
@@ -81,7 +81,7 @@ def test_loss_falls_in_short_cpu_training(trained):
 @pytest.mark.slow
 def test_light_copy_closer_than_different_image(trained):
     cfg = detector.resolve_config({"preset": "tiny"})
-    from pipeline.detector_net import make_preprocess
+    from clipcurate.detector.net import make_preprocess
 
     desc = detector.Descriptor(trained.model, make_preprocess(cfg["image_size"]), "t", cfg["dim"], {})
     imgs = pool_images(30, seed=99)  # never seen in training
@@ -208,7 +208,7 @@ def test_embed_detector_writes_descriptors_like_any_embedding(ws, cli):
     assert x.dtype == np.float16 and x.shape == (10, 32)
     from PIL import Image
 
-    from pipeline.signals import iter_pool_tar
+    from clipcurate.overlap.signals import iter_pool_tar
 
     stored = [Image.open(io.BytesIO(d)) for _, _, d in iter_pool_tar(ws.path("pool", "shards", "00000.tar"))]
     ref = detector.load_descriptor(ws.path("detector", "e")).encode(stored)

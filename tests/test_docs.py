@@ -1,8 +1,8 @@
 """Generated docs must match the code: docs/cli.md (from --help) and docs/workspace.md (from the
 manifest registry). Regenerate with:
 
-    python -m cli.docs > docs/cli.md
-    python -m pipeline.manifest > docs/workspace.md
+    python -m clipcurate.cli.docs > docs/cli.md
+    python -m clipcurate.core.manifest > docs/workspace.md
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def test_cli_md_is_current():
-    from cli.docs import render
+    from clipcurate.cli.docs import render
 
-    assert (DOCS / "cli.md").read_text() == render(), "docs/cli.md is stale: python -m cli.docs > docs/cli.md"
+    assert (DOCS / "cli.md").read_text() == render(), "docs/cli.md is stale: python -m clipcurate.cli.docs > docs/cli.md"
 
 
 def test_workspace_md_is_current():
-    from pipeline.manifest import render_markdown
+    from clipcurate.core.manifest import render_markdown
 
     assert (DOCS / "workspace.md").read_text() == render_markdown(), \
-        "docs/workspace.md is stale: python -m pipeline.manifest > docs/workspace.md"
+        "docs/workspace.md is stale: python -m clipcurate.core.manifest > docs/workspace.md"
 
 
 def test_every_command_has_an_example():
-    from cli.app import app
-    from cli.docs import command_paths, help_text
+    from clipcurate.cli.app import app
+    from clipcurate.cli.docs import command_paths, help_text
 
     for path in command_paths(app):
         if not path:
@@ -40,7 +40,7 @@ def test_every_command_has_an_example():
 
 
 def test_every_manifest_column_documented():
-    from pipeline import manifest as mf
+    from clipcurate.core import manifest as mf
 
     mf.load_all_stages()
     for m in mf.REGISTRY.values():

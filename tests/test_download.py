@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from _download_server import EXPECTED, ImageServer, write_urls
-import pipeline.download  # noqa: F401  (registers the `pool` manifest that pool_rows reads)
-from pipeline import manifest as mf
-from pipeline.uid import pair_uid
+import clipcurate.download.stage  # noqa: F401  (registers the `pool` manifest that pool_rows reads)
+from clipcurate.core import manifest as mf
+from clipcurate.core.uid import pair_uid
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLIC = "cdn.public-example.com"
@@ -154,9 +154,9 @@ def test_cli_errors_are_one_line(ws, cli, tmp_path):
 
 
 def test_changed_input_needs_force(ws, tmp_path):
-    from pipeline import download as dl
-    from pipeline.errors import ClipcurateError
-    from pipeline.stage import mark_done
+    from clipcurate.download import stage as dl
+    from clipcurate.core.errors import ClipcurateError
+    from clipcurate.core.stage import mark_done
 
     write_urls(tmp_path / "a.parquet", [(f"http://example.com/{i}.jpg", "x") for i in range(5)])
     write_urls(tmp_path / "b.parquet", [(f"http://example.com/{i}.jpg", "y") for i in range(5)])
@@ -198,7 +198,7 @@ def test_kill9_then_rerun_matches_uninterrupted(tmp_path):
         write_urls(tmp_path / "urls.parquet", rows)
 
         def cmd(ws):
-            return [sys.executable, "-m", "cli.app", "-q", "-w", str(ws), "download", "--input",
+            return [sys.executable, "-m", "clipcurate", "-q", "-w", str(ws), "download", "--input",
                     str(tmp_path / "urls.parquet"), "--allow-private", "--samples-per-shard", "10",
                     "--processes", "1", "--threads", "4", "--timeout", "3"]
 
@@ -227,7 +227,7 @@ def test_kill9_then_rerun_matches_uninterrupted(tmp_path):
         straight = subprocess.run(cmd(full), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert straight.returncode == 0, straight.stderr
 
-    from pipeline.workspace import Workspace
+    from clipcurate.core.workspace import Workspace
 
     a = check_pool_consistent(Workspace(killed), len(rows))
     b = check_pool_consistent(Workspace(full), len(rows))

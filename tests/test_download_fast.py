@@ -13,8 +13,8 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from pipeline import download as dl
-from pipeline.synth import make_image
+from clipcurate.download import stage as dl
+from clipcurate.core.synth import make_image
 
 
 def _tarfile_bytes(members) -> bytes:

@@ -6,11 +6,11 @@ import hashlib
 import json
 import tarfile
 
-from pipeline import download as dl
-from pipeline import manifest as mf
-from pipeline import sql as sqlmod
-from pipeline.registry import status_rows
-from pipeline.synth import make_image
+from clipcurate.download import stage as dl
+from clipcurate.core import manifest as mf
+from clipcurate.core import sql as sqlmod
+from clipcurate.core.registry import status_rows
+from clipcurate.core.synth import make_image
 
 
 def test_write_pool_shard_layout(ws):

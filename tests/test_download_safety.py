@@ -9,9 +9,9 @@ import time
 import pytest
 
 from _download_server import ImageServer, bomb_png
-from pipeline import urlsafety as us
-from pipeline.download import inspect_image
-from pipeline.synth import jpeg_bytes, make_image, png_bytes
+from clipcurate.download import urlsafety as us
+from clipcurate.download.stage import inspect_image
+from clipcurate.core.synth import jpeg_bytes, make_image, png_bytes
 
 PUBLIC = "cdn.public-example.com"
 

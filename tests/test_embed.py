@@ -17,10 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import bench, embed, models
-from pipeline.bench import _tar_samples
-from pipeline.errors import ClipcurateError, MissingUpstream
-from pipeline.workspace import Workspace
+from clipcurate.bench import stage as bench
+from clipcurate.embed import stage as embed
+from clipcurate.core import models
+from clipcurate.bench.stage import _tar_samples
+from clipcurate.core.errors import ClipcurateError, MissingUpstream
+from clipcurate.core.workspace import Workspace
 
 from _embed_helpers import TINY, captions_parquet, folder_tree, make_pool
 
@@ -133,7 +135,7 @@ def test_kill9_then_rerun_gives_the_clean_result(ws, tmp_path):
     """A real SIGKILL mid-run (subprocess): the rerun finishes and equals an uninterrupted run."""
     make_pool(ws, shards=4, per_shard=8)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "cli.app", "-w", str(ws.root), "-q", "embed", "-m", TINY, "-p", "random",
+    cmd = [sys.executable, "-m", "clipcurate", "-w", str(ws.root), "-q", "embed", "-m", TINY, "-p", "random",
            "--device", "cpu", "-j", "0", "-b", "2"]
     folder = ws.root / "embed" / TAG / "pool"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -19,7 +19,7 @@ def _tiny_checkpoint(path, seed=7):
     import open_clip
     import torch
 
-    from pipeline.models import register_configs
+    from clipcurate.core.models import register_configs
 
     register_configs()
     torch.manual_seed(seed)
@@ -79,8 +79,8 @@ def _plain_torch_zero_shot(ws, ck):
 def test_zero_shot_equals_plain_torch_and_table_matches_predictions(evalws):
     from scipy import stats as ss
 
-    from pipeline import manifest as mf
-    from pipeline.eval import evaluate
+    from clipcurate.core import manifest as mf
+    from clipcurate.eval.stage import evaluate
 
     ws, ck = evalws
     res = evaluate(ws, model="clipcurate-tiny", pretrained=str(ck), device="cpu", workers=0)
@@ -139,7 +139,7 @@ def _brute_recall(image, indices, captions, cap_index, k):
 
 
 def test_retrieval_matches_brute_force():
-    from pipeline.eval import retrieval
+    from clipcurate.eval.stage import retrieval
 
     rng = np.random.default_rng(0)
     n, d = 15, 8
@@ -184,8 +184,8 @@ def test_missing_splits_names_overlap(ws, tmp_path, cli):
 
 def test_empty_overlap_and_bonferroni_in_table(evalws):
     """A benchmark with no Overlap samples gets NaN statistics and significant = null."""
-    from pipeline import manifest as mf
-    from pipeline.eval import evaluate
+    from clipcurate.core import manifest as mf
+    from clipcurate.eval.stage import evaluate
 
     ws, ck = evalws
     write_splits(ws, {"shapes": set(OVERLAP["shapes"])})  # capshapes: all clean

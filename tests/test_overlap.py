@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from _overlap_helpers import TAG, make_workspace, write_bench, write_bench_samples, write_pool_shard
-from pipeline import decisions as dec
-from pipeline import manifest as mf
-from pipeline import overlap
-from pipeline import search as se
+from clipcurate.review import decisions as dec
+from clipcurate.core import manifest as mf
+from clipcurate.overlap import stage as overlap
+from clipcurate.overlap import search as se
 
 # (benchmark, bench row, pool shard, pool row, cosine): above high, inside the band, just above low
 PLANTS = [("cifar10", 3, 0, 10, 0.99), ("cifar10", 3, 2, 5, 0.97), ("cifar10", 17, 1, 199, 0.955),
@@ -176,10 +176,10 @@ def test_rerun_reuses_search_and_wider_search_serves_narrower(ws, cli, monkeypat
 def test_degenerate_matches_have_their_own_reason_and_diagnostics(ws, cli):
     from PIL import Image
 
-    from pipeline.synth import make_image
+    from clipcurate.core.synth import make_image
 
     from _overlap_helpers import pool_uid
-    from pipeline.download import write_pool_shard as write_downloaded
+    from clipcurate.download.stage import write_pool_shard as write_downloaded
 
     make_workspace(ws.root, plants=[("cifar10", 0, 0, 0, 0.99), ("cifar10", 1, 0, 1, 0.99),
                                     ("cifar10", 2, 0, 2, 0.99), ("cifar10", 3, 0, 3, 0.99)])
@@ -209,7 +209,7 @@ def test_degenerate_matches_have_their_own_reason_and_diagnostics(ws, cli):
 
 
 def test_class_distribution_chi_square_flags_a_skewed_overlap(ws, cli):
-    from pipeline.synth import make_image
+    from clipcurate.core.synth import make_image
 
     # overlap = all of class 0 (10 samples): the chi-square must call the distributions different
     plants = [("cifar10", i, i % 3, i // 3, 0.99) for i in range(0, 100, 10)]

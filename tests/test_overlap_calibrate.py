@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from _overlap_helpers import write_bench_samples, write_model
-from pipeline import calibrate as cal
-from pipeline import manifest as mf
-from pipeline.overlap import SIGNALS, combine, decide, thresholds_for
+from clipcurate.overlap import calibrate as cal
+from clipcurate.core import manifest as mf
+from clipcurate.overlap.stage import SIGNALS, combine, decide, thresholds_for
 
 
 def _loop_curve(values, truth, higher, thresholds):
@@ -58,13 +58,13 @@ def test_combination_rule():
     th = thresholds_for({"high": 0.95, "low": 0.85, "thresholds": {}, "signal_thresholds": {}}, "x")
     row = {s.column: None for s in SIGNALS.values()}
     assert decide({**row, "score_clip": 0.97}, th)[0] == "overlap"
-    # a far pHash does not veto (heavy App. C copies have far hashes; pipeline.signals.CONFIRM_ONLY)
+    # a far pHash does not veto (heavy App. C copies have far hashes; clipcurate.overlap.signals.CONFIRM_ONLY)
     assert decide({**row, "score_clip": 0.97, "phash_dist": 30}, th)[0] == "overlap"
     assert decide({**row, "score_clip": 0.90, "phash_dist": 2}, th)[0] == "overlap"
 
 
 def _bench(ws, n=40):
-    from pipeline.synth import make_image
+    from clipcurate.core.synth import make_image
 
     write_bench_samples(ws.root, "cifar10", [make_image(i % 10, i, "bench") for i in range(n)],
                         [i % 10 for i in range(n)])
@@ -85,7 +85,7 @@ def test_calibrate_with_an_injected_embedder(ws):
     tbl = pq.read_table(ws.root / "overlap" / "calibration" / "curve.parquet")
     assert tbl.schema.names == [c.name for c in mf.get("calibration").columns]
     rows = tbl.to_pylist()
-    # + keypoints on candidate pairs (pipeline.signals); no detector: no embed/detector__* here
+    # + keypoints on candidate pairs (clipcurate.overlap.signals); no detector: no embed/detector__* here
     assert {r["signal"] for r in rows} == {"clip", "phash", "dhash", "keypoints"}
     for sig in ("clip", "phash", "dhash"):
         rs = [r for r in rows if r["signal"] == sig]

@@ -11,12 +11,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import queries as stage
-from pipeline.errors import ClipcurateError
-from pipeline.workspace import Workspace
-from queries import build as qbuild
-from queries import counting, dump, pageviews, wordnet
-from queries.wikitext import strip_markup
+from clipcurate.queries import stage
+from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.workspace import Workspace
+from clipcurate.queries import build as qbuild
+from clipcurate.queries import counting
+from clipcurate.queries import dump
+from clipcurate.queries import pageviews
+from clipcurate.queries import wordnet
+from clipcurate.queries.wikitext import strip_markup
 
 from _queries_helpers import (FIXTURE, reference_counts, run_cli, synthetic_pages, write_dump,
                               write_pageviews, write_wordnet)
@@ -331,7 +334,7 @@ def test_sigkill_during_counting_then_rerun_gives_the_same_list(tmp_path):
     assert run_cli(["-q", "-w", str(clean.root)] + args) == 0
     ws = Workspace(tmp_path / "ws")
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "cli.app", "-q", "-w", str(ws.root)] + args, cwd=root,
+    proc = subprocess.Popen([sys.executable, "-m", "clipcurate", "-q", "-w", str(ws.root)] + args, cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = ws.path("queries")
     deadline = time.time() + 60

@@ -21,25 +21,28 @@ from pathlib import Path
 import pytest
 
 from _queries_helpers import FIXTURE, write_dump, synthetic_pages, HEADER, FOOTER, page_xml
-from pipeline.errors import ClipcurateError
-from queries import counting, dump, fastcount, wikitext
+from clipcurate.core.errors import ClipcurateError
+from clipcurate.queries import counting
+from clipcurate.queries import dump
+from clipcurate.queries import fastcount
+from clipcurate.queries import wikitext
 
 # No skip when the extension is missing: install.sh builds it, and a failed build would silently
 # make `queries build` ~5x slower, so these tests fail instead (test_extension_built says why).
 
 
 def test_extension_built():
-    assert fastcount.BUILT, ("queries._fastcount is not built: run ./install.sh (needs a C compiler); "
+    assert fastcount.BUILT, ("clipcurate.queries._fastcount is not built: run ./install.sh (needs a C compiler); "
                              "`python setup.py build_ext --inplace` shows the compiler error")
     if platform.machine().lower() in ("x86_64", "amd64"):
-        importlib.import_module("queries._fastcount_avx2")  # built on every x86-64 (setup.py)
+        importlib.import_module("clipcurate.queries._fastcount_avx2")  # built on every x86-64 (setup.py)
 
 
 def test_avx2_build_equals_the_portable_one(tmp_path):
-    base = importlib.import_module("queries._fastcount")
+    base = importlib.import_module("clipcurate.queries._fastcount")
     if not base.cpu_has_avx2():
         pytest.skip("this CPU has no AVX2")
-    avx = importlib.import_module("queries._fastcount_avx2")
+    avx = importlib.import_module("clipcurate.queries._fastcount_avx2")
     for m in (base, avx):
         m._init(html.entities.html5, html._invalid_charrefs, html._invalid_codepoints)
     rng = random.Random(7)
@@ -255,7 +258,7 @@ def test_broken_xml_gives_expats_error(tmp_path, case):
 
 
 def test_pure_python_switch():
-    code = "from queries import fastcount; print(fastcount.BUILT, fastcount.AVAILABLE)"
+    code = "from clipcurate.queries import fastcount; print(fastcount.BUILT, fastcount.AVAILABLE)"
     env = {**os.environ, "CLIPCURATE_PURE_PYTHON": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=str(Path(__file__).resolve().parents[1]))
@@ -431,9 +434,9 @@ def test_merge_records_edges():
 
 
 def test_build_says_when_a_range_fell_back_to_expat(tmp_path, capsys, monkeypatch):
-    from pipeline import console
-    from pipeline import queries as stage
-    from pipeline.workspace import Workspace
+    from clipcurate.core import console
+    from clipcurate.queries import stage
+    from clipcurate.core.workspace import Workspace
 
     monkeypatch.setattr(console.console, "quiet", False)
 

@@ -38,7 +38,7 @@ DRIVER = textwrap.dedent(r'''
     assert hasattr(ctypes.CDLL(None), "__asan_init"), "the sanitizer runtime is not loaded"
     sys.path[:0] = [sys.argv[1], sys.argv[2], sys.argv[2] + "/tests"]
     import _fastcount_asan as m
-    from queries import wikitext, dump
+    from clipcurate.queries import wikitext, dump
     from _queries_helpers import write_dump, synthetic_pages
     from pathlib import Path
     m._init(html.entities.html5, html._invalid_charrefs, html._invalid_codepoints)

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import queries as stage
-from pipeline.uid import pair_uid
-from pipeline.workspace import Workspace
-from queries.match import Matcher, draw, naive_match, spacing, spacing_reference
+from clipcurate.queries import stage
+from clipcurate.core.uid import pair_uid
+from clipcurate.core.workspace import Workspace
+from clipcurate.queries.match import Matcher, draw, naive_match, spacing, spacing_reference
 
 from _queries_helpers import run_cli
 
@@ -96,7 +96,7 @@ def test_draw_is_uniform_and_keyed():
 def _ws_with_queries(tmp_path, entries) -> Workspace:
     ws = Workspace(tmp_path / "ws")
     ws.create()
-    from pipeline import manifest
+    from clipcurate.core import manifest
 
     manifest.write(stage.QUERIES, {"query": entries, "source": ["unigram"] * len(entries),
                                    "count": [None] * len(entries), "pmi": [None] * len(entries),

@@ -1,6 +1,6 @@
 """Markup stripping and the tokenizer rule."""
 
-from queries.wikitext import drop_templates_and_tables, is_word, strip_markup, tokens, words
+from clipcurate.queries.wikitext import drop_templates_and_tables, is_word, strip_markup, tokens, words
 
 
 def test_templates_and_tables_nested():
@@ -45,7 +45,7 @@ def test_count_tokens_same_words_and_pairs_as_tokens():
     """Counting's merged breaks give exactly the words and word pairs of the documented rule."""
     import random
 
-    from queries.wikitext import count_tokens
+    from clipcurate.queries.wikitext import count_tokens
 
     hard = ["Don't stop, well-known 1990s art_work. New York\nCity — O’Brien",
             "a - b -- c ' d '' e ’f g- h -i j'k' l). (m n!?\n\n o\t p _ q __ r",
@@ -60,7 +60,7 @@ def test_count_tokens_same_words_and_pairs_as_tokens():
 def test_fast_url_drop_equals_the_regex():
     import random
 
-    from queries.wikitext import _URL_RE, _drop_urls
+    from clipcurate.queries.wikitext import _URL_RE, _drop_urls
 
     hard = ["see http://a.org/x and https://b.org|y ftp://c", "ftp://http://y", "http://ftp://y z",
             "x://y ://z hhttp://q httpss://r https:// ftp:/ a", "://", "http://", "[http://a b]",

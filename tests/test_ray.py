@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 import _ray_helpers as H
-from pipeline.errors import ClipcurateError
-from pipeline.executor import get_executor
-from pipeline.stage import SUCCESS, Stage, is_done, stage_state
+from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.executor import get_executor
+from clipcurate.core.stage import SUCCESS, Stage, is_done, stage_state
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ray = pytest.importorskip("ray")
@@ -145,7 +145,7 @@ def test_sigkilled_driver_then_rerun_resumes(ray_session, tmp_path):
         import functools, logging, sys
         sys.path[:0] = [{str(REPO / 'tests')!r}, {str(REPO)!r}]
         import ray, _ray_helpers as H
-        from pipeline.executor import get_executor
+        from clipcurate.core.executor import get_executor
         ray.cloudpickle.register_pickle_by_value(H)
         ray.init(address={ray_session.address_info['address']!r}, logging_level=logging.WARNING)
         get_executor("ray").map_shards(functools.partial(H.toy_work, {str(root)!r}, sleep=0.5),
@@ -208,8 +208,8 @@ def test_download_on_ray_matches_local_and_keeps_url_safety(ray_session, tmp_pat
     import pyarrow.parquet as pq
 
     from _download_server import ImageServer
-    from pipeline.download import download
-    from pipeline.workspace import Workspace
+    from clipcurate.download.stage import download
+    from clipcurate.core.workspace import Workspace
 
     with ImageServer(slow_seconds=3) as srv:
         # cdn.test is a "public" name mapped to the loopback server and exempted by allow_hosts;
@@ -244,10 +244,10 @@ def test_embed_on_ray_matches_local(ray_session, tmp_path):
     import pyarrow.parquet as pq
 
     from _embed_helpers import TINY, make_pool
-    from pipeline.embed import embed_pool
-    from pipeline.models import ModelSpec
-    from pipeline.stage import done_info
-    from pipeline.workspace import Workspace
+    from clipcurate.embed.stage import embed_pool
+    from clipcurate.core.models import ModelSpec
+    from clipcurate.core.stage import done_info
+    from clipcurate.core.workspace import Workspace
 
     spec = ModelSpec(TINY, None)
     out = {}
@@ -274,11 +274,11 @@ def test_overlap_on_ray_gives_the_same_pairs_and_splits(ray_session, tmp_path, m
     import pyarrow.parquet as pq
 
     from _overlap_helpers import TAG, make_workspace
-    from pipeline import overlap
-    from pipeline.workspace import Workspace
+    from clipcurate.overlap import stage as overlap
+    from clipcurate.core.workspace import Workspace
 
     plants = [("cifar10", 0, 0, 3, 0.97), ("cifar10", 1, 2, 5, 0.9), ("stl10", 2, 1, 7, 0.96), ("stl10", 3, 3, 0, 0.88)]
-    import pipeline.executor as executor_mod
+    import clipcurate.core.executor as executor_mod
 
     got = {}
     # "ray": one shard per task (4 shards, 2 slots); "ray-runs": runs of 2 consecutive shards per task.
@@ -327,7 +327,7 @@ def test_hashes_on_ray_match_local(ray_session, ws, cli, tmp_path):
     import pyarrow.parquet as pq
 
     from _embed_helpers import make_pool
-    from pipeline.workspace import Workspace
+    from clipcurate.core.workspace import Workspace
 
     local = Workspace(tmp_path / "local")
     for w in (ws, local):

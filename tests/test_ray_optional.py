@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from pipeline.errors import ClipcurateError, MissingDependency
-from pipeline.executor import LocalExecutor, get_executor
+from clipcurate.core.errors import ClipcurateError, MissingDependency
+from clipcurate.core.executor import LocalExecutor, get_executor
 
 
 def test_without_ray_the_message_says_how_to_get_it(monkeypatch):
@@ -55,8 +55,8 @@ def test_cli_unknown_executor_is_a_usage_error(ws, cli):
 
 
 def test_executor_from_config_file_and_environment(ws, monkeypatch):
-    from pipeline.config import Config
-    from pipeline.executor import from_config
+    from clipcurate.core.config import Config
+    from clipcurate.core.executor import from_config
 
     (ws.root / "clipcurate.toml").write_text('[executor]\nkind = "ray"\n')
     monkeypatch.setitem(sys.modules, "ray", None)

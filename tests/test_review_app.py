@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from pipeline import decisions
-from pipeline.imageload import MediaLoader
-from pipeline.review import ReviewSession
-from pipeline.review_app import KEYMAP, ReviewApp, HelpScreen
+from clipcurate.review import decisions
+from clipcurate.core.imageload import MediaLoader
+from clipcurate.review.session import ReviewSession
+from clipcurate.review.app import KEYMAP, ReviewApp, HelpScreen
 
 from _review_helpers import build
 
@@ -35,7 +35,7 @@ def template(tmp_path_factory):
 def rws(template, tmp_path):
     import shutil
 
-    from pipeline.workspace import Workspace
+    from clipcurate.core.workspace import Workspace
 
     shutil.copytree(template, tmp_path / "ws")
     return Workspace(tmp_path / "ws")

@@ -8,8 +8,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import decisions
-from pipeline.review import ReviewSession
+from clipcurate.review import decisions
+from clipcurate.review.session import ReviewSession
 
 from _review_helpers import build
 
@@ -71,7 +71,7 @@ def test_sql_view_and_report(rws, cli):
 
 
 def test_open_resolves_reviewer_and_refreshes(rws, cli, monkeypatch):
-    import cli.review as cr
+    import clipcurate.cli.review as cr
 
     seen = {}
 

@@ -15,7 +15,7 @@ PLANTS = [("cifar10", 3, 0, 10, 0.99), ("cifar10", 5, 2, 5, 0.93), ("stl10", 1, 
 
 @pytest.mark.slow
 def test_verdicts_reach_splits_status_and_sql(ws, cli, monkeypatch):
-    import cli.review as cr
+    import clipcurate.cli.review as cr
 
     make_workspace(ws.root, plants=PLANTS)
     r = cli("-w", ws.root, "overlap")

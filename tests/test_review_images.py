@@ -7,8 +7,8 @@ import tarfile
 
 import pytest
 
-from pipeline.imageload import MediaLoader, TarIndex
-from pipeline.review import ReviewSession
+from clipcurate.core.imageload import MediaLoader, TarIndex
+from clipcurate.review.session import ReviewSession
 
 from _review_helpers import build
 
@@ -82,8 +82,8 @@ def test_fast_halfcell_equals_textual_image(style, size, box, monkeypatch):
     """The review screen's half-cell strips are exactly textual-image's half-cell renderable."""
     from textual_image._terminal import CellSize, get_cell_size
 
-    from pipeline import synth
-    from pipeline.review_app import halfcell_reference, halfcell_strips
+    from clipcurate.core import synth
+    from clipcurate.review.app import halfcell_reference, halfcell_strips
 
     monkeypatch.setattr(get_cell_size, "_result", CellSize(10, 20), raising=False)
     img = synth.make_image(3, 1, style, 64).resize(size)

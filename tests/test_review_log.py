@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import decisions, sql
-from pipeline.workspace import Workspace
+from clipcurate.review import decisions
+from clipcurate.core import sql
+from clipcurate.core.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 
 WRITER = textwrap.dedent("""
     import sys
-    from pipeline import decisions
-    from pipeline.workspace import Workspace
+    from clipcurate.review import decisions
+    from clipcurate.core.workspace import Workspace
     ws = Workspace(sys.argv[1]); who = sys.argv[2]; n = int(sys.argv[3]); fsync = sys.argv[4] == "1"
     for i in range(n):
         decisions.append(ws, [{"pair_id": f"{who}-{i:06d}", "decision": "duplicate", "reviewer": who,

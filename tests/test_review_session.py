@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from pipeline import decisions
-from pipeline.errors import ClipcurateError, MissingUpstream
-from pipeline.review import ReviewSession, load_queue
-from pipeline.workspace import Workspace
+from clipcurate.review import decisions
+from clipcurate.core.errors import ClipcurateError, MissingUpstream
+from clipcurate.review.session import ReviewSession, load_queue
+from clipcurate.core.workspace import Workspace
 
 from _review_helpers import build
 

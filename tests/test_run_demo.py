@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import run as runmod
+from clipcurate.run import runner as runmod
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def toy_steps(monkeypatch):
     def boom(ws, fail=True):
         calls.append(("boom", fail))
         if fail:
-            from pipeline.errors import ClipcurateError
+            from clipcurate.core.errors import ClipcurateError
 
             raise ClipcurateError("the toy stage broke: set fail = false")
         return {}
@@ -75,7 +75,7 @@ def test_run_bad_pipeline_files(ws, cli, tmp_path, toy_steps):
 
 def test_example_demo_pipeline_is_the_one_the_demo_runs():
     assert (REPO / "examples" / "demo" / "pipeline.toml").read_text() == \
-        (REPO / "pipeline" / "demo_pipeline.toml").read_text()
+        (REPO / "pipeline" / "run" / "demo_pipeline.toml").read_text()
     p = runmod.Pipeline.load(REPO / "examples" / "demo" / "pipeline.toml")
     assert [s["run"] for s in p.steps][:3] == ["queries.build", "queries.match", "download"]
     p = runmod.Pipeline.load(REPO / "examples" / "laion-cifar10" / "pipeline.toml")
@@ -90,7 +90,7 @@ def test_demo_tiny_end_to_end_then_skips(tmp_path, cli, monkeypatch):
     r = cli("demo", "--workspace", ws, "--size", "tiny")
     assert r.code == 0, r.err[-3000:]
     # every stage wrote its manifest
-    from pipeline import manifest as mf
+    from clipcurate.core import manifest as mf
 
     for name in ("queries", "candidates", "entry_counts", "pool", "benchmarks", "embeddings", "pairs", "splits",
                  "decontam", "curated", "predictions", "eval"):

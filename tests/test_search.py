@@ -1,12 +1,12 @@
-"""The search engine against a brute-force numpy reference (pipeline.search.brute_force)."""
+"""The search engine against a brute-force numpy reference (clipcurate.overlap.search.brute_force)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline import search as se
-from pipeline.errors import ClipcurateError
+from clipcurate.overlap import search as se
+from clipcurate.core.errors import ClipcurateError
 
 
 def _unit(rng, n, d):

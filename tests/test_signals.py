@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import signals
-from pipeline.augment import app_c_copy
+from clipcurate.overlap import signals
+from clipcurate.core.augment import app_c_copy
 
 from _detector_helpers import pool_images, write_bench, write_pool
 
@@ -145,8 +145,8 @@ def test_overlap_uses_detector_descriptors(ws):
     """CLIP misses a copy that the detector sees (App. C): the detector proposes the pair and decides it."""
     from _overlap_helpers import make_workspace, near_copy, unit, write_bench as write_emb_bench
     from _overlap_helpers import write_model, write_pool_shard
-    from pipeline import manifest as mf
-    from pipeline import overlap
+    from clipcurate.core import manifest as mf
+    from clipcurate.overlap import stage as overlap
 
     rng = np.random.default_rng(1)
     arrays = make_workspace(ws.root, shards=2, per_shard=50, benches={"cifar10": 20},

@@ -1,4 +1,4 @@
-"""pipeline.stats against scipy: the binomial test and the Clopper-Pearson interval to 1e-9."""
+"""clipcurate.eval.stats against scipy: the binomial test and the Clopper-Pearson interval to 1e-9."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as ss
 
-from pipeline import stats
+from clipcurate.eval import stats
 
 TOL = 1e-9
 

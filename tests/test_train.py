@@ -22,8 +22,8 @@ def one_thread():
 
 @pytest.mark.slow
 def test_tiny_model_trains_loss_falls_resumes_and_checkpoint_feeds_embed_and_eval(ws, tmp_path, cli, one_thread):
-    from pipeline.curate import curate
-    from pipeline.train import train
+    from clipcurate.curate.stage import curate
+    from clipcurate.train.stage import train
 
     make_pool(ws, n=200, shards=2, size=32)
     curate(ws, shard_size=100, decontam=False)
@@ -36,7 +36,7 @@ def test_tiny_model_trains_loss_falls_resumes_and_checkpoint_feeds_embed_and_eva
     assert res.checkpoint.name == "epoch_2.pt" and res.epochs_done == 2
     assert json.loads((res.run_dir / "losses.json").read_text()) == res.losses
     assert (res.run_dir / "out.log").is_file() and (res.run_dir / "checkpoints" / "epoch_latest.pt").is_file()
-    from pipeline.registry import status_rows
+    from clipcurate.core.registry import status_rows
 
     assert next(r for r in status_rows(ws) if r["stage"] == "train")["state"] == "done"
 
@@ -78,7 +78,7 @@ def test_empty_curated_set_is_one_line_exit_1(ws, cli):
 
 
 def test_batch_that_no_worker_can_fill_is_refused_not_a_hang(ws, cli):
-    from pipeline.curate import curate
+    from clipcurate.curate.stage import curate
 
     make_pool(ws, n=24, shards=1, fail_every=0)
     curate(ws, shard_size=10, decontam=False)  # 3 shards: 10, 10, 4
@@ -91,7 +91,7 @@ def test_batch_that_no_worker_can_fill_is_refused_not_a_hang(ws, cli):
 def test_latest_checkpoint_prefers_the_finished_epoch(tmp_path):
     import torch
 
-    from pipeline.train import latest_checkpoint
+    from clipcurate.train.stage import latest_checkpoint
 
     d = tmp_path / "checkpoints"
     d.mkdir()
@@ -105,7 +105,7 @@ def test_latest_checkpoint_prefers_the_finished_epoch(tmp_path):
 
 
 def test_parse_losses(tmp_path):
-    from pipeline.train import parse_losses
+    from clipcurate.train.stage import parse_losses
 
     log = tmp_path / "out.log"
     log.write_text(
@@ -130,7 +130,7 @@ def test_kill_9_mid_training_then_rerun_resumes_from_the_last_epoch(ws):
 
     import torch
 
-    from pipeline.curate import curate
+    from clipcurate.curate.stage import curate
 
     make_pool(ws, n=120, shards=2, size=32)
     curate(ws, shard_size=60, decontam=False)
@@ -138,7 +138,7 @@ def test_kill_9_mid_training_then_rerun_resumes_from_the_last_epoch(ws):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
 
     def cmd(epochs):
-        return [sys.executable, "-m", "cli.app", "-q", "-w", str(ws.root), "train", "--name", "k",
+        return [sys.executable, "-m", "clipcurate", "-q", "-w", str(ws.root), "train", "--name", "k",
                 "--epochs", str(epochs), "--batch-size", "16", "--workers", "0", "--device", "cpu",
                 "--log-every", "1"]
 

@@ -1,0 +1,337 @@
+"""Stage `eval`: zero-shot classification, retrieval, and the CLIP §5 table (All / Clean / Overlap).
+
+For a model — a trained checkpoint (the latest of ``train/`` by default) or any open_clip model and
+weights — and every benchmark in the workspace:
+
+1. **Embeddings.** ``clipcurate.embed.stage.embed_benchmarks`` writes (or reuses) the L2-normalised image
+   embeddings of each benchmark, the zero-shot class weights (per class, the mean of its normalised
+   template-prompt embeddings, renormalised) and the caption embeddings.
+2. **Per-sample predictions.**
+   - classification: ``pred = argmax_c image · class_c``; correct when ``pred == label``.
+   - captions: each image ranks every caption by cosine; correct when its top caption is one of its
+     own (image→text R@1). Recall@1/5/10 in both directions come from the same similarity matrix:
+     image→text counts an image when any of its captions is in its top K, text→image counts a
+     caption when its image is in the caption's top K.
+   Each prediction row carries the sample's split from ``overlap/splits.parquet``, so All, Clean and
+   Overlap are three groupings of one set of predictions, never three runs.
+3. **The §5 table.** Per benchmark: n, n_overlap, overlap %, accuracy on All / Clean / Overlap,
+   All − Clean, the one-tailed binomial p-value of Overlap accuracy against Clean, the 99.5%
+   Clopper-Pearson interval of Overlap accuracy (clipcurate.eval.stats), and ``significant`` after a
+   Bonferroni correction over the benchmarks that have Overlap samples (alpha 0.05).
+4. **Outputs** in ``eval/{model_tag}/``: ``predictions.parquet`` [predictions], ``eval.parquet``
+   [eval], ``summary.json`` (median / mean overlap across benchmarks, provenance), ``report.md`` and
+   ``figure17.png`` (clipcurate.eval.report) — each written atomically, then the tag's marker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from clipcurate.core import config
+from clipcurate.core import manifest as mf
+from clipcurate.core import registry
+from clipcurate.eval import report
+from clipcurate.core import sql
+from clipcurate.eval import stats
+from clipcurate.core.console import log, warn
+from clipcurate.core.errors import ClipcurateError, MissingUpstream
+from clipcurate.core.io import write_json, write_text
+from clipcurate.core.stage import PLAN, SUCCESS, is_done, mark_done
+from clipcurate.core.workspace import Workspace
+
+FOLDER = "eval"
+RECALL_KS = (1, 5, 10)
+
+PREDICTIONS = mf.register(
+    "predictions", version=1, glob=f"{FOLDER}/*/predictions.parquet", stage="eval",
+    doc="Per benchmark sample: the model's prediction, whether it is correct, and its Overlap/Clean split.",
+    columns=[
+        ("model_tag", pa.string(), "the evaluated model (folder embed/{model_tag})"),
+        ("benchmark", pa.string(), "benchmark name"),
+        ("bench_index", pa.int64(), "benchmark sample index"),
+        ("bench_uid", pa.string(), "benchmark sample uid"),
+        ("label", pa.int64(), "true class (classification) or the sample's own index (captions)"),
+        ("pred", pa.int64(), "argmax class (classification) or the index of the image owning the top caption"),
+        ("correct", pa.bool_(), "pred == label (top-1 / image→text R@1)"),
+        ("split", pa.string(), "overlap | clean, from overlap/splits.parquet"),
+    ],
+)
+
+_PCT = "in %"
+EVAL = mf.register(
+    "eval", version=1, glob=f"{FOLDER}/*/eval.parquet", stage="eval",
+    doc="The CLIP §5 table, one row per benchmark: accuracy on All / Clean / Overlap and its statistics.",
+    columns=[
+        ("model_tag", pa.string(), "the evaluated model"),
+        ("benchmark", pa.string(), "benchmark name"),
+        ("kind", pa.string(), "classification | captions"),
+        ("metric", pa.string(), "what 'accuracy' means: zero-shot top-1, or image→text R@1"),
+        ("n", pa.int64(), "samples evaluated (All)"),
+        ("n_overlap", pa.int64(), "samples in the Overlap split"),
+        ("overlap_pct", pa.float64(), f"100 · n_overlap / n ({_PCT})"),
+        ("acc_all", pa.float64(), f"accuracy on All ({_PCT})"),
+        ("acc_clean", pa.float64(), f"accuracy on Clean ({_PCT}; NaN when Clean is empty)"),
+        ("acc_overlap", pa.float64(), f"accuracy on Overlap ({_PCT}; NaN when Overlap is empty)"),
+        ("all_minus_clean", pa.float64(), "acc_all − acc_clean (percentage points)"),
+        ("overlap_minus_clean", pa.float64(), "acc_overlap − acc_clean (percentage points)"),
+        ("p_value", pa.float64(), "one-tailed binomial test, Overlap correct ~ Binomial(n_overlap, acc_clean), 'greater'"),
+        ("ci_low", pa.float64(), f"99.5% Clopper-Pearson lower bound of acc_overlap ({_PCT})"),
+        ("ci_high", pa.float64(), f"99.5% Clopper-Pearson upper bound of acc_overlap ({_PCT})"),
+        ("significant", pa.bool_(), "p_value < 0.05 / m (Bonferroni over the m benchmarks with a p-value); null without"),
+        ("i2t_r1", pa.float64(), f"image→text recall@1 ({_PCT}; caption benchmarks)"),
+        ("i2t_r5", pa.float64(), f"image→text recall@5 ({_PCT})"),
+        ("i2t_r10", pa.float64(), f"image→text recall@10 ({_PCT})"),
+        ("t2i_r1", pa.float64(), f"text→image recall@1 ({_PCT})"),
+        ("t2i_r5", pa.float64(), f"text→image recall@5 ({_PCT})"),
+        ("t2i_r10", pa.float64(), f"text→image recall@10 ({_PCT})"),
+        ("n_skipped", pa.int64(), "benchmark samples without an embedding (unreadable images)"),
+    ],
+)
+
+DEFAULTS = {"model": "", "pretrained": "", "device": "auto", "precision": "auto", "batch_size": 256,
+            "workers": -1, "alpha": stats.ALPHA, "benchmarks": []}
+config.section("eval", DEFAULTS, {
+    "model": "open_clip architecture (empty: the latest train/ checkpoint's)",
+    "pretrained": "hub tag, checkpoint file or random (empty: the latest train/ checkpoint)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16",
+    "batch_size": "images per forward pass when embedding benchmarks",
+    "workers": "decoding worker processes (-1: one per CPU core)",
+    "alpha": "family-wise significance level for the Bonferroni correction",
+    "benchmarks": "benchmarks to evaluate (empty: all of them)",
+})
+registry.register_stage("eval", FOLDER, "clipcurate eval", ("predictions", "eval"))
+sql.report("eval-table", "The CLIP §5 table of every evaluated model.",
+           "select model_tag, benchmark, n, n_overlap, round(overlap_pct, 2) as overlap_pct, "
+           "round(acc_all, 2) as acc_all, round(acc_clean, 2) as acc_clean, round(acc_overlap, 2) as acc_overlap, "
+           "round(all_minus_clean, 2) as all_minus_clean, p_value, significant "
+           "from eval order by model_tag, benchmark", ("eval",))
+
+
+@dataclasses.dataclass
+class EvalResult:
+    tag: str
+    folder: Path
+    rows: list[dict]  # the §5 table
+    summary: dict
+
+
+# -- which model ------------------------------------------------------------------------------
+
+def find_checkpoint(ws: Workspace, run: str | None = None) -> Path:
+    """The latest finished checkpoint of ``run`` (or of the most recently trained run)."""
+    from clipcurate.train.stage import latest_checkpoint
+
+    root = ws.path("train")
+    runs = [root / run] if run else sorted((d for d in root.glob("*") if (d / "checkpoints").is_dir()),
+                                           key=lambda d: (d / "checkpoints").stat().st_mtime)
+    for d in reversed(runs):
+        ck = latest_checkpoint(d / "checkpoints")
+        if ck is not None:
+            return ck
+    if run:
+        raise MissingUpstream(f"a checkpoint of run {run!r} ({root / run / 'checkpoints'})",
+                              f"clipcurate train --name {run}")
+    raise MissingUpstream(f"a trained checkpoint ({root}/*/checkpoints; or pass --model and --pretrained)",
+                          "clipcurate train")
+
+
+def resolve_spec(ws: Workspace, model: str | None = None, pretrained: str | None = None,
+                 checkpoint: str | None = None, run: str | None = None):
+    """(ModelSpec, checkpoint path or None) from the options; a checkpoint's architecture comes from
+    its run's run.json unless --model names it."""
+    from clipcurate.core.models import ModelSpec
+    from clipcurate.train.stage import run_model
+
+    if checkpoint or run or not (model or pretrained):  # a train checkpoint
+        if checkpoint:
+            ck = Path(checkpoint)
+            if not ck.is_file():
+                raise ClipcurateError(f"checkpoint {checkpoint!r} not found: pass an existing file, e.g. "
+                                      f"train/RUN/checkpoints/epoch_N.pt (or omit --checkpoint for the latest)")
+        else:
+            ck = find_checkpoint(ws, run)
+        arch = model or run_model(ck)
+        if not arch:
+            raise ClipcurateError(f"cannot tell which architecture {str(ck)!r} was trained with "
+                                  f"(no run.json or params.txt beside it): pass --model")
+        return ModelSpec(arch, str(ck)), ck
+    if not model:
+        raise ClipcurateError("--pretrained needs --model (the open_clip architecture of those weights)")
+    if not pretrained:
+        raise ClipcurateError(f"--model {model} needs --pretrained TAG|FILE|random (or --checkpoint FILE)")
+    return ModelSpec(model, pretrained), None
+
+
+# -- per-sample predictions -------------------------------------------------------------------
+
+def zero_shot(image: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """argmax over classes of image · class weights (both L2-normalised), in float32."""
+    logits = image.astype(np.float32) @ classes.astype(np.float32).T
+    return logits.argmax(axis=1)
+
+
+def retrieval(image: np.ndarray, indices: np.ndarray, captions: np.ndarray, cap_index: np.ndarray,
+              ks=RECALL_KS, chunk: int = 1024) -> tuple[np.ndarray, dict]:
+    """(per-image index of the image owning its top caption, {i2t_rK, t2i_rK} in %)."""
+    img = image.astype(np.float32)
+    cap = captions.astype(np.float32)
+    kmax = max(ks)
+    pos = {int(ix): r for r, ix in enumerate(indices)}
+    cap_owner = np.array([pos.get(int(i), -1) for i in cap_index], dtype=np.int64)  # caption -> image row
+    top_pred = np.empty(len(img), dtype=np.int64)
+    i2t_hits = {k: 0 for k in ks}
+    for s in range(0, len(img), chunk):
+        sim = img[s:s + chunk] @ cap.T  # [b, captions]
+        k = min(kmax, sim.shape[1])
+        top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        owners = cap_owner[top]  # image row of each top caption
+        rows = np.arange(s, s + len(sim))[:, None]
+        top_pred[s:s + len(sim)] = np.where(owners[:, 0] >= 0, indices[np.clip(owners[:, 0], 0, None)], -1)
+        for kk in ks:
+            i2t_hits[kk] += int((owners[:, :kk] == rows).any(axis=1).sum())
+    t2i_hits = {k: 0 for k in ks}
+    for s in range(0, len(cap), chunk):
+        sim = cap[s:s + chunk] @ img.T  # [b, images]
+        k = min(kmax, sim.shape[1])
+        top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        own = cap_owner[s:s + len(sim)][:, None]
+        for kk in ks:
+            t2i_hits[kk] += int((top[:, :kk] == own).any(axis=1).sum())
+    out = {}
+    for kk in ks:
+        out[f"i2t_r{kk}"] = 100.0 * i2t_hits[kk] / len(img) if len(img) else math.nan
+        out[f"t2i_r{kk}"] = 100.0 * t2i_hits[kk] / len(cap) if len(cap) else math.nan
+    return top_pred, out
+
+
+def _splits(ws: Workspace, name: str) -> dict[int, str]:
+    if "splits" not in mf.REGISTRY or not mf.get("splits").files(ws.root):
+        raise MissingUpstream("overlap splits (overlap/splits.parquet)", "clipcurate overlap")
+    t = mf.read_all("splits", ws.root, columns=["benchmark", "bench_index", "split"])
+    import pyarrow.compute as pc
+
+    t = t.filter(pc.equal(t["benchmark"], name))
+    return dict(zip(t["bench_index"].to_pylist(), t["split"].to_pylist()))
+
+
+def _benchmark_rows(ws: Workspace, tag: str, name: str):
+    """(prediction rows, partial §5 row) for one benchmark."""
+    from clipcurate.bench import stage as benchmod
+    from clipcurate.embed.stage import load_bench
+
+    b = benchmod.load(ws, name, columns=["uid", "index", "label"])
+    indices, uids, image, classes, captions, cap_index = load_bench(ws, tag, name)
+    split = _splits(ws, name)
+    missing = [int(i) for i in indices if int(i) not in split]
+    if missing:
+        raise ClipcurateError(
+            f"benchmark {name!r}: {len(missing)} sample(s) (e.g. index {missing[0]}) have no Overlap/Clean split in "
+            f"overlap/splits.parquet: rerun `clipcurate overlap` (the benchmark changed since)")
+    n_skipped = b.samples.num_rows - len(indices)
+    extra = {f"{d}_r{k}": math.nan for d in ("i2t", "t2i") for k in RECALL_KS}
+    if b.kind == "classification":
+        if not b.classes or classes is None or len(classes) == 0:
+            raise ClipcurateError(
+                f"benchmark {name!r} has no class names (benchmarks/{name}/classes.json is empty): re-add it with "
+                f"`clipcurate bench add {name} --from SOURCE --classes FILE --force`")
+        by_index = dict(zip(b.samples["index"].to_pylist(), b.samples["label"].to_pylist()))
+        labels = np.array([by_index[int(i)] for i in indices], dtype=np.int64)
+        preds = zero_shot(image, classes) if len(indices) else np.zeros(0, np.int64)
+        metric = "zero-shot top-1"
+    else:
+        if captions is None or cap_index is None or len(captions) == 0:
+            raise ClipcurateError(f"caption benchmark {name!r} has no caption embeddings: "
+                                  f"rerun `clipcurate embed --force` for it")
+        labels = indices.astype(np.int64)
+        preds, extra = retrieval(image, indices, captions, cap_index)
+        metric = "image→text R@1"
+    correct = preds == labels
+    preds_rows = {"model_tag": [tag] * len(indices), "benchmark": [name] * len(indices),
+                  "bench_index": [int(i) for i in indices], "bench_uid": list(uids),
+                  "label": labels.tolist(), "pred": [int(p) for p in preds], "correct": correct.tolist(),
+                  "split": [split[int(i)] for i in indices]}
+    is_ov = np.array([split[int(i)] == "overlap" for i in indices], dtype=bool)
+    row = stats.section5_row(int(correct[is_ov].sum()), int(is_ov.sum()),
+                             int(correct[~is_ov].sum()), int((~is_ov).sum()))
+    row.update({"model_tag": tag, "benchmark": name, "kind": b.kind, "metric": metric, "n_skipped": n_skipped,
+                **extra})
+    return preds_rows, row
+
+
+# -- the stage --------------------------------------------------------------------------------
+
+def evaluate(ws: Workspace, *, model: str | None = None, pretrained: str | None = None,
+             checkpoint: str | None = None, run: str | None = None, benchmarks: list[str] | None = None,
+             device: str = "auto", precision: str = "auto", batch_size: int = 256, workers: int = -1,
+             alpha: float = stats.ALPHA, force: bool = False) -> EvalResult:
+    """Evaluate one model on the workspace's benchmarks; see the module docstring."""
+    from clipcurate.bench import stage as benchmod
+    from clipcurate.embed.stage import embed_benchmarks
+
+    if not 0 < alpha < 1:
+        raise ClipcurateError(f"alpha {alpha!r} must lie strictly between 0 and 1")
+    names = list(benchmarks or []) or [m["name"] for m in benchmod.list_benchmarks(ws)]
+    if not names:
+        raise MissingUpstream(f"benchmarks ({ws.path('benchmarks')})", "clipcurate bench add NAME --from SOURCE")
+    for n in names:
+        b = benchmod.load(ws, n, columns=["uid"])  # one clear line for an unknown name
+        if b.kind == "classification" and not b.classes:
+            raise ClipcurateError(
+                f"benchmark {n!r} has no class names (benchmarks/{n}/classes.json is empty): re-add it with "
+                f"`clipcurate bench add {n} --from SOURCE --classes FILE --force`")
+    _splits(ws, names[0])  # fail before the (slow) embedding when overlap has not run
+    spec, ck = resolve_spec(ws, model, pretrained, checkpoint, run)
+    log(f"eval: model {spec.model} weights {spec.pretrained or 'random'}")
+
+    # 1. Embeddings (reused when embed already made them for this model).
+    tag = embed_benchmarks(ws, spec, names, device=device, precision=precision, batch_size=batch_size,
+                           workers=workers, force=force)
+
+    # 2.-3. Predictions and the §5 table, benchmark by benchmark.
+    pred_cols: dict[str, list] = {c.name: [] for c in PREDICTIONS.columns}
+    rows = []
+    for n in names:
+        p, r = _benchmark_rows(ws, tag, n)
+        for k in pred_cols:
+            pred_cols[k] += p[k]
+        rows.append(r)
+        if r["n_skipped"]:
+            warn(f"eval: benchmark {n}: {r['n_skipped']} sample(s) have no embedding (unreadable) and are left out")
+    for r, sig in zip(rows, stats.bonferroni([r["p_value"] for r in rows], alpha)):
+        r["significant"] = sig
+    summary = {**report.overlap_summary(rows), "model_tag": tag, "model": spec.model,
+               "pretrained": spec.pretrained or "random", "checkpoint": str(ck) if ck else None,
+               "alpha": alpha, "bonferroni_m": sum(1 for r in rows if not math.isnan(r["p_value"])),
+               "ci_level": stats.CI_LEVEL, "evaluated_at": time.time(), "benchmarks": names}
+
+    # 4. Outputs, each atomic; the marker last.
+    folder = ws.path(FOLDER, tag)
+    folder.mkdir(parents=True, exist_ok=True)
+    mf.write(PREDICTIONS, pred_cols, folder / "predictions.parquet")
+    mf.write(EVAL, [{c.name: r.get(c.name) for c in EVAL.columns} for r in rows], folder / "eval.parquet")
+    write_json(folder / "summary.json", summary)
+    report.write(folder, rows, {"tag": tag, "model": spec.model, "pretrained": spec.pretrained or "random",
+                                "checkpoint": str(ck) if ck else None}, summary, alpha, stats.CI_LEVEL)
+    root = ws.path(FOLDER)
+    mark_done(root, tag, {"benchmarks": len(rows)})
+    tags = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / "eval.parquet").is_file())
+    write_json(root / PLAN, {"stage": "eval", "shards": tags})
+    if all(is_done(root, t) for t in tags):
+        write_text(root / SUCCESS, "")
+    log(f"eval: {len(rows)} benchmark(s) -> {folder / 'report.md'}")
+    return EvalResult(tag=tag, folder=folder, rows=rows, summary=summary)
+
+
+def read_table(ws: Workspace, tag: str) -> list[dict]:
+    p = ws.path(FOLDER, tag, "eval.parquet")
+    if not p.is_file():
+        raise MissingUpstream(f"eval table of {tag} ({p})", "clipcurate eval")
+    return mf.read(EVAL, p).to_pylist()
+

@@ -1,0 +1,328 @@
+"""Stage `train`: open_clip_train, in process, on the curated shards.
+
+We do not reimplement training: this module turns a few options into the argument list of
+``open_clip_train.main.main`` — the same ``python -m open_clip_train.main`` everyone uses — and runs
+it in this process after registering our model configs (so ``clipcurate-tiny`` is an architecture
+open_clip knows). What it adds around the call:
+
+1. **Inputs.** The curated shards' brace pattern (``curate/shards/{00000..000NN}.tar``) and their
+   sample count from ``curate/shards/sizes.json``. ``epochs`` passes over the curated set, or — when
+   ``samples`` is set — that many samples seen in total, drawn with replacement
+   (``--dataset-resampled``) and split into ``epochs`` checkpoints, as DataComp does.
+2. **Checks that would otherwise hang or crash deep inside.** open_clip's webdataset loader repeats
+   each worker's shards until it has filled its batches, so a batch larger than what a worker can
+   ever read would loop forever; and it asserts ``shards >= workers``. Both become one clear line
+   (workers are lowered to the number of shards instead).
+3. **Resumability.** Always ``--resume latest --save-most-recent``: open_clip writes
+   ``epoch_latest.pt`` through a temp file + rename, so a kill -9 never leaves a torn checkpoint to
+   resume from; a rerun continues at the last finished epoch, and a finished run is a no-op.
+4. **The loss curve.** ``--log-every-n-steps`` lines in ``train/{run}/out.log`` are parsed into
+   ``train/{run}/losses.json`` so tests and users can see the loss fall.
+
+Everything lands in ``train/{run}/``: ``out.log``, ``params.txt``, ``run.json`` (what we asked for),
+``checkpoints/epoch_N.pt`` and ``epoch_latest.pt``.
+
+Two in-process adjustments, both invisible to the data: open_clip_train's ``setup_logging`` adds
+handlers to the root logger on every call (removed again afterwards, so repeated runs do not log
+into each other's files), and webdataset >= 0.2.9x ends every shard with an empty end-of-shard
+dict that open_clip_train 3.3's ``group_by_keys_nothrow`` cannot read (``KeyError: 'fname'``); we
+drop those markers before they reach it. See docs/train.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import re
+import shutil
+from pathlib import Path
+
+from clipcurate.core import config
+from clipcurate.core import registry
+from clipcurate.core.console import console, log
+from clipcurate.curate.stage import read_sizes, shard_pattern
+from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.io import read_json, write_json, write_text
+from clipcurate.core.stage import PLAN, SUCCESS, is_done, mark_done, marker
+from clipcurate.core.workspace import Workspace
+
+DEFAULTS = {
+    "model": "clipcurate-tiny",
+    "batch_size": 64,
+    "epochs": 1,
+    "samples": 0,
+    "lr": 5e-4,
+    "wd": 0.2,
+    "warmup": 10,
+    "precision": "auto",
+    "workers": 2,
+    "device": "auto",
+    "seed": 0,
+    "save_frequency": 1,
+    "log_every": 10,
+}
+config.section("train", DEFAULTS, {
+    "model": "open_clip architecture (clipcurate-tiny, ViT-B-32, ...)",
+    "batch_size": "batch size per device",
+    "epochs": "passes over the curated set (or checkpoints, when samples is set)",
+    "samples": "total samples seen, drawn with replacement (0: epochs x curated size)",
+    "lr": "peak learning rate (cosine schedule)",
+    "wd": "weight decay",
+    "warmup": "warmup steps",
+    "precision": "auto (amp on CUDA, fp32 on CPU), amp, amp_bf16, fp32, ...",
+    "workers": "dataloader workers",
+    "device": "auto, cpu, cuda, cuda:N",
+    "seed": "random seed",
+    "save_frequency": "save epoch_N.pt every N epochs (the last epoch is always saved)",
+    "log_every": "log the loss every N steps",
+})
+
+registry.register_stage("train", "train", "clipcurate train")
+
+_LOSS_LINE = re.compile(
+    r"Train Epoch: (\d+) \[\s*(\d+)/(\d+).*?\bLoss: ([-+0-9.eEnaif]+)")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path | None
+    losses: list[dict]  # {"epoch", "samples", "loss"} in log order
+    epochs_done: int
+
+
+def run_dir(ws: Workspace, run: str) -> Path:
+    return ws.path("train", run)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest finished checkpoint in ``train/{run}/checkpoints``: the highest ``epoch_N.pt``
+    not newer than ``epoch_latest.pt`` (written last, by rename), else ``epoch_latest.pt`` itself."""
+    folder = Path(folder)
+    numbered = sorted(((int(m.group(1)), p) for p in folder.glob("epoch_*.pt")
+                       if (m := re.fullmatch(r"epoch_(\d+)\.pt", p.name))), key=lambda t: t[0])
+    latest = folder / "epoch_latest.pt"
+    if latest.is_file():
+        try:
+            import torch
+
+            done = int(torch.load(latest, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+        except Exception:  # a torn epoch_latest.pt cannot exist (rename), but be safe
+            done = None
+        if done is not None:
+            for n, p in reversed(numbered):
+                if n == done:
+                    return p
+        return latest
+    return numbered[-1][1] if numbered else None
+
+
+def parse_losses(log_file: Path) -> list[dict]:
+    """The ``Train Epoch: E [seen/total ...] ... Loss: X (avg)`` lines of open_clip's out.log."""
+    out = []
+    if not Path(log_file).is_file():
+        return out
+    for line in Path(log_file).read_text("utf-8", errors="replace").splitlines():
+        m = _LOSS_LINE.search(line)
+        if m:
+            out.append({"epoch": int(m.group(1)), "samples": int(m.group(2)), "loss": float(m.group(4))})
+    return out
+
+
+@contextlib.contextmanager
+def _open_clip_in_process(quiet: bool):
+    """Patch the two things that make open_clip_train awkward to call in process; undo after."""
+    import open_clip_train.data as ocd
+    import open_clip_train.main as ocm
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    # setup_logging sets every existing logger to INFO (torch's included, which then chatter at exit)
+    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items()
+              if isinstance(lg, logging.Logger)}
+    orig_setup, orig_group = ocm.setup_logging, ocd.group_by_keys_nothrow
+
+    def setup_logging(log_file, level, include_host=False):
+        orig_setup(log_file, level, include_host)
+        if quiet:  # keep the file log, drop the stderr one
+            for h in list(root.handlers):
+                if h not in handlers and type(h) is logging.StreamHandler:
+                    root.removeHandler(h)
+
+    def group_by_keys_nothrow(data, *args, **kwargs):
+        # webdataset's end-of-shard marker is an empty dict without "fname": skip it
+        return orig_group((s for s in data if "fname" in s), *args, **kwargs)
+
+    ocm.setup_logging, ocd.group_by_keys_nothrow = setup_logging, group_by_keys_nothrow
+    try:
+        yield
+    finally:
+        ocm.setup_logging, ocd.group_by_keys_nothrow = orig_setup, orig_group
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+                h.close()
+        root.setLevel(level)
+        for name, lg in logging.root.manager.loggerDict.items():
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(name, logging.NOTSET))
+
+
+def _workers_and_batch(sizes: dict[str, int], workers: int, batch_size: int, resampled: bool) -> int:
+    """Lower workers to the shard count; refuse a batch that some worker could never fill."""
+    counts = sorted(sizes.values())
+    total = sum(counts)
+    if batch_size < 1:
+        raise ClipcurateError(f"batch size {batch_size!r} must be at least 1")
+    if resampled:
+        if batch_size > total:
+            raise ClipcurateError(f"batch size {batch_size} is larger than the {total} curated samples; "
+                                  f"pass --batch-size {total} or less")
+        return workers
+    if workers > len(counts):
+        log(f"train: {len(counts)} curated shard(s), so {len(counts)} dataloader worker(s) instead of {workers}")
+        workers = len(counts)
+    # each worker reads at least len // workers shards; the smallest such set must fill a batch
+    per = max(1, len(counts) // max(1, workers))
+    least = sum(counts[:per])
+    if batch_size > least:
+        raise ClipcurateError(
+            f"batch size {batch_size} is larger than the {least} samples one of {max(1, workers)} dataloader "
+            f"worker(s) may get from {len(counts)} shard(s) of {total} samples; pass --batch-size {least} "
+            f"or less (or --workers 1, or reshard with a larger `clipcurate curate --shard-size`)")
+    return workers
+
+
+def train(ws: Workspace, run: str = "default", *, force: bool = False, quiet: bool = False,
+          extra_args: list[str] | None = None, **options) -> TrainResult:
+    """Train ``options['model']`` on the curated shards into ``train/{run}/`` (see module doc)."""
+    from open_clip_train.main import main as train_main
+
+    from clipcurate.core.models import register_configs, resolve_device
+
+    opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    unknown = set(opts) - set(DEFAULTS)
+    if unknown:
+        raise ClipcurateError(f"unknown train option(s) {sorted(unknown)}; known: {', '.join(sorted(DEFAULTS))}")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", run or ""):
+        raise ClipcurateError(f"run name {run!r} must use letters, digits, '.', '_' or '-' only")
+
+    # 1. Inputs: the curated shards and their sizes (written by `clipcurate curate`).
+    sizes = read_sizes(ws)
+    total = sum(sizes.values())
+    if total == 0:
+        raise ClipcurateError("the curated set is empty (curate/shards/sizes.json sums to 0): "
+                              "rerun `clipcurate curate` on a pool with successful downloads")
+    shards = sorted(s[:-len(".tar")] for s in sizes)
+    pattern = shard_pattern(ws, shards)
+    epochs = int(opts["epochs"])
+    if epochs < 1:
+        raise ClipcurateError(f"epochs {epochs!r} must be at least 1")
+    resampled = int(opts["samples"]) > 0
+    per_epoch = math.ceil(int(opts["samples"]) / epochs) if resampled else total
+    workers = _workers_and_batch(sizes, int(opts["workers"]), int(opts["batch_size"]), resampled)
+
+    import open_clip
+
+    register_configs()
+    if opts["model"] not in open_clip.list_models():
+        raise ClipcurateError(f"unknown model {opts['model']!r}: use an open_clip architecture "
+                              f"(e.g. clipcurate-tiny, ViT-B-32); see `python -c \"import open_clip; "
+                              f"print(open_clip.list_models())\"`")
+    device = resolve_device(opts["device"])
+    precision = opts["precision"]
+    if precision == "auto":
+        precision = "amp" if device.startswith("cuda") else "fp32"
+
+    # 2. The run folder: resume the same run, refuse to mix in a different one.
+    rdir = run_dir(ws, run)
+    want = {"model": opts["model"], "train_data": pattern, "train_num_samples": per_epoch,
+            "resampled": resampled, "batch_size": int(opts["batch_size"]), "epochs": epochs,
+            "lr": float(opts["lr"]), "wd": float(opts["wd"]), "warmup": int(opts["warmup"]),
+            "precision": precision, "seed": int(opts["seed"])}
+    if force and rdir.exists():
+        shutil.rmtree(rdir)
+    if (rdir / "run.json").is_file():
+        have = read_json(rdir / "run.json")
+        diff = {k: (have.get(k), v) for k, v in want.items() if k != "epochs" and have.get(k) != v}
+        if diff:
+            k, (a, b) = next(iter(diff.items()))
+            raise ClipcurateError(f"run {run!r} was started with {k}={a!r}, now {k}={b!r}: "
+                                  f"resume it unchanged, pick another --name, or pass --force to restart it")
+    rdir.mkdir(parents=True, exist_ok=True)
+    write_json(rdir / "run.json", {**want, "run": run, "device": device, "workers": workers})
+    # `status`: train/{run}.done marks a finished run (removed while it trains), _SUCCESS all of them
+    marker(ws.path("train"), run).unlink(missing_ok=True)
+    ws.path("train", SUCCESS).unlink(missing_ok=True)
+
+    # 3. The open_clip_train command line — exactly what `python -m open_clip_train.main` takes.
+    argv = [
+        "--train-data", pattern,
+        "--dataset-type", "webdataset",
+        "--train-num-samples", str(per_epoch),
+        "--model", opts["model"],
+        "--batch-size", str(int(opts["batch_size"])),
+        "--epochs", str(epochs),
+        "--lr", str(float(opts["lr"])),
+        "--wd", str(float(opts["wd"])),
+        "--warmup", str(int(opts["warmup"])),
+        "--precision", precision,
+        "--workers", str(workers),
+        "--device", device,
+        "--seed", str(int(opts["seed"])),
+        "--logs", str(ws.path("train")),
+        "--name", run,
+        "--save-frequency", str(int(opts["save_frequency"])),
+        "--save-most-recent",
+        "--resume", "latest",
+        "--log-every-n-steps", str(max(1, int(opts["log_every"]))),
+    ]
+    if resampled:
+        argv.append("--dataset-resampled")
+    argv += list(extra_args or [])
+    write_json(rdir / "argv.json", argv)
+    log(f"train: open_clip_train {' '.join(argv)}")
+
+    with _open_clip_in_process(quiet or console.quiet):
+        try:
+            rc = train_main(argv)
+        except (KeyboardInterrupt, ClipcurateError):
+            raise
+        except BaseException as exc:  # SystemExit from argparse, assertion, CUDA error, ...
+            msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise ClipcurateError(f"open_clip_train failed ({exc.__class__.__name__}: {msg}); "
+                                  f"see {rdir / 'out.log'}") from None
+    if rc not in (None, 0):
+        raise ClipcurateError(f"open_clip_train returned {rc}; see {rdir / 'out.log'}")
+
+    losses = parse_losses(rdir / "out.log")
+    write_json(rdir / "losses.json", losses)
+    ckpt = latest_checkpoint(rdir / "checkpoints")
+    done = 0
+    if ckpt is not None:
+        import torch
+
+        done = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
+    mark_done(ws.path("train"), run, {"epochs": done, "logged_steps": len(losses)})
+    runs = sorted(d.name for d in ws.path("train").iterdir() if (d / "run.json").is_file())
+    write_json(ws.path("train", PLAN), {"stage": "train", "shards": runs})
+    if all(is_done(ws.path("train"), r) for r in runs):
+        write_text(ws.path("train", SUCCESS), "")
+    if losses:
+        log(f"train: loss {losses[0]['loss']:.4f} -> {losses[-1]['loss']:.4f} over {len(losses)} logged steps; "
+            f"checkpoint {ckpt}")
+    return TrainResult(run_dir=rdir, checkpoint=ckpt, losses=losses, epochs_done=done)
+
+
+def run_model(checkpoint: Path) -> str | None:
+    """The architecture a train/{run}/checkpoints/*.pt was trained with (from run.json or params.txt)."""
+    rdir = Path(checkpoint).resolve().parent.parent
+    if (rdir / "run.json").is_file():
+        return read_json(rdir / "run.json").get("model")
+    if (rdir / "params.txt").is_file():
+        for line in (rdir / "params.txt").read_text().splitlines():
+            if line.startswith("model: "):
+                return line[len("model: "):].strip()
+    return None
