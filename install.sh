@@ -38,9 +38,12 @@ if ! $PY -c "import torch, torchvision" >/dev/null 2>&1; then
     || $PY -m pip install -q "torch>=2.3" "torchvision>=0.18"
 fi
 
-# 3. The project (editable, so examples/ and benchmarks/ run from the checkout).
+# 3. The project, editable. "strict" mode installs a tree of links laid out as the package is
+#    (pipeline/ -> clipcurate, queries/ -> clipcurate.queries, cli/ -> clipcurate.cli; setup.py), so
+#    every tool that reads the package from disk (lint-imports) sees what a wheel holds. Edits show
+#    at once; a new module needs this script (or the pip line) once more.
 log "pip install -e .${extra}"
-$PY -m pip install -q --disable-pip-version-check -e ".${extra}"
+$PY -m pip install -q --disable-pip-version-check -e ".${extra}" --config-settings editable_mode=strict
 command -v pyenv >/dev/null 2>&1 && pyenv rehash >/dev/null 2>&1 || true
 built=$($PY -c "from clipcurate.queries import fastcount; print(fastcount.BUILD or '')" 2>/dev/null || true)
 [ -n "$built" ] || log "warning: the C counter (queries/_fastcount.c) was not built; queries build falls back to pure Python"

@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import functools
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 from clipcurate.core import config
 from clipcurate.core.console import log, progress, set_quiet
@@ -390,10 +388,7 @@ def _cause(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
-# -- stage adapters: what download / embed / overlap hand to an executor ----------------------------
-#
-# Each stage keeps its own local loop; with --executor ray it calls one of these instead (a 2-3
-# line hook in the stage), so the stage's code stays the one implementation of a shard's work.
+# -- for stages that start processes of their own -------------------------------------------------
 
 def ray_address_env() -> dict[str, str]:
     """``{"RAY_ADDRESS": ...}`` of the Ray this process is connected to (empty when none), so that a
@@ -402,171 +397,3 @@ def ray_address_env() -> dict[str, str]:
     if ray is None or not ray.is_initialized():
         return {}
     return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-
-
-def download_shards(executor: Executor, ws, todo: Sequence[str], conf: dict, policy, advance) -> None:
-    """``download --executor ray``: one Ray task per input shard.
-
-    This is img2dataset's Ray distribution (a Ray task runs img2dataset's Downloader on one shard),
-    moved one level up so that the *whole* shard runs on the worker: the URL-safety pre-check (DNS
-    and address rules), img2dataset with our pinned, redirect-checking fetch installed in the process
-    that fetches, the conversion to our keys / sha256 / manifest, and the shard's marker. Nothing
-    but a small dict of counts comes back to the driver, which therefore never reads an image.
-    """
-    fn = _DownloadShard(str(ws.root), dict(conf, processes=1, distributor="multiprocessing"), policy.to_json())
-    executor.map_shards(fn, list(todo), advance=advance, description="download shards")
-
-
-class _DownloadShard:
-    def __init__(self, root: str, conf: dict, policy_json: str):
-        self.root, self.conf, self.policy_json = root, conf, policy_json
-
-    def __call__(self, shard: str) -> dict:
-        import socket
-
-        from clipcurate.download import stage as dl
-        from clipcurate.core.workspace import Workspace
-
-        ws = Workspace(self.root)
-        policy = dl.urlsafety.Policy.from_json(self.policy_json)
-        folder = ws.path(dl.FOLDER)
-        for _ in range(dl.ROUNDS):  # the same rounds a local run gives a shard that stalled
-            dl._fetch_round(ws, [shard], self.conf, policy, lambda n=1: None)
-            if is_done(folder, shard):
-                return done_info(folder, shard)
-        raise ClipcurateError(
-            f"download: shard {shard} did not finish on {socket.gethostname()} (img2dataset stalled or "
-            f"crashed; see pool/{dl.WORK_DIR}/*/img2dataset.log); rerun `clipcurate download` to retry it")
-
-
-def embed_pool_shards(executor: Executor, enc, encoder_factory, pool_dir: Path, todo: dict,
-                      *, batch_size: int, workers: int) -> int:
-    """``embed --executor ray``: the pool shards on a pool of Ray actors; returns images embedded.
-
-    Each actor builds the encoder once (``encoder_factory()``; by default the same open_clip model,
-    seeded, on the actor's own device — its GPU when Ray gave it one) and embeds whole shards with
-    the stage's own reader and writer, marker last. The driver keeps the benchmarks.
-    """
-    from clipcurate.embed import stage as emb
-
-    if encoder_factory is None:
-        if isinstance(enc, emb.ClipEncoder):
-            encoder_factory = functools.partial(emb.clip_encoder, enc.lm.spec, "auto", enc.lm.precision)
-        else:
-            encoder_factory = functools.partial(_identity, enc)  # ship this encoder as it is
-    fn = _EmbedShard(str(pool_dir), {s: str(t) for s, t in todo.items()}, batch_size, workers)
-    infos = executor.map_shards(fn, list(todo), setup=encoder_factory, gpu=True,
-                                description=f"embed {enc.tag} on ray")
-    return sum(int(i.get("n", 0)) for i in infos)
-
-
-def _identity(x):
-    return x
-
-
-class _EmbedShard:
-    """One pool shard inside an embed actor: read the tar, encode, write .npy/.text.npy/.parquet, marker."""
-
-    def __init__(self, pool_dir: str, tars: dict, batch_size: int, workers: int):
-        self.pool_dir, self.tars, self.batch_size, self.workers = pool_dir, tars, batch_size, workers
-
-    def __call__(self, shard: str, enc) -> dict:
-        from clipcurate.embed import stage as emb
-
-        pool_dir, tar = Path(self.pool_dir), Path(self.tars[shard])
-        device = emb._device_of(enc, "auto")
-
-        def on_group(group: str, accs: list) -> None:
-            # The pool branch of embed_images' on_group: the same files, in the same order.
-            uids = [u for a in accs for u in a.uids]
-            emb._save_npy(pool_dir / f"{shard}.npy", emb._cat([c for a in accs for c in a.image], enc.dim))
-            if hasattr(enc, "encode_tokens"):
-                emb._save_npy(pool_dir / f"{shard}.text.npy", emb._cat([c for a in accs for c in a.text], enc.dim))
-            emb._write_rows(pool_dir / f"{shard}.parquet", enc.tag, "pool", shard, uids, [None] * len(uids))
-            st = tar.stat()
-            mark_done(pool_dir, shard, {"n": len(uids), "n_bad": sum(a.n_bad for a in accs),
-                                        "bad": [r for a in accs for r in a.bad][:emb.MAX_BAD_REASONS],
-                                        "tar_size": st.st_size, "tar_mtime_ns": st.st_mtime_ns})
-
-        emb._run_parts(enc, [emb.Part(f"pool/{shard}", 0, 1, str(tar))], device=device, batch_size=self.batch_size,
-                       workers=self.workers, on_group=on_group, description=f"embed {shard}")
-        return done_info(pool_dir, shard)
-
-
-RUNS_PER_SLOT = 4  # overlap on Ray: about this many runs of consecutive shards per parallel slot
-
-
-def overlap_search_shards(executor: Executor, srun, searcher, todo: Sequence[int], folded: list[str],
-                          advance) -> None:
-    """``overlap --executor ray``: runs of consecutive pool shards searched by Ray tasks, merged here.
-
-    A task streams its shards through the stage's own Searcher (same backend, block sizes and
-    floors as the driver's), exactly as the local loop does, writes each shard's floor pairs where
-    the local run writes them (``overlap/search/pairs/{shard}.parquet``) and the run's top-k next to
-    them (``overlap/search/ray_topk/{first}-{last}.npz``), then its marker there. The driver folds
-    those top-ks into the running one **in pool order** with ``merge_topk``: every row of a top-k is
-    sorted by (score desc, pool position asc) — a total order, positions being unique — so the top-k
-    of the union is the top-k of the parts, and the result equals the local streaming run. Then one
-    checkpoint (state + the stage's ``{shard}.done`` markers), as the local loop does.
-
-    A top-k is m × k entries (1M benchmark rows × k=10 → 120 MB) whatever the size of the run, so a
-    task takes several shards when there are many: about four runs per parallel slot.
-    """
-    from clipcurate.overlap import search
-
-    if not todo:
-        return
-    gpu = searcher.backend == "torch"  # the torch backend searches on a GPU: one per task when present
-    per_task = max(1, len(todo) // (RUNS_PER_SLOT * executor.parallelism(gpu=gpu)))
-    groups = [list(todo[i:i + per_task]) for i in range(0, len(todo), per_task)]
-    name_of = {f"{srun.shards[g[0]].name}-{srun.shards[g[-1]].name}": g for g in groups}
-    tdir = srun.sdir / "ray_topk"
-    fn = _SearchShards(searcher.q, searcher.k, searcher.floor, searcher.backend, srun.block_elems,
-                       {n: [(srun.shards[i].name, str(srun.shards[i].npy), int(srun.offsets[i])) for i in g]
-                        for n, g in name_of.items()},
-                       str(srun.sdir / "pairs"), str(tdir))
-    executor.map_shards(fn, list(name_of), folder=tdir, description="overlap search on ray", advance=advance,
-                        weights={n: len(g) for n, g in name_of.items()}, gpu=gpu)
-    for name in name_of:  # pool order: a deterministic merge
-        with np_load(tdir / f"{name}.npz") as z:
-            scores, pos = z["scores"], z["pos"]
-            searcher.pairs_scored += int(z["pairs_scored"])
-        rows, cols = np.nonzero(pos >= 0)
-        search.merge_topk(searcher.top, None, rows.astype(np.int64), pos[rows, cols], scores[rows, cols])
-    names = [srun.shards[i].name for i in todo]
-    folded += names
-    srun._checkpoint(searcher.top, folded, names)
-
-
-def np_load(path):
-    return np.load(path, allow_pickle=False)
-
-
-class _SearchShards:
-    """A run of consecutive pool shards against all benchmark vectors, inside a Ray task."""
-
-    def __init__(self, q, k, floor, backend, block_elems, groups: dict, pairs_dir: str, topk_dir: str):
-        self.q, self.k, self.floor, self.backend, self.block_elems = q, k, floor, backend, block_elems
-        self.groups, self.pairs_dir, self.topk_dir = groups, pairs_dir, topk_dir
-
-    def __call__(self, name: str) -> dict:
-        from clipcurate.overlap import stage as overlap
-        from clipcurate.overlap import search
-        from clipcurate.core.io import atomic_open
-
-        # Ray hands numpy arrays over read-only (zero-copy from its object store); torch wants to own one.
-        q = self.q if self.q.flags.writeable else self.q.copy()
-        s = search.Searcher(q, self.k, self.floor, backend=self.backend, block_elems=self.block_elems)
-        pairs = 0
-        for shard, npy, offset in self.groups[name]:
-            x = np.load(npy)
-            try:
-                part = s.add(x, offset)
-            except ClipcurateError as exc:
-                raise ClipcurateError(f"{npy}: {exc}") from None
-            overlap._write_part(Path(self.pairs_dir) / f"{shard}.parquet", part)
-            pairs += len(part)
-            del x
-        with atomic_open(Path(self.topk_dir) / f"{name}.npz", "wb") as fh:
-            np.savez(fh, scores=s.top.scores, pos=s.top.pos, pairs_scored=np.int64(s.pairs_scored))
-        return {"shards": len(self.groups[name]), "pairs": pairs, "pairs_scored": int(s.pairs_scored)}

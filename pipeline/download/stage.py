@@ -1138,7 +1138,7 @@ def download(ws: Workspace, input_path: str | os.PathLike | None = None, *, cfg:
             if not todo:
                 break
             if executor is not None and executor.kind != "local":  # --executor ray: a Ray task per shard
-                from clipcurate.core.executor import download_shards
+                from clipcurate.download.remote import download_shards
                 download_shards(executor, ws, todo, conf, policy, advance)
             else:
                 _fetch_round(ws, todo, conf, policy, advance)

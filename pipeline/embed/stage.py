@@ -709,7 +709,7 @@ def embed_images(ws: Workspace, enc, *, pool: bool = True, benchmarks: Sequence[
                                         "fingerprint": b.meta["fingerprint"]})
 
     if executor is not None and executor.kind != "local" and pool_todo:  # --executor ray: pool shards on actors
-        from clipcurate.core.executor import embed_pool_shards
+        from clipcurate.embed.remote import embed_pool_shards
         summary["images"] += embed_pool_shards(executor, enc, encoder_factory, pool_dir, pool_todo,
                                                batch_size=batch_size, workers=workers)
         parts = [p for p in parts if not p.group.startswith("pool/")]

@@ -491,7 +491,7 @@ class SearchRun:
             pending: list[str] = []
             on_ray = getattr(self, "executor", None) is not None and self.executor.kind != "local"
             if on_ray:  # --executor ray: a task per shard, merged here in shard order, one checkpoint
-                from clipcurate.core.executor import overlap_search_shards
+                from clipcurate.overlap.remote import overlap_search_shards
                 overlap_search_shards(self.executor, self, searcher, todo, folded, advance)
             for i in ([] if on_ray else todo):
                 s = self.shards[i]

@@ -1,0 +1,56 @@
+"""The house rules, checked: one import name, and the import contracts in .importlinter.
+
+`lint-imports` reads the installed package from disk (install.sh installs it in setuptools' strict
+editable mode, a tree of links laid out like the wheel), so the contracts see clipcurate.cli and
+clipcurate.queries, which live in the repository's cli/ and queries/ folders.
+"""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LINT = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+
+
+def _lint(config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([LINT, "--config", str(config), "--no-cache"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_import_contracts_hold():
+    r = _lint(REPO / ".importlinter")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "0 broken" in r.stdout
+
+
+def test_removing_an_exception_breaks_a_contract(tmp_path):
+    """The contracts are not vacuous: drop the first documented exception and lint-imports fails."""
+    cp = configparser.ConfigParser()
+    cp.read(REPO / ".importlinter")
+    sections = [s for s in cp.sections() if cp.has_option(s, "ignore_imports") and cp.get(s, "ignore_imports").strip()]
+    assert sections, "no contract has exceptions to remove"
+    sec = sections[0]
+    lines = [ln for ln in cp.get(sec, "ignore_imports").splitlines() if ln.strip()]
+    cp.set(sec, "ignore_imports", "\n".join(lines[1:]))
+    cfg = tmp_path / "importlinter.ini"
+    with open(cfg, "w") as fh:
+        cp.write(fh)
+    r = _lint(cfg)
+    assert r.returncode != 0 and "BROKEN" in r.stdout, (lines[0], r.stdout[-2000:])
+
+
+@pytest.mark.parametrize("name", ["pipeline", "cli", "queries"])
+def test_the_source_folders_are_not_import_names(name, tmp_path):
+    """Even from the repository root, only `clipcurate` imports (the folders refuse their own names)."""
+    r = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode != 0 and "ImportError" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-c", "import clipcurate.cli.app, clipcurate.queries.stage"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
