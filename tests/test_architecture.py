@@ -54,3 +54,28 @@ def test_the_source_folders_are_not_import_names(name, tmp_path):
     r = subprocess.run([sys.executable, "-c", "import clipcurate.cli.app, clipcurate.queries.stage"],
                        cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_one_package(tmp_path):
+    """`pip install .` adds exactly one top-level package: the wheel holds clipcurate/ and its dist-info."""
+    import zipfile
+
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file():
+            (src / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, src / f)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                        "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("clipcurate-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"clipcurate", "clipcurate-0.1.0.dist-info"}
+    for want in ("clipcurate/__main__.py", "clipcurate/cli/app.py", "clipcurate/queries/stage.py",
+                 "clipcurate/core/model_configs/clipcurate-tiny.json", "clipcurate/review/app.tcss"):
+        assert want in names, want
+    assert any(n.startswith("clipcurate/queries/_fastcount") and n.endswith(".so") for n in names)
+    entry = zipfile.ZipFile(wheel).read("clipcurate-0.1.0.dist-info/entry_points.txt").decode()
+    assert "clipcurate = clipcurate.cli.app:main" in entry
