@@ -1,20 +1,22 @@
-"""The Typer app. Commands live one module per stage (``cli/<stage>.py``); each exposes
-``register(app)``. This module only wires global options, error handling and the core commands."""
+"""The Typer app. Commands live one module per stage (``cli/<stage>.py``, named by the stage list
+in clipcurate.stages); each exposes ``register(app)``. This module only wires the global options
+(kept in ``ctx.obj``, cli/context.py), error handling and the core commands (cli/core.py)."""
 
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
-from clipcurate import __version__
+from clipcurate import __version__, stages
 from clipcurate.core.console import console, out, set_quiet
 from clipcurate.core.errors import ClipcurateError
 
-from clipcurate.cli.state import state
+from clipcurate.cli import core
+from clipcurate.cli.context import Globals
 
 HELP = """Curate CLIP-style image-text data and measure benchmark leakage (CLIP §5).
 
@@ -34,22 +36,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 100, "max_content_width": 100},
 )
 
-# Stage command modules, in pipeline order; each issue adds its own line.
-COMMAND_MODULES: list[str] = [
-    "core",
-    "queries",
-    "download",
-    "bench",
-    "embed",
-    "detector",
-    "overlap",
-    "review",
-    "curate",
-    "train",
-    "eval",
-    "run",
-]
-
 
 def _version(value: bool):
     if value:
@@ -59,6 +45,7 @@ def _version(value: bool):
 
 @app.callback()
 def main_callback(
+    ctx: typer.Context,
     workspace: Optional[str] = typer.Option(
         None, "--workspace", "-w", envvar="CLIPCURATE_WORKSPACE",
         help="Workspace folder (default ./workspace)."),
@@ -70,21 +57,18 @@ def main_callback(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ):
-    state.workspace = workspace
-    state.config_file = config
-    state.quiet = quiet
-    state.debug = debug
+    ctx.obj = Globals(workspace=workspace, config_file=config, quiet=quiet, debug=debug)
     set_quiet(quiet)
 
 
-for _name in COMMAND_MODULES:
+# status and sql first, then each stage's commands in pipeline order (the stage list names the modules)
+core.register(app)
+for _name in stages.cli_modules():
     importlib.import_module(f"clipcurate.cli.{_name}").register(app)
 
 
 def _error(message: str) -> None:
     """The one error line: printed even under --quiet, never wrapped, markup left as typed."""
-    from rich.markup import escape
-
     quiet, console.quiet = console.quiet, False
     try:
         console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
@@ -114,32 +98,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     finally:
         set_quiet(was_quiet)
-
-
-def echo_table(columns: list[str], rows: list, fmt: str = "table", title: str | None = None) -> None:
-    """Data to stdout as a rich table, CSV or JSON lines."""
-    if fmt == "json":
-        for r in rows:
-            out(json.dumps(dict(zip(columns, r)), default=str))
-    elif fmt == "csv":
-        import csv
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(columns)
-        w.writerows(rows)
-        sys.stdout.write(buf.getvalue())
-    else:
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title=title, show_lines=False)
-        for c in columns:
-            t.add_column(str(c))
-        for r in rows:
-            t.add_row(*["" if v is None else str(v) for v in r])
-        Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(t)
 
 
 if __name__ == "__main__":  # pragma: no cover

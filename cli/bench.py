@@ -7,13 +7,9 @@ from typing import Optional
 
 import typer
 
-from clipcurate.cli.state import state
-
-
-class Format(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
+from clipcurate.cli.context import resolve, workspace
+from clipcurate.cli.options import Format, FormatOption, force_option
+from clipcurate.cli.output import echo_table
 
 
 class Kind(str, Enum):
@@ -26,38 +22,37 @@ bench_app = typer.Typer(help="Benchmarks to measure overlap against: add and lis
 
 @bench_app.command("add")
 def add(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Benchmark name, e.g. cifar10 (the folder under benchmarks/)."),
     source: str = typer.Option(..., "--from", help="Folder tree, captions folder, .parquet, .tar(s) or torchvision:NAME."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class names: one per line, or JSON list / {folder: name}."),
     templates: Optional[str] = typer.Option(None, "--templates", help="Prompt templates file, one per line with {}."),
     kind: Optional[Kind] = typer.Option(None, "--kind", help="classification or captions (default: from the source)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing benchmark of that name."),
+    force: force_option("Replace an existing benchmark of that name.") = False,
 ):
     """Copy a benchmark into the workspace (samples, class names, prompt templates).
 
     \b
     Example:  clipcurate bench add cifar10 --from torchvision:CIFAR10
     """
-    from clipcurate.bench import stage as bench
+    from clipcurate.bench import stage as bench  # on use, not at start-up: see cli/__init__.py
 
-    ws = state.ws(create=True)
-    cfg = state.config(ws).get("bench", {"templates": templates})
+    ws, config = resolve(ctx, create=True)
+    cfg = config.get("bench", {"templates": templates})
     bench.add(ws, name, source, classes=classes, templates=cfg["templates"] or None,
               kind=kind.value if kind else None, force=force, cache_dir=cfg["cache_dir"] or None)
 
 
 @bench_app.command("list")
-def list_(fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json.")):
+def list_(ctx: typer.Context, fmt: FormatOption = Format.table):
     """List the benchmarks in the workspace: kind, samples, classes, source.
 
     \b
     Example:  clipcurate bench list --format csv
     """
-    from clipcurate.bench import stage as bench
+    from clipcurate.bench import stage as bench  # on use, not at start-up: see cli/__init__.py
 
-    from clipcurate.cli.app import echo_table
-
-    ws = state.ws(must_exist=True)
+    ws = workspace(ctx, must_exist=True)
     rows = bench.list_benchmarks(ws)
     cols = ["name", "kind", "n", "n_skipped", "n_classes", "n_templates", "n_captions", "source"]
     echo_table(cols, [[r.get(c) for c in cols] for r in rows], fmt.value, title=f"benchmarks in {ws.root}")

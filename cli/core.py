@@ -2,48 +2,41 @@
 
 from __future__ import annotations
 
-from enum import Enum
+import json
 
 import typer
 
+from clipcurate import stages
 from clipcurate.core import sql as sqlmod
-from clipcurate.core.registry import status_rows
+from clipcurate.core.console import out
 
-from clipcurate.cli.state import state
-
-
-class Format(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
+from clipcurate.cli.context import workspace
+from clipcurate.cli.options import Format, FormatOption
+from clipcurate.cli.output import echo_table
 
 
-def status(fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json.")):
+def status(ctx: typer.Context, fmt: FormatOption = Format.table):
     """Show each stage: done / partial / missing, with shard and row counts.
 
     \b
     Example:  clipcurate -w ./workspace status --format json
     """
-    from clipcurate.cli.app import echo_table
-
-    ws = state.ws(must_exist=True)
-    rows = status_rows(ws)
-    cols = ["stage", "state", "shards", "rows", "command"]
-    data = [[r["stage"], r["state"], f'{r["shards_done"]}/{r["shards_total"]}' if r["shards_total"] else "",
-             ", ".join(f"{k}={v}" for k, v in r["rows"].items()), r["command"]] for r in rows]
+    ws = workspace(ctx, must_exist=True)
+    rows = stages.status_rows(ws)
     if fmt == Format.json:
-        from clipcurate.core.console import out
-        import json
-
         for r in rows:
             out(json.dumps(r))
         return
+    cols = ["stage", "state", "shards", "rows", "command"]
+    data = [[r["stage"], r["state"], f'{r["shards_done"]}/{r["shards_total"]}' if r["shards_total"] else "",
+             ", ".join(f"{k}={v}" for k, v in r["rows"].items()), r["command"]] for r in rows]
     echo_table(cols, data, fmt.value, title=f"workspace {ws.root}")
 
 
 def sql(
+    ctx: typer.Context,
     query: str = typer.Argument(None, help="SQL, or the name of a canned report (see --list)."),
-    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json."),
+    fmt: FormatOption = Format.table,
     list_: bool = typer.Option(False, "--list", help="List the views and canned reports, then exit."),
 ):
     """Query the workspace's manifests with DuckDB (one view per manifest).
@@ -51,9 +44,8 @@ def sql(
     \b
     Example:  clipcurate sql "select status, count(*) from pool group by 1" --format csv
     """
-    from clipcurate.cli.app import echo_table
-
-    ws = state.ws(must_exist=True)
+    ws = workspace(ctx, must_exist=True)
+    stages.load()  # a view per manifest of every stage, and every stage's canned reports
     if list_:
         con = sqlmod.connect(ws)
         views = [r[0] for r in con.execute("select view_name from duckdb_views() where not internal order by 1").fetchall()]

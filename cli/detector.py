@@ -9,9 +9,12 @@ from typing import List, Optional
 import typer
 
 from clipcurate.core.console import out
-from clipcurate.core.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
+from clipcurate.core.executor import from_config
 
-from clipcurate.cli.state import state
+from clipcurate.cli.context import resolve, workspace
+from clipcurate.cli.options import (DeviceOption, ExecutorOption, RayAddressOption, TableOrJson, TableOrJsonOption,
+                                    force_option)
+from clipcurate.cli.output import echo_table
 
 detector_app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                            help="The copy detector of CLIP App. C and the cheap copy signals (perceptual hashes).")
@@ -22,13 +25,9 @@ class Preset(str, Enum):
     full = "full"
 
 
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-
-
 @detector_app.command("train")
 def train(
+    ctx: typer.Context,
     run: str = typer.Option("default", "--run", "-r", help="Run name: checkpoints go to detector/RUN/."),
     preset: Optional[Preset] = typer.Option(None, "--preset", help="tiny (CPU, minutes) or full (GPU recipe)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps in total."),
@@ -41,21 +40,21 @@ def train(
     strength: Optional[float] = typer.Option(None, "--strength", help="App. C augmentation strength in (0, 1]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for init, batches and augmentations."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Batch-preparing worker processes."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    force: bool = typer.Option(False, "--force", help="Delete the run and train from scratch."),
+    device: DeviceOption = None,
+    force: force_option("Delete the run and train from scratch.") = False,
 ):
     """Train the App. C copy detector on the pool's images (resumes an unfinished run).
 
     \b
     Example:  clipcurate detector train --run tiny --preset tiny --steps 300
     """
-    from clipcurate.detector import stage as detector
+    from clipcurate.detector import stage as detector  # on use, not at start-up: see cli/__init__.py
 
-    ws = state.ws(must_exist=True)
+    ws, config = resolve(ctx, must_exist=True)
     opts = {"preset": preset.value if preset else None, "steps": steps, "batch_size": batch_size,
             "image_size": image_size, "width": width, "blocks": list(blocks) if blocks else None, "dim": dim,
             "lr": lr, "strength": strength, "seed": seed, "workers": workers, "device": device}
-    cfg = state.config(ws).get("detector", opts)
+    cfg = config.get("detector", opts)
     result = detector.train(ws, cfg, run=run, force=force)
     first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))
     last = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
@@ -65,19 +64,17 @@ def train(
 
 
 @detector_app.command("info")
-def info(fmt: Format = typer.Option(Format.table, "--format", "-f", help="table or json.")):
+def info(ctx: typer.Context, fmt: TableOrJsonOption = TableOrJson.table):
     """List the detector runs in the workspace: state, steps, loss, model file.
 
     \b
     Example:  clipcurate detector info --format json
     """
-    from clipcurate.detector import stage as detector
+    from clipcurate.detector import stage as detector  # on use, not at start-up: see cli/__init__.py
 
-    from clipcurate.cli.app import echo_table
-
-    ws = state.ws(must_exist=True)
+    ws = workspace(ctx, must_exist=True)
     rows = detector.runs(ws)
-    if fmt == Format.json:
+    if fmt == TableOrJson.json:
         for r in rows:
             out(json.dumps(r))
         return
@@ -86,20 +83,17 @@ def info(fmt: Format = typer.Option(Format.table, "--format", "-f", help="table 
 
 
 @detector_app.command("hashes")
-def hashes(force: bool = typer.Option(False, "--force", help="Recompute every hash."),
-           executor: Optional[Kind] = typer.Option(None, "--executor", help=EXECUTOR_HELP),
-           ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP)):
+def hashes(ctx: typer.Context, force: force_option("Recompute every hash.") = False,
+           executor: ExecutorOption = None, ray_address: RayAddressOption = None):
     """Compute pHash and dHash once per pool and benchmark image (cached in hashes/).
 
     \b
     Example:  clipcurate detector hashes
     """
-    from clipcurate.overlap import signals
+    from clipcurate.overlap import signals  # on use, not at start-up: see cli/__init__.py
 
-    ws = state.ws(must_exist=True)
-    from clipcurate.core.executor import from_config
-
-    counts = signals.compute_hashes(ws, force=force, executor=from_config(state.config(ws), executor, ray_address))
+    ws, cfg = resolve(ctx, must_exist=True)
+    counts = signals.compute_hashes(ws, force=force, executor=from_config(cfg, executor, ray_address))
     out(json.dumps({k: v for k, v in counts.items() if not k.startswith("source_")}))
 
 

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import List, Optional
 
 import typer
 
-from clipcurate.core.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
+from clipcurate.core.executor import from_config
 
-from clipcurate.cli.state import state
-
-
-class Format(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
+from clipcurate.cli.context import resolve
+from clipcurate.cli.options import ExecutorOption, Format, FormatOption, RayAddressOption, force_option
+from clipcurate.cli.output import echo_table
 
 
 def download(
+    ctx: typer.Context,
     input_file: Optional[str] = typer.Option(
         None, "--input", "-i", help="Parquet/CSV/TSV/JSONL of url + caption (default: candidates/candidates.parquet)."),
     url_col: Optional[str] = typer.Option(None, "--url-col", help="Input column with the url [config: url]."),
@@ -43,32 +39,28 @@ def download(
         help="Fetch from loopback, private, link-local and reserved addresses (refused by default)."),
     allow_host: Optional[List[str]] = typer.Option(
         None, "--allow-host", metavar="HOST", help="Host name exempt from the address check (repeatable)."),
-    force: bool = typer.Option(False, "--force", help="Start the pool over (delete pool/ and download again)."),
-    executor: Optional[Kind] = typer.Option(None, "--executor", help=EXECUTOR_HELP),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
-    fmt: Format = typer.Option(Format.table, "--format", "-f", help="Summary as table, csv or json."),
+    force: force_option("Start the pool over (delete pool/ and download again).") = False,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
+    fmt: FormatOption = Format.table,
 ):
     """Download the candidates with img2dataset into webdataset shards + the pool manifest.
 
     \b
     Example:  clipcurate -w ./workspace download --processes 4 --threads 64 --image-size 256
     """
-    from clipcurate.download.stage import download as run
+    from clipcurate.download.stage import download as run  # on use, not at start-up: see cli/__init__.py
 
-    from clipcurate.cli.app import echo_table
-
-    ws = state.ws(create=True)
-    cfg = state.config(ws).get("download", {
+    ws, cfg = resolve(ctx, create=True)
+    opts = cfg.get("download", {
         "url_col": url_col, "caption_col": caption_col, "image_size": image_size, "resize_mode": resize_mode,
         "skip_reencode": skip_reencode,
         "processes": processes, "threads": threads, "samples_per_shard": samples_per_shard,
         "timeout": timeout, "retries": retries, "fetch_deadline": fetch_deadline,
         "max_image_area": max_image_area, "distributor": distributor, "allow_private": allow_private,
         "allow_hosts": list(allow_host) if allow_host else None})
-    from clipcurate.core.executor import from_config
-
-    res = run(ws, input_file, cfg=cfg, force=force,
-              executor=from_config(state.config(ws), executor, ray_address))  # --executor ray: a Ray task per shard
+    res = run(ws, input_file, cfg=opts, force=force,
+              executor=from_config(cfg, executor, ray_address))  # --executor ray: a Ray task per shard
     c = res.counts
     rows = [[s, c.get(s, 0)] for s in ("success", "failed", "refused")] + [["total", c.get("rows", 0)]]
     echo_table(["status", "rows"], rows, fmt.value,

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from clipcurate.core.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
+from clipcurate.core.console import out
+from clipcurate.core.executor import from_config
+from clipcurate.core.models import ModelSpec, resolve_device
 
-from clipcurate.cli.state import state
+from clipcurate.cli.context import resolve
+from clipcurate.cli.options import (BatchSizeOption, BenchOption, DecodeWorkersOption, DeviceOption, ExecutorOption,
+                                    PrecisionOption, RayAddressOption, force_option)
 
 
 def embed(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="open_clip architecture or hf-hub:org/name [ViT-B-32]."),
     pretrained: Optional[str] = typer.Option(
         None, "--pretrained", "-p", help="Hub tag, checkpoint file (train's epoch_N.pt) or random [laion2b_s34b_b79k]."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [auto]."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16 [auto: bf16 on CUDA]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per forward pass [256]."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Decoding worker processes [-1: cores - 1]."),
-    bench: Optional[List[str]] = typer.Option(None, "--bench", help="Only this benchmark (repeatable) [all]."),
+    device: DeviceOption = None,
+    precision: PrecisionOption = None,
+    batch_size: BatchSizeOption = None,
+    workers: DecodeWorkersOption = None,
+    bench: BenchOption = None,
     pool: Optional[bool] = typer.Option(
         None, "--pool/--no-pool", help="Embed the pool shards [yes when pool/shards has tars or no benchmark exists]."),
     benchmarks: bool = typer.Option(True, "--benchmarks/--no-benchmarks", help="Embed the benchmarks."),
@@ -27,39 +32,32 @@ def embed(
         None, "--detector", help="Write copy-detector descriptors instead (detector.pt or its run folder)."),
     decode: Optional[str] = typer.Option(
         None, "--decode", help="pil (exact transform) or torch (torchvision.io on the device, nvJPEG on CUDA) [pil]."),
-    force: bool = typer.Option(False, "--force", help="Redo shards and benchmarks that are already done."),
-    executor: Optional[Kind] = typer.Option(None, "--executor", help=EXECUTOR_HELP),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    force: force_option("Redo shards and benchmarks that are already done.") = False,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
 ):
     """Embed pool shards and benchmarks with an open_clip model (resumable per shard).
 
     \b
     Example:  clipcurate embed --model ViT-B-32 --pretrained laion2b_s34b_b79k --device cuda
     """
-    from clipcurate.embed import stage as emb
-    from clipcurate.core.console import out
-    from clipcurate.core.models import ModelSpec
+    from clipcurate.bench.stage import list_benchmarks  # on use, not at start-up: see cli/__init__.py
+    from clipcurate.embed import stage as emb  # on use, not at start-up: see cli/__init__.py
 
-    ws = state.ws(must_exist=True)
-    cfg = state.config(ws).get("embed", {
+    ws, config = resolve(ctx, must_exist=True)
+    cfg = config.get("embed", {
         "model": model, "pretrained": pretrained, "device": device, "precision": precision,
         "batch_size": batch_size, "workers": workers, "benchmarks": list(bench) if bench else None,
         "decode": decode})
     names = (cfg["benchmarks"] or None) if benchmarks else []
     if pool is None:  # default: the pool when there is one; a workspace with only benchmarks is fine too
-        from clipcurate.bench.stage import list_benchmarks
-
         pool = any(ws.path("pool", "shards").glob("*.tar")) or names == [] or not list_benchmarks(ws)
     if not pool and names == []:
         raise typer.BadParameter("--no-pool with --no-benchmarks leaves nothing to embed")
-    from clipcurate.core.executor import from_config
-
-    ex = from_config(state.config(ws), executor, ray_address)  # --executor ray: pool shards on Ray actors
+    ex = from_config(config, executor, ray_address)  # --executor ray: pool shards on Ray actors
     if pool:  # a missing upstream is said before any model is loaded
         emb.pool_shards(ws)
     if detector:
-        from clipcurate.core.models import resolve_device
-
         enc = emb.load_encoder("detector", detector)
         tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=resolve_device(cfg["device"]),
                                batch_size=cfg["batch_size"], workers=cfg["workers"], force=force, executor=ex,

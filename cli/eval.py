@@ -2,54 +2,48 @@
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import List, Optional
+import math
+from typing import Optional
 
 import typer
 
-from clipcurate.cli.state import state
+from clipcurate.core.console import log
 
-
-class Format(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-
+from clipcurate.cli.context import resolve
+from clipcurate.cli.options import (BatchSizeOption, BenchOption, DecodeWorkersOption, DeviceOption, Format,
+                                    FormatOption, PrecisionOption, force_option)
+from clipcurate.cli.output import echo_table
 
 COLUMNS = ["benchmark", "kind", "n", "n_overlap", "overlap_pct", "acc_all", "acc_clean", "acc_overlap",
            "all_minus_clean", "p_value", "ci_low", "ci_high", "significant"]
 
 
 def eval_(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="open_clip architecture [the checkpoint's]."),
     pretrained: Optional[str] = typer.Option(
         None, "--pretrained", "-p", help="Hub tag, weights file or random (with --model) [latest train/ checkpoint]."),
     checkpoint: Optional[str] = typer.Option(
         None, "--checkpoint", help="A train checkpoint, e.g. train/RUN/checkpoints/epoch_N.pt [the latest]."),
     run: Optional[str] = typer.Option(None, "--run", help="Use the latest checkpoint of this train run."),
-    bench: Optional[List[str]] = typer.Option(None, "--bench", help="Only this benchmark (repeatable) [all]."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [auto]."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16 [auto]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per forward pass [256]."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Decoding worker processes [-1]."),
+    bench: BenchOption = None,
+    device: DeviceOption = None,
+    precision: PrecisionOption = None,
+    batch_size: BatchSizeOption = None,
+    workers: DecodeWorkersOption = None,
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Family-wise level for Bonferroni [0.05]."),
-    force: bool = typer.Option(False, "--force", help="Re-embed the benchmarks even when embeddings exist."),
-    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json."),
+    force: force_option("Re-embed the benchmarks even when embeddings exist.") = False,
+    fmt: FormatOption = Format.table,
 ):
     """Zero-shot and retrieval evaluation with the CLIP §5 Overlap/Clean table and report.
 
     \b
     Example:  clipcurate -w ./workspace eval --checkpoint train/default/checkpoints/epoch_3.pt
     """
-    import math
+    from clipcurate.eval.stage import evaluate  # on use, not at start-up: see cli/__init__.py
 
-    from clipcurate.core.console import log
-    from clipcurate.eval.stage import evaluate
-
-    from clipcurate.cli.app import echo_table
-
-    ws = state.ws(must_exist=True)
-    cfg = state.config(ws).get("eval", {
+    ws, config = resolve(ctx, must_exist=True)
+    cfg = config.get("eval", {
         "model": model, "pretrained": pretrained, "device": device, "precision": precision,
         "batch_size": batch_size, "workers": workers, "alpha": alpha,
         "benchmarks": list(bench) if bench else None})

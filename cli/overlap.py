@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from clipcurate.core.executor import EXECUTOR_HELP, RAY_ADDRESS_HELP, Kind
+from clipcurate.core.console import log
+from clipcurate.core.executor import from_config
 
-from clipcurate.cli.core import Format
-from clipcurate.cli.state import state
+from clipcurate.cli.context import resolve
+from clipcurate.cli.options import DeviceOption, ExecutorOption, Format, FormatOption, RayAddressOption, force_option
+from clipcurate.cli.output import echo_table
 
 
 class Backend(str, Enum):
@@ -20,60 +22,49 @@ class Backend(str, Enum):
     faiss = "faiss"
 
 
+# The search options, shared by `clipcurate overlap` and `clipcurate overlap run`
+ModelTagOption = Annotated[Optional[str], typer.Option(
+    "--model-tag", help="Embeddings to search (embed/TAG); default: the only/first CLIP tag.")]
+KOption = Annotated[Optional[int], typer.Option("--k", help="Top-k neighbours kept per benchmark sample [config: 10].")]
+HighOption = Annotated[Optional[float], typer.Option("--high", help="CLIP cosine for an automatic overlap [config: 0.95].")]
+LowOption = Annotated[Optional[float], typer.Option(
+    "--low", help="CLIP cosine for the review band and search floor [config: 0.85].")]
+BackendOption = Annotated[Optional[Backend], typer.Option(
+    "--backend", help="Search backend [config: auto = torch on CUDA, else numpy].")]
+SearchForce = force_option("Search again even if a finished search matches.")
+
+COLUMNS = ["benchmark", "n", "n_overlap", "n_clean", "overlap_pct", "review_pairs", "degenerate_pairs", "class_p"]
+
 overlap_app = typer.Typer(
     invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None)
 
 
-def _run(model_tag, k, high, low, backend, force, fmt, executor=None, ray_address=None):
-    from clipcurate.overlap import stage as overlap
+def _run(ctx: typer.Context, model_tag, k, high, low, backend, force, fmt, executor=None, ray_address=None):
+    from clipcurate.overlap import stage as overlap  # on use, not at start-up: see cli/__init__.py
 
-    from clipcurate.cli.app import echo_table
-
-    ws = state.ws(must_exist=True)
-    cfg = state.config(ws)
+    ws, cfg = resolve(ctx, must_exist=True)
     overrides = {"model_tag": model_tag, "k": k, "high": high, "low": low,
                  "backend": backend.value if backend else None}
-    from clipcurate.core.executor import from_config
-
     res = overlap.run(ws, overrides, force=force, cfg=cfg, executor=from_config(cfg, executor, ray_address))
     s = res.search
-    from clipcurate.core.console import log
-
     rate = s["pairs_scored"] / s["seconds"] if s["seconds"] > 0 else 0.0
     log(f"overlap: searched {s['shards_searched']}/{s['shards_total']} pool shard(s) with {s['backend']}"
         + (f", {rate:.3g} pairs/s" if s["shards_searched"] else " (reused the previous search)"))
-    cols = ["benchmark", "n", "n_overlap", "n_clean", "overlap_pct", "review_pairs", "degenerate_pairs", "class_p"]
-    echo_table(cols, [[r[c] for c in cols] for r in res.per_benchmark], fmt.value)
-
-
-def _options_doc():
-    return dict(
-        model_tag=typer.Option(None, "--model-tag", help="Embeddings to search (embed/TAG); default: the only/first CLIP tag."),
-        k=typer.Option(None, "--k", help="Top-k neighbours kept per benchmark sample [config: 10]."),
-        high=typer.Option(None, "--high", help="CLIP cosine for an automatic overlap [config: 0.95]."),
-        low=typer.Option(None, "--low", help="CLIP cosine for the review band and search floor [config: 0.85]."),
-        backend=typer.Option(None, "--backend", help="Search backend [config: auto = torch on CUDA, else numpy]."),
-        force=typer.Option(False, "--force", help="Search again even if a finished search matches."),
-        executor=typer.Option(None, "--executor", help=EXECUTOR_HELP),
-        ray_address=typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
-    )
-
-
-_O = _options_doc()
+    echo_table(COLUMNS, [[r[c] for c in COLUMNS] for r in res.per_benchmark], fmt.value)
 
 
 @overlap_app.callback()
 def overlap_callback(
     ctx: typer.Context,
-    model_tag: Optional[str] = _O["model_tag"],
-    k: Optional[int] = _O["k"],
-    high: Optional[float] = _O["high"],
-    low: Optional[float] = _O["low"],
-    backend: Optional[Backend] = _O["backend"],
-    force: bool = _O["force"],
-    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json."),
-    executor: Optional[Kind] = _O["executor"],
-    ray_address: Optional[str] = _O["ray_address"],
+    model_tag: ModelTagOption = None,
+    k: KOption = None,
+    high: HighOption = None,
+    low: LowOption = None,
+    backend: BackendOption = None,
+    force: SearchForce = False,
+    fmt: FormatOption = Format.table,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
 ):
     """Search the pool for copies of benchmark samples; write pairs, splits, decontam, review queue.
 
@@ -81,67 +72,63 @@ def overlap_callback(
     Example:  clipcurate overlap --k 10 --high 0.95 --low 0.85
     """
     if ctx.invoked_subcommand is None:
-        _run(model_tag, k, high, low, backend, force, fmt, executor, ray_address)
+        _run(ctx, model_tag, k, high, low, backend, force, fmt, executor, ray_address)
 
 
 @overlap_app.command("run")
 def run_cmd(
-    model_tag: Optional[str] = _O["model_tag"],
-    k: Optional[int] = _O["k"],
-    high: Optional[float] = _O["high"],
-    low: Optional[float] = _O["low"],
-    backend: Optional[Backend] = _O["backend"],
-    force: bool = _O["force"],
-    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json."),
-    executor: Optional[Kind] = _O["executor"],
-    ray_address: Optional[str] = _O["ray_address"],
+    ctx: typer.Context,
+    model_tag: ModelTagOption = None,
+    k: KOption = None,
+    high: HighOption = None,
+    low: LowOption = None,
+    backend: BackendOption = None,
+    force: SearchForce = False,
+    fmt: FormatOption = Format.table,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
 ):
     """Same as `clipcurate overlap`: search, decide, split, diagnose.
 
     \b
     Example:  clipcurate overlap run --model-tag ViT-B-32__laion2b_s34b_b79k --force
     """
-    _run(model_tag, k, high, low, backend, force, fmt, executor, ray_address)
+    _run(ctx, model_tag, k, high, low, backend, force, fmt, executor, ray_address)
 
 
 @overlap_app.command("refresh")
-def refresh_cmd(fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json.")):
+def refresh_cmd(ctx: typer.Context, fmt: FormatOption = Format.table):
     """Recompute splits and the decontam list from pairs + review decisions (no search).
 
     \b
     Example:  clipcurate overlap refresh
     """
-    from clipcurate.overlap import stage as overlap
+    from clipcurate.overlap import stage as overlap  # on use, not at start-up: see cli/__init__.py
 
-    from clipcurate.cli.app import echo_table
-
-    ws = state.ws(must_exist=True)
-    per = overlap.refresh_splits(ws, overlap.options(ws, cfg=state.config(ws)))
-    cols = ["benchmark", "n", "n_overlap", "n_clean", "overlap_pct", "review_pairs", "degenerate_pairs", "class_p"]
-    echo_table(cols, [[r[c] for c in cols] for r in per], fmt.value)
+    ws, cfg = resolve(ctx, must_exist=True)
+    per = overlap.refresh_splits(ws, overlap.options(ws, cfg=cfg))
+    echo_table(COLUMNS, [[r[c] for c in COLUMNS] for r in per], fmt.value)
 
 
 @overlap_app.command("calibrate")
 def calibrate_cmd(
+    ctx: typer.Context,
     model_tag: Optional[str] = typer.Option(None, "--model-tag", help="Model to calibrate (embed/TAG/model.json)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark whose images are planted [config: first]."),
     copies: Optional[int] = typer.Option(None, "--copies", help="Planted App. C copies [config: 64]."),
     distractors: Optional[int] = typer.Option(None, "--distractors", help="Pool images mixed in [config: 256]."),
     target_precision: Optional[float] = typer.Option(None, "--target-precision", help="Precision the chosen threshold must reach [config: 0.95]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the copies and the sampling [config: 0]."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda [config: auto]."),
+    device: DeviceOption = None,
 ):
     """Plant App-C copies of benchmark images among pool images; precision/recall vs threshold.
 
     \b
     Example:  clipcurate overlap calibrate --benchmark cifar10 --copies 64 --target-precision 0.95
     """
-    from clipcurate.overlap import calibrate
+    from clipcurate.overlap import calibrate  # on use, not at start-up: see cli/__init__.py
 
-    from clipcurate.cli.app import echo_table
-
-    ws = state.ws(must_exist=True)
-    cfg = state.config(ws)
+    ws, cfg = resolve(ctx, must_exist=True)
     res = calibrate.run(ws, {"model_tag": model_tag, "benchmark": benchmark, "copies": copies,
                              "distractors": distractors, "target_precision": target_precision, "seed": seed,
                              "device": device}, cfg=cfg)

@@ -7,7 +7,10 @@ from typing import List, Optional
 
 import typer
 
-from clipcurate.cli.state import state
+from clipcurate.core.console import out
+
+from clipcurate.cli.context import resolve
+from clipcurate.cli.options import force_option
 
 queries_app = typer.Typer(
     help="Build CLIP's query list from Wikipedia and match candidate pairs against it (MetaCLIP).",
@@ -18,6 +21,7 @@ queries_app = typer.Typer(
 
 @queries_app.command("build")
 def build(
+    ctx: typer.Context,
     dumps: List[Path] = typer.Argument(..., help="pages-articles .xml / .xml.bz2 dumps (multistream: index file next to it)."),
     pageviews: Optional[List[Path]] = typer.Option(None, "--pageviews", help="Hourly pageviews-*.gz file (repeatable): the titles source."),
     wordnet: Optional[str] = typer.Option(None, "--wordnet", help="WordNet 3.0 dict dir, 'auto' or 'none' [config: auto]."),
@@ -31,18 +35,17 @@ def build(
     partitions: Optional[int] = typer.Option(None, "--partitions", help="On-disk count partitions [32]."),
     spill_entries: Optional[int] = typer.Option(None, "--spill-entries", help="Spill counts to disk past this many keys [2000000]."),
     chunk_mb: Optional[float] = typer.Option(None, "--chunk-mb", help="Compressed MB of multistream bz2 per shard [32]."),
-    force: bool = typer.Option(False, "--force", help="Count again from scratch."),
+    force: force_option("Count again from scratch.") = False,
 ):
     """Build the query list from Wikipedia dumps.
 
     \b
     Example:  clipcurate queries build enwiki.xml.bz2 --wordnet /usr/share/wordnet
     """
-    from clipcurate.queries import stage
-    from clipcurate.core.console import out
+    from clipcurate.queries import stage  # on use, not at start-up: see cli/__init__.py
 
-    ws = state.ws(create=True)
-    opts = state.config(ws).get("queries", {
+    ws, cfg = resolve(ctx, create=True)
+    opts = cfg.get("queries", {
         "wordnet": wordnet, "unigram_min_count": unigram_min_count, "bigram_min_pmi": bigram_min_pmi,
         "bigram_min_count": bigram_min_count, "title_min_views": title_min_views,
         "title_min_hour_views": title_min_hour_views, "size": size, "workers": workers,
@@ -57,6 +60,7 @@ def build(
 
 @queries_app.command("match")
 def match(
+    ctx: typer.Context,
     candidates: Path = typer.Argument(..., help="Candidate pairs: .parquet (file or folder), .csv, .tsv or .jsonl."),
     queries_file: Optional[Path] = typer.Option(None, "--queries", help="Query list (default: the workspace's queries.parquet; also .json list or .txt)."),
     max_per_query: Optional[int] = typer.Option(None, "--max-per-query", "-t", help="Balancing target t per query [20000]."),
@@ -64,18 +68,17 @@ def match(
     url_column: Optional[str] = typer.Option(None, "--url-column", help="URL column name [url]."),
     caption_column: Optional[str] = typer.Option(None, "--caption-column", help="Caption column name [caption]."),
     engine: Optional[str] = typer.Option(None, "--engine", help="pyahocorasick or ahocorasick_rs [pyahocorasick]."),
-    force: bool = typer.Option(False, "--force", help="Redo even if the output is up to date."),
+    force: force_option("Redo even if the output is up to date.") = False,
 ):
     """Match candidate pairs against the query list and balance them (MetaCLIP).
 
     \b
     Example:  clipcurate queries match laion_part0.parquet --caption-column TEXT --url-column URL
     """
-    from clipcurate.queries import stage
-    from clipcurate.core.console import out
+    from clipcurate.queries import stage  # on use, not at start-up: see cli/__init__.py
 
-    ws = state.ws(create=True)
-    opts = state.config(ws).get("match", {
+    ws, cfg = resolve(ctx, create=True)
+    opts = cfg.get("match", {
         "max_per_query": max_per_query, "seed": seed, "url_column": url_column,
         "caption_column": caption_column, "engine": engine})
     stats = stage.match(ws, candidates, queries_file=queries_file, force=force, **opts)

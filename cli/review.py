@@ -12,7 +12,9 @@ import typer
 from clipcurate.core.console import log, out
 from clipcurate.core.errors import ClipcurateError
 
-from clipcurate.cli.state import state
+from clipcurate.cli.context import resolve, workspace
+from clipcurate.cli.options import TableOrJson, TableOrJsonOption
+from clipcurate.cli.output import echo_table
 
 review_app = typer.Typer(no_args_is_help=False, add_completion=False, rich_markup_mode=None)
 
@@ -28,11 +30,6 @@ class Images(str, Enum):
 class ExportFormat(str, Enum):
     parquet = "parquet"
     csv = "csv"
-
-
-class StatusFormat(str, Enum):
-    table = "table"
-    json = "json"
 
 
 @review_app.callback(invoke_without_command=True)
@@ -57,10 +54,10 @@ def review(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from clipcurate.review import session as rv
+    from clipcurate.review import session as rv  # on use, not at start-up: see cli/__init__.py
 
-    ws = state.ws(must_exist=True)
-    cfg = state.config(ws).get("review", {"reviewer": reviewer, "sort": sort, "prefetch": prefetch,
+    ws, config = resolve(ctx, must_exist=True)
+    cfg = config.get("review", {"reviewer": reviewer, "sort": sort, "prefetch": prefetch,
                                           "images": images.value if images else None})
     if cfg["images"] not in rv.IMAGE_MODES:
         raise ClipcurateError(f"[review] images = {cfg['images']!r}: use one of {', '.join(rv.IMAGE_MODES)}")
@@ -90,8 +87,8 @@ def _interactive() -> bool:
 
 def open_app(ws, session, images: str, prefetch: int) -> bool:
     """Run the Textual app; returns whether this session wrote decisions."""
-    from clipcurate.core.imageload import MediaLoader
-    from clipcurate.review.app import ReviewApp
+    from clipcurate.core.imageload import MediaLoader  # 0.1 s to import (image decoders): only the screen needs it
+    from clipcurate.review.app import ReviewApp  # textual: 0.3 s to import, only when the screen opens
 
     if images != "none":
         import textual_image.widget  # noqa: F401 - asks the terminal for its cell size before Textual starts
@@ -102,19 +99,17 @@ def open_app(ws, session, images: str, prefetch: int) -> bool:
 
 
 @review_app.command("status")
-def status(fmt: StatusFormat = typer.Option(StatusFormat.table, "--format", "-f", help="table or json.")):
+def status(ctx: typer.Context, fmt: TableOrJsonOption = TableOrJson.table):
     """Show review progress, each reviewer's decisions, automatic ones and disagreements.
 
     \b
     Example:  clipcurate review status --format json
     """
-    from clipcurate.review import session as rv
+    from clipcurate.review import session as rv  # on use, not at start-up: see cli/__init__.py
 
-    from clipcurate.cli.app import echo_table
-
-    ws = state.ws(must_exist=True)
+    ws = workspace(ctx, must_exist=True)
     s = rv.summary(ws)
-    if fmt == StatusFormat.json:
+    if fmt == TableOrJson.json:
         out(json.dumps(s, default=str))
         return
     queued = s["queued"]
@@ -142,6 +137,7 @@ def status(fmt: StatusFormat = typer.Option(StatusFormat.table, "--format", "-f"
 
 @review_app.command("export")
 def export(
+    ctx: typer.Context,
     output: str = typer.Option(..., "--output", "-o", help="File to write."),
     fmt: ExportFormat = typer.Option(ExportFormat.parquet, "--format", "-f", help="parquet or csv."),
 ):
@@ -150,9 +146,9 @@ def export(
     \b
     Example:  clipcurate review export --format csv --output decisions.csv
     """
-    from clipcurate.review import session as rv
+    from clipcurate.review import session as rv  # on use, not at start-up: see cli/__init__.py
 
-    ws = state.ws(must_exist=True)
+    ws = workspace(ctx, must_exist=True)
     n = rv.export(ws, output, fmt.value)
     log(f"wrote {n} decided pairs to {output}")
 

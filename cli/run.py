@@ -9,7 +9,13 @@ from typing import Optional
 
 import typer
 
-from clipcurate.cli.state import state
+from clipcurate import stages
+from clipcurate.core.console import console
+from clipcurate.core.workspace import Workspace
+
+from clipcurate.cli.context import config, globals_of, workspace
+from clipcurate.cli.options import force_option
+from clipcurate.cli.output import echo_table
 
 
 class Size(str, Enum):
@@ -17,39 +23,37 @@ class Size(str, Enum):
     small = "small"
 
 
-def run(pipeline: Path = typer.Argument(..., help="The pipeline file (TOML with [[step]] tables)."),
-        force: bool = typer.Option(False, "--force", help="Rerun every step, even finished ones.")):
+def run(ctx: typer.Context,
+        pipeline: Path = typer.Argument(..., help="The pipeline file (TOML with [[step]] tables)."),
+        force: force_option("Rerun every step, even finished ones.") = False):
     """Run the stages of a pipeline file in order, skipping finished steps.
 
     \b
     Example:  clipcurate -w ./workspace run examples/demo/pipeline.toml
     """
-    from clipcurate.run.runner import Pipeline, run_pipeline
-    from clipcurate.core.workspace import Workspace
+    from clipcurate.run.runner import Pipeline, run_pipeline  # on use, not at start-up: see cli/__init__.py
 
     p = Pipeline.load(pipeline)
-    ws = state.ws() if state.workspace else Workspace((p.path.parent / (p.workspace or ".")).resolve())
-    run_pipeline(p, ws, force=force)
+    ws = workspace(ctx) if globals_of(ctx).workspace else p.default_workspace()
+    run_pipeline(p, ws, force=force, cfg=config(ctx, ws))  # read once, before the first step
     typer.echo(f"pipeline finished: {ws.root}")
 
 
-def demo(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
-                                                   help="Workspace for the demo (default: the global -w or ./workspace)."),
+def demo(ctx: typer.Context,
+         workspace_dir: Optional[Path] = typer.Option(None, "--workspace", "-w",
+                                                      help="Workspace for the demo (default: the global -w or ./workspace)."),
          size: Size = typer.Option(Size.small, "--size", help="World size: small (the demo) or tiny (tests)."),
          seed: int = typer.Option(0, "--seed", help="Seed of the generated world."),
-         force: bool = typer.Option(False, "--force", help="Start over: delete the demo's outputs first.")):
+         force: force_option("Start over: delete the demo's outputs first.") = False):
     """Generate a small world and run every real stage on it (2 CPU cores, no network).
 
     \b
     Example:  clipcurate demo --workspace ./demo-workspace
     """
-    from clipcurate.core.console import console
-    from clipcurate.run.demo import run_demo
-    from clipcurate.core.workspace import Workspace
+    from clipcurate.run.demo import run_demo  # on use, not at start-up: see cli/__init__.py
 
-    from clipcurate.cli.app import echo_table
-
-    ws = Workspace(workspace) if workspace else state.ws()
+    stages.load()  # the demo reads its config file after writing it: every section must be declared
+    ws = Workspace(workspace_dir) if workspace_dir else workspace(ctx)
     t0 = time.time()
     rows = run_demo(ws, size=size.value, seed=seed, force=force)
     echo_table(["what", "measured"], [list(r) for r in rows], "table", title=f"clipcurate demo ({time.time() - t0:.0f} s)")

@@ -6,10 +6,14 @@ from typing import List, Optional
 
 import typer
 
-from clipcurate.cli.state import state
+from clipcurate.core.console import out
+
+from clipcurate.cli.context import globals_of, resolve
+from clipcurate.cli.options import DeviceOption, force_option
 
 
 def train(
+    ctx: typer.Context,
     name: str = typer.Option("default", "--name", help="Run name: checkpoints and logs go to train/NAME/."),
     model: Optional[str] = typer.Option(None, "--model", help="open_clip architecture [config: clipcurate-tiny]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size per device [config: 64]."),
@@ -22,11 +26,11 @@ def train(
     precision: Optional[str] = typer.Option(
         None, "--precision", help="auto (amp on CUDA, fp32 on CPU), amp, amp_bf16, fp32 [config: auto]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Dataloader workers [config: 2]."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N [config: auto]."),
+    device: DeviceOption = None,
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [config: 0]."),
     save_frequency: Optional[int] = typer.Option(None, "--save-frequency", help="Save epoch_N.pt every N epochs [config: 1]."),
     log_every: Optional[int] = typer.Option(None, "--log-every", help="Log the loss every N steps [config: 10]."),
-    force: bool = typer.Option(False, "--force", help="Delete train/NAME/ and start over."),
+    force: force_option("Delete train/NAME/ and start over.") = False,
     extra: Optional[List[str]] = typer.Option(
         None, "--open-clip-arg", help="Extra argument passed as is to open_clip_train (repeatable)."),
 ):
@@ -35,15 +39,14 @@ def train(
     \b
     Example:  clipcurate -w ./workspace train --name tiny --epochs 3 --batch-size 32
     """
-    from clipcurate.core.console import out
-    from clipcurate.train.stage import train as run
+    from clipcurate.train.stage import train as run  # on use, not at start-up: see cli/__init__.py
 
-    ws = state.ws(must_exist=True)
-    opts = state.config(ws).get("train", {
+    ws, cfg = resolve(ctx, must_exist=True)
+    opts = cfg.get("train", {
         "model": model, "batch_size": batch_size, "epochs": epochs, "samples": samples, "lr": lr, "wd": wd,
         "warmup": warmup, "precision": precision, "workers": workers, "device": device, "seed": seed,
         "save_frequency": save_frequency, "log_every": log_every})
-    res = run(ws, name, force=force, quiet=state.quiet, extra_args=extra, **opts)
+    res = run(ws, name, force=force, quiet=globals_of(ctx).quiet, extra_args=extra, **opts)
     first = f"{res.losses[0]['loss']:.4f}" if res.losses else ""
     last = f"{res.losses[-1]['loss']:.4f}" if res.losses else ""
     out(f"run: {res.run_dir}\ncheckpoint: {res.checkpoint}\nepochs: {res.epochs_done}\n"

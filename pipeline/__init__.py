@@ -1,6 +1,8 @@
 """clipcurate's stages and the core they share.
 
-Every stage module (``pipeline/<stage>.py``) is usable from Python without the CLI::
+One sub-package per stage (``clipcurate.<stage>``, the folders under pipeline/), listed in pipeline
+order in :mod:`clipcurate.stages`; the shared machinery is ``clipcurate.core``. Every stage is usable
+from Python without the CLI::
 
     from clipcurate.core.workspace import Workspace
     ws = Workspace("./workspace")

@@ -14,6 +14,7 @@ import tarfile
 import numpy as np
 import pyarrow as pa
 
+from clipcurate import stages
 from clipcurate.core import manifest as mf
 from clipcurate.core import synth
 from clipcurate.core.uid import pair_uid
@@ -35,7 +36,7 @@ _STANDINS = {
 
 
 def ensure_manifests() -> None:
-    mf.load_all_stages()
+    stages.load()
     for name, (glob, stage, cols) in _STANDINS.items():
         if name not in mf.REGISTRY:
             mf.register(name, version=1, glob=glob, stage=stage, doc=f"(test stand-in for {name})",

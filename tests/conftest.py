@@ -36,7 +36,6 @@ def ws(tmp_path, monkeypatch):
 def cli(capsys):
     """``cli("-w", ws, "status")`` → CliResult(code, out, err), through the real entry point."""
     from clipcurate.cli.app import main
-    from clipcurate.cli.state import state
 
     def run(*args) -> CliResult:
         capsys.readouterr()
@@ -45,8 +44,6 @@ def cli(capsys):
             main([str(a) for a in args])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        finally:
-            state.__init__()  # reset global options between invocations
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)
 

@@ -2,7 +2,7 @@
 manifest registry). Regenerate with:
 
     python -m clipcurate.cli.docs > docs/cli.md
-    python -m clipcurate.core.manifest > docs/workspace.md
+    python -m clipcurate.stages > docs/workspace.md
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ def test_cli_md_is_current():
 
 
 def test_workspace_md_is_current():
-    from clipcurate.core.manifest import render_markdown
+    from clipcurate.stages import render_markdown
 
     assert (DOCS / "workspace.md").read_text() == render_markdown(), \
-        "docs/workspace.md is stale: python -m clipcurate.core.manifest > docs/workspace.md"
+        "docs/workspace.md is stale: python -m clipcurate.stages > docs/workspace.md"
 
 
 def test_every_command_has_an_example():
@@ -40,9 +40,10 @@ def test_every_command_has_an_example():
 
 
 def test_every_manifest_column_documented():
+    from clipcurate import stages
     from clipcurate.core import manifest as mf
 
-    mf.load_all_stages()
+    stages.load()
     for m in mf.REGISTRY.values():
         assert m.doc.strip(), f"manifest {m.name} has no description"
         for c in m.columns:

@@ -9,7 +9,7 @@ import tarfile
 from clipcurate.download import stage as dl
 from clipcurate.core import manifest as mf
 from clipcurate.core import sql as sqlmod
-from clipcurate.core.registry import status_rows
+from clipcurate.stages import status_rows
 from clipcurate.core.synth import make_image
 
 

@@ -36,7 +36,7 @@ def test_tiny_model_trains_loss_falls_resumes_and_checkpoint_feeds_embed_and_eva
     assert res.checkpoint.name == "epoch_2.pt" and res.epochs_done == 2
     assert json.loads((res.run_dir / "losses.json").read_text()) == res.losses
     assert (res.run_dir / "out.log").is_file() and (res.run_dir / "checkpoints" / "epoch_latest.pt").is_file()
-    from clipcurate.core.registry import status_rows
+    from clipcurate.stages import status_rows
 
     assert next(r for r in status_rows(ws) if r["stage"] == "train")["state"] == "done"
 

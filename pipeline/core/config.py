@@ -114,9 +114,9 @@ class Config:
     @classmethod
     def load(cls, workspace_root: Path | None, config_file: str | os.PathLike | None = None,
              environ: Mapping[str, str] | None = None) -> "Config":
-        from clipcurate.core.manifest import load_all_stages
-
-        load_all_stages()
+        """``config_file`` (or ``$CLIPCURATE_CONFIG``), else the workspace's clipcurate.toml, else
+        defaults only. The file is checked against the sections declared so far: import the stages
+        first (``clipcurate.stages.load()``, as the CLI does) or a stage's section is unknown."""
         environ = os.environ if environ is None else environ
         path = config_file or environ.get("CLIPCURATE_CONFIG")
         if path:

@@ -1,11 +1,17 @@
-"""Stages register themselves here: their folder, the manifests they write and the command that
-makes them. ``status`` walks this list; :func:`require_manifest` uses it to name the command to run
-first when an upstream output is missing."""
+"""The stage list as core sees it: each stage's folder, the command that fills it and the manifests
+it writes.
+
+The list itself lives one layer up, in :mod:`clipcurate.stages`, and core may not import it (core
+is the bottom layer). So the list is handed down: importing :mod:`clipcurate.stages` calls
+:func:`use_stages` with it, and :func:`require_manifest` reads it to name the command to run first
+when an upstream output is missing. :func:`status_row` is one line of ``clipcurate status``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Sequence
 
 from clipcurate.core import manifest as mf
 from clipcurate.core.errors import MissingUpstream
@@ -15,23 +21,37 @@ from clipcurate.core.workspace import Workspace
 
 @dataclasses.dataclass(frozen=True)
 class StageInfo:
-    name: str
-    folder: str  # relative to the workspace
-    command: str  # the command that produces it, e.g. "clipcurate download"
-    manifests: tuple[str, ...] = ()
+    """One entry of the stage list (:data:`clipcurate.stages.STAGES`)."""
+
+    name: str  # the stage's name in `clipcurate status` and in its manifests' `stage`
+    folder: str  # its folder, relative to the workspace
+    command: str  # the command that makes its outputs, e.g. "clipcurate download"
+    manifests: tuple[str, ...] = ()  # the manifests it writes
+    package: str = ""  # its room: the sub-package clipcurate.<package>
+    # modules (under clipcurate) that declare its manifests, config sections and SQL reports when imported
+    modules: tuple[str, ...] = ()
+    cli: str | None = None  # clipcurate.cli.<cli> holds its commands (``register(app)``)
 
 
-STAGES: dict[str, StageInfo] = {}
+# The stage list, in pipeline order, as handed down by clipcurate.stages (empty until it is imported).
+# Filled in place, so a module that imported the name sees the list too.
+STAGES: list[StageInfo] = []
+
+
+def use_stages(stages: Sequence[StageInfo]) -> None:
+    """Hand the stage list down to core (clipcurate.stages does this when it is imported)."""
+    STAGES[:] = stages
 
 
 def register_stage(name: str, folder: str, command: str, manifests: tuple[str, ...] = ()) -> StageInfo:
-    info = StageInfo(name, folder, command, tuple(manifests))
-    STAGES[name] = info
-    return info
+    """Kept only so that stage modules which still declare themselves keep importing: the entry is
+    not recorded. The stage list is :data:`clipcurate.stages.STAGES`; add a stage there."""
+    return StageInfo(name, folder, command, tuple(manifests))
 
 
 def producer(manifest_name: str) -> StageInfo | None:
-    for info in STAGES.values():
+    """The stage that writes a manifest, or None when the stage list does not name one."""
+    for info in STAGES:
         if manifest_name in info.manifests:
             return info
     return None
@@ -47,15 +67,12 @@ def require_manifest(ws: Workspace, name: str) -> list[Path]:
     return files
 
 
-def status_rows(ws: Workspace) -> list[dict]:
-    """One row per registered stage: state, shards done/total, rows per manifest."""
-    mf.load_all_stages()
-    rows = []
-    for info in sorted(STAGES.values(), key=lambda s: mf._stage_order(s.name)):
-        state, done, total = stage_state(ws.root / info.folder)
-        counts = {m: mf.count_rows(m, ws.root) for m in info.manifests}
-        if state == "missing" and any(counts.values()):
-            state = "partial"
-        rows.append({"stage": info.name, "state": state, "shards_done": done, "shards_total": total,
-                     "rows": counts, "command": info.command})
-    return rows
+def status_row(ws: Workspace, info: StageInfo) -> dict:
+    """One stage's line of ``clipcurate status``: state (done / partial / missing), shards done and
+    planned, rows per manifest. A folder without markers whose manifests have rows is partial."""
+    state, done, total = stage_state(ws.root / info.folder)
+    counts = {m: mf.count_rows(m, ws.root) for m in info.manifests}
+    if state == "missing" and any(counts.values()):
+        state = "partial"
+    return {"stage": info.name, "state": state, "shards_done": done, "shards_total": total,
+            "rows": counts, "command": info.command}

@@ -7,7 +7,8 @@ the duckdb CLI or plain Python can query it without clipcurate::
     duckdb workspace/clipcurate.duckdb "select status, count(*) from pool group by 1"
 
 Canned reports are named queries (``clipcurate sql --list``) that stages register with
-:func:`report`; a report is offered only when the views it needs exist.
+:func:`report`; a report is offered only when the views it needs exist. The views cover the
+manifests registered so far: ``clipcurate sql`` imports every stage first (``clipcurate.stages.load()``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ def view_sql(m: mf.Manifest, ws: Workspace) -> str | None:
 
 
 def create_views(con: duckdb.DuckDBPyConnection, ws: Workspace) -> list[str]:
-    mf.load_all_stages()
     made = []
     for m in mf.REGISTRY.values():
         stmt = view_sql(m, ws)

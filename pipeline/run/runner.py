@@ -13,49 +13,37 @@ A pipeline file is a list of steps; each names a step kind and its parameters::
     run = "download"
     allow_private = true
 
-Relative paths in step parameters are resolved against the pipeline file's folder. Each finished
-step leaves a marker ``run/{NN}-{kind}.done`` holding a hash of its parameters: a rerun skips a step
-whose marker matches, reruns one whose parameters changed, and the stages themselves skip their
-finished shards, so a run killed in the middle of a stage continues where it stopped. A failing step
-stops the run with one line naming the step and the fix.
+The step kinds are :data:`clipcurate.run.steps.STEPS`. Relative paths in step parameters are
+resolved against the pipeline file's folder. The configuration is read once per run and handed to
+the steps that take it (``cfg``). Each finished step leaves a marker ``run/{NN}-{kind}.done``
+holding a hash of its parameters: a rerun skips a step whose marker matches, reruns one whose
+parameters changed, and the stages themselves skip their finished shards, so a run killed in the
+middle of a stage continues where it stopped. A failing step stops the run with one line naming the
+step and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from clipcurate.core import registry
-from clipcurate.core.config import read_file
+from clipcurate.core.config import Config, read_file
 from clipcurate.core.console import log
 from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.io import read_json, write_json
 from clipcurate.core.stage import PLAN, SUCCESS, marker
 from clipcurate.core.workspace import Workspace
-
-registry.register_stage("run", "run", "clipcurate run PIPELINE.toml")
-
-# step kind -> (function(ws, **params) -> dict summary, the command a user would type)
-STEPS: dict[str, tuple[Callable[..., dict | None], str]] = {}
+from clipcurate.run.steps import STEPS
 
 # parameter names whose values are file paths (resolved against the pipeline file's folder)
 PATH_KEYS = {"dumps", "pageviews", "wordnet", "input", "source", "classes", "templates", "checkpoint",
              "detector", "path", "truth", "queries_file", "serve"}
-
-
-def step(kind: str, command: str):
-    """Register a step kind: ``@step("download", "clipcurate download")``."""
-
-    def deco(fn):
-        STEPS[kind] = (fn, command)
-        return fn
-
-    return deco
 
 
 @dataclasses.dataclass
@@ -66,8 +54,6 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Pipeline":
-        from clipcurate.run import steps as run_steps  # noqa: F401  registers the step kinds
-
         p = Path(path)
         data = read_file(p)
         unknown = set(data) - {"workspace", "step", "name", "description"}
@@ -81,6 +67,10 @@ class Pipeline:
             if kind not in STEPS:
                 raise ClipcurateError(f"{p}: step {i + 1} has run = {kind!r}; known steps: {', '.join(sorted(STEPS))}")
         return cls(p.resolve(), data.get("workspace"), steps)
+
+    def default_workspace(self) -> Workspace:
+        """The file's ``workspace`` (relative to the file; default: the file's folder)."""
+        return Workspace((self.path.parent / (self.workspace or ".")).resolve())
 
     def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
         base = self.path.parent
@@ -115,9 +105,12 @@ class Pipeline:
 
 
 def run_pipeline(pipeline: Pipeline, ws: Workspace, force: bool = False,
-                 on_step: Callable[[str, str, float, dict | None], None] | None = None) -> list[dict]:
-    """Run every step in order; returns one summary dict per step."""
+                 on_step: Callable[[str, str, float, dict | None], None] | None = None,
+                 cfg: Config | None = None) -> list[dict]:
+    """Run every step in order; returns one summary dict per step. ``cfg``: the configuration the
+    steps read (default: the workspace's clipcurate.toml, read once here)."""
     ws.create()
+    cfg = Config.load(ws.root) if cfg is None else cfg
     folder = ws.root / "run"
     folder.mkdir(exist_ok=True)
     ids = [pipeline.step_id(i, s) for i, s in enumerate(pipeline.steps)]
@@ -140,8 +133,9 @@ def run_pipeline(pipeline: Pipeline, ws: Workspace, force: bool = False,
         mk.unlink(missing_ok=True)
         log(f"[bold]step {sid}[/] ({command})")
         t0 = time.time()
+        extra = {"cfg": cfg} if "cfg" in inspect.signature(fn).parameters else {}
         try:
-            summary = fn(ws, **params) or {}
+            summary = fn(ws, **params, **extra) or {}
         except ClipcurateError as exc:
             raise ClipcurateError(
                 f"step {sid} ({command}) failed: {exc} — fix it and rerun `clipcurate run {pipeline.path}`; "

@@ -1,28 +1,55 @@
 """The step kinds a pipeline file can name: thin adapters from TOML parameters to each stage's
-Python API (the same functions the CLI calls). Each returns a small summary dict for the run log."""
+Python API (the same functions the CLI calls). Each returns a small summary dict for the run log.
+
+:data:`STEPS` maps a kind to its function and the command a user would type; the runner
+(:mod:`clipcurate.run.runner`) looks kinds up here. A step function takes the workspace and the
+step's parameters; one that also takes ``cfg`` gets the run's configuration, read once per run.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clipcurate.bench import stage as bench
 from clipcurate.core.config import Config
 from clipcurate.core.errors import ClipcurateError
-from clipcurate.core.io import atomic_path
-from clipcurate.run.runner import step
+from clipcurate.core.io import atomic_path, read_json
+from clipcurate.core.models import ModelSpec, resolve_device
 from clipcurate.core.workspace import Workspace
+from clipcurate.curate import stage as cu
+from clipcurate.detector import stage as det
+from clipcurate.download import stage as dl
+from clipcurate.embed import stage as em
+from clipcurate.eval import stage as ev
+from clipcurate.overlap import calibrate
+from clipcurate.overlap import stage as ov
+from clipcurate.queries import stage as queries
+from clipcurate.run.autoreview import auto_review
+from clipcurate.run.world import PLACEHOLDER, ImageServer, preferred_port
+from clipcurate.train import stage as tr
+
+# step kind -> (function(ws, **params) -> summary dict, the command a user would type)
+STEPS: dict[str, tuple[Callable[..., dict | None], str]] = {}
 
 
-def _cfg(ws: Workspace) -> Config:
-    return Config.load(ws.root)
+def step(kind: str, command: str):
+    """Register a step kind: ``@step("download", "clipcurate download")``."""
+
+    def deco(fn):
+        STEPS[kind] = (fn, command)
+        return fn
+
+    return deco
 
 
 @step("queries.build", "clipcurate queries build")
 def queries_build(ws, dumps, pageviews=(), wordnet="auto", **options):
-    from clipcurate.queries import stage as queries
-
     stats = queries.build(ws, dumps=list(dumps), pageviews=list(pageviews), wordnet=wordnet, **options)
     return {"queries": stats.get("size"),
             "by_source": {s: v.get("in_list") for s, v in stats.get("sources", {}).items()}}
@@ -30,24 +57,18 @@ def queries_build(ws, dumps, pageviews=(), wordnet="auto", **options):
 
 @step("queries.match", "clipcurate queries match")
 def queries_match(ws, input, **options):
-    from clipcurate.queries import stage as queries
-
     stats = queries.match(ws, input, **options)
     return {k: stats[k] for k in ("rows", "matched", "unmatched", "kept", "keep_rate") if k in stats}
 
 
 @step("download", "clipcurate download")
-def download(ws, input=None, serve=None, **options):
+def download(ws, input=None, serve=None, *, cfg: Config, **options):
     """``serve = "world/images"`` (demo only): serve that folder on 127.0.0.1 for the download and
     point the candidates' placeholder host at it; uids stay those of the placeholder URLs."""
-    from clipcurate.download import stage as dl
-
-    conf = _cfg(ws).get("download", options)
+    conf = cfg.get("download", options)
     if serve is None:
         res = dl.download(ws, input, cfg=conf)
         return dict(res.counts)
-    from clipcurate.run.world import PLACEHOLDER, ImageServer, preferred_port
-
     src = Path(input) if input else ws.path("candidates", "candidates.parquet")
     if not src.exists():
         raise ClipcurateError(f"candidates {str(src)!r} not found: run `clipcurate queries match` first")
@@ -63,15 +84,11 @@ def download(ws, input=None, serve=None, **options):
 
 @step("bench.add", "clipcurate bench add")
 def bench_add(ws, name, source, **options):
-    from clipcurate.bench import stage as bench
-
     meta = bench.add(ws, name, source, **options)
     return {"benchmark": name, "n": meta.get("n")}
 
 
 def _spec(model: str, pretrained: str | None):
-    from clipcurate.core.models import ModelSpec
-
     return ModelSpec(model, None if pretrained in (None, "", "random") else pretrained)
 
 
@@ -79,11 +96,7 @@ def _spec(model: str, pretrained: str | None):
 def embed(ws, model="clipcurate-tiny", pretrained="random", detector=None, **options):
     """CLIP embeddings of the pool and the benchmarks; ``detector = "detector/RUN"`` writes that
     copy detector's descriptors instead (``clipcurate embed --detector``)."""
-    from clipcurate.embed import stage as em
-
     if detector:
-        from clipcurate.core.models import resolve_device
-
         enc = em.load_encoder("detector", detector)
         device = resolve_device(options.pop("device", "auto"))
         tag = em.embed_images(ws, enc, pool=True, benchmarks=None, device=device, **options)
@@ -96,26 +109,22 @@ def embed(ws, model="clipcurate-tiny", pretrained="random", detector=None, **opt
 
 @step("detector.train", "clipcurate detector train")
 def detector_train(ws, run_name="default", **options):
-    from clipcurate.detector import stage as detector
-
-    res = detector.train(ws, options, run=run_name)
+    res = det.train(ws, options, run=run_name)
     return {"steps": res.steps, "loss_first": res.losses[0] if res.losses else None,
             "loss_last": res.losses[-1] if res.losses else None}
 
 
 @step("overlap", "clipcurate overlap")
-def overlap(ws, use_calibration=False, **options):
+def overlap(ws, use_calibration=False, *, cfg: Config, **options):
     """``use_calibration = true``: take the thresholds ``overlap calibrate`` chose (its
     thresholds.json) unless the step sets them itself."""
-    from clipcurate.overlap import stage as ov
-
     if use_calibration:
-        options = {**calibrated_thresholds(ws), **options}
-    res = ov.run(ws, overrides=options)
+        options = {**calibrated_thresholds(ws, cfg), **options}
+    res = ov.run(ws, overrides=options, cfg=cfg)
     return {"model_tag": res.tag, **{k: v for k, v in res.search.items() if isinstance(v, (int, float, str))}}
 
 
-def calibrated_thresholds(ws: Workspace) -> dict:
+def calibrated_thresholds(ws: Workspace, cfg: Config) -> dict:
     """[overlap] overrides from ``overlap calibrate``'s chosen thresholds (thresholds.json).
 
     For every signal whose sweep reached the target precision, its chosen threshold becomes the
@@ -123,20 +132,13 @@ def calibrated_thresholds(ws: Workspace) -> dict:
     lower edge unless that would lie past the new threshold. A signal that reached the target at no
     threshold may not decide ``overlap`` on its own (its overlap threshold becomes unreachable); its
     review band starts where its measured precision was best, so a reviewer sees those pairs."""
-    import math
-
-    import pyarrow.compute as pc
-
-    from clipcurate.overlap import stage as ov
-    from clipcurate.core.io import read_json
-
     p = ws.path("overlap", "calibration", "thresholds.json")
     if not p.exists():
         raise ClipcurateError(f"{p} not found: run `clipcurate overlap calibrate` first (or drop use_calibration)")
     chosen = read_json(p).get("chosen", {})
     curve_p = p.with_name("curve.parquet")
     curve = pq.read_table(curve_p) if curve_p.exists() else None
-    base = ov.options(ws)
+    base = ov.options(ws, cfg=cfg)
     out: dict = {}
     signal_thresholds = dict(base.get("signal_thresholds") or {})
     for name, c in chosen.items():
@@ -171,25 +173,19 @@ def calibrated_thresholds(ws: Workspace) -> dict:
 
 
 @step("overlap.calibrate", "clipcurate overlap calibrate")
-def overlap_calibrate(ws, **options):
-    from clipcurate.overlap import calibrate
-
-    out = calibrate.run(ws, overrides=options)
+def overlap_calibrate(ws, *, cfg: Config, **options):
+    out = calibrate.run(ws, overrides=options, cfg=cfg)
     return {k: v for k, v in out.items() if isinstance(v, (int, float, str))}
 
 
 @step("review.auto", "clipcurate review (automatic decisions, demo only)")
-def review_auto(ws, rule="agree", **options):
-    from clipcurate.run.demo import auto_review
-
-    return auto_review(ws, rule=rule, **options)
+def review_auto(ws, rule="agree", *, cfg: Config, **options):
+    return auto_review(ws, rule=rule, cfg=cfg, **options)
 
 
 @step("curate", "clipcurate curate")
-def curate(ws, **options):
-    from clipcurate.curate import stage as cu
-
-    conf = _cfg(ws).get("curate", options)
+def curate(ws, *, cfg: Config, **options):
+    conf = cfg.get("curate", options)
     res = cu.curate(ws, decontam=conf["decontam"], shard_size=conf["shard_size"])
     return {"samples": res.samples, "shards": len(res.shards),
             **{k: v for k, v in res.counts.items() if isinstance(v, (int, float))}}
@@ -197,8 +193,6 @@ def curate(ws, **options):
 
 @step("train", "clipcurate train")
 def train(ws, run_name="default", **options):
-    from clipcurate.train import stage as tr
-
     res = tr.train(ws, run_name, quiet=True, **options)
     losses = [r["loss"] for r in res.losses]
     return {"epochs": res.epochs_done, "checkpoint": str(res.checkpoint),
@@ -207,9 +201,6 @@ def train(ws, run_name="default", **options):
 
 @step("eval", "clipcurate eval")
 def evaluate(ws, **options):
-    from clipcurate.eval import stage as ev
-
     res = ev.evaluate(ws, **options)
     return {"model_tag": res.tag, "report": str(res.folder / "report.md"),
             **{k: v for k, v in res.summary.items() if isinstance(v, (int, float, str))}}
-

@@ -26,6 +26,7 @@ import bz2
 import dataclasses
 import gzip
 import http.server
+import json
 import random
 import threading
 from pathlib import Path
@@ -130,8 +131,6 @@ def build_world(folder: str | Path, size: str = "small", seed: int = 0) -> dict:
     """Write the whole world under ``folder``; returns a summary dict (also world.json)."""
     folder = Path(folder)
     if (folder / "world.json").exists():
-        import json
-
         return json.loads((folder / "world.json").read_text())
     sz = SIZES[size]
     rng = np.random.default_rng(seed)
@@ -205,8 +204,6 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 def preferred_port(ws) -> int:
     """The port the demo's server used last time in this workspace (0: any), so a rerun after a
     kill fetches the same URLs."""
-    import json
-
     p = Path(ws.root) / "world" / "server.json"
     try:
         return int(json.loads(p.read_text())["port"])
