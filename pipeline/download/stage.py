@@ -18,7 +18,7 @@ shard as it lands in the pool, so that the runner writes that shard's marker at 
 loses no finished shard); shards a stalled run left get a second round (``ROUNDS``). On Ray each
 task runs :meth:`Download.run_shard` — the same rounds for one shard, img2dataset in one process —
 on the worker, which therefore does the whole shard (pre-check included) and sends back only its
-counts. Both paths give the same pool, byte for byte.
+counts. Both paths give the same pool: the same rows and tar members (tests/test_ray.py checks it).
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ from clipcurate.core.workspace import Workspace
 from clipcurate.download.fetch import WORK_DIR, fetch_round
 from clipcurate.download.options import conf_from, policy_from
 from clipcurate.download.plan import plan
-from clipcurate.download.pool import FOLDER, STAGE, write_pool_shard  # noqa: F401  (write_pool_shard: older imports)
+from clipcurate.download.pool import FOLDER, STAGE
+# Still importable from here for callers written before the package API (tests' helpers, benchmarks);
+# new code imports it from clipcurate.download.
+from clipcurate.download.pool import write_pool_shard  # noqa: F401
 
 registry.register_stage(STAGE, FOLDER, "clipcurate download", ("pool",))
 
