@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from _download_server import EXPECTED, ImageServer, write_urls
-import clipcurate.download.stage  # noqa: F401  (registers the `pool` manifest that pool_rows reads)
+import clipcurate.download  # noqa: F401  (registers the `pool` manifest that pool_rows reads)
 from clipcurate.core import manifest as mf
 from clipcurate.core.uid import pair_uid
 
@@ -154,7 +154,7 @@ def test_cli_errors_are_one_line(ws, cli, tmp_path):
 
 
 def test_changed_input_needs_force(ws, tmp_path):
-    from clipcurate.download import stage as dl
+    import clipcurate.download as dl
     from clipcurate.core.errors import ClipcurateError
     from clipcurate.core.stage import mark_done
 

@@ -13,7 +13,8 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from clipcurate.download import stage as dl
+from clipcurate.download import img2dataset_child as dl
+from clipcurate.download import TarStream
 from clipcurate.core.synth import make_image
 
 
@@ -29,7 +30,7 @@ def _tarfile_bytes(members) -> bytes:
 
 def _stream_bytes(members) -> bytes:
     buf = io.BytesIO()
-    tar = dl.TarStream(buf)
+    tar = TarStream(buf)
     for name, data in members:
         tar.add(name, data)
     tar.close()

@@ -6,7 +6,7 @@ import hashlib
 import json
 import tarfile
 
-from clipcurate.download import stage as dl
+import clipcurate.download as dl
 from clipcurate.core import manifest as mf
 from clipcurate.core import sql as sqlmod
 from clipcurate.stages import status_rows

@@ -10,7 +10,7 @@ import pytest
 
 from _download_server import ImageServer, bomb_png
 from clipcurate.download import urlsafety as us
-from clipcurate.download.stage import inspect_image
+from clipcurate.download import inspect_image
 from clipcurate.core.synth import jpeg_bytes, make_image, png_bytes
 
 PUBLIC = "cdn.public-example.com"

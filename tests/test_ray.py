@@ -208,7 +208,7 @@ def test_download_on_ray_matches_local_and_keeps_url_safety(ray_session, tmp_pat
     import pyarrow.parquet as pq
 
     from _download_server import ImageServer
-    from clipcurate.download.stage import download
+    from clipcurate.download import download
     from clipcurate.core.workspace import Workspace
 
     with ImageServer(slow_seconds=3) as srv:

@@ -1,23 +1,27 @@
-"""Executors: run a stage's per-shard work here (``local``) or across a Ray cluster (``ray``).
+"""Executors: where a stage's shards run — here (``local``) or across a Ray cluster (``ray``).
 
-A stage is a loop over shards (clipcurate.core.stage). Each shard writes its outputs atomically and then,
-last, its ``<shard>.done`` marker. That contract is all a cluster needs: a shard is either finished
-(data + marker) or not, wherever it ran, so a run that dies half-way — a worker, a node, or the
-driver itself SIGKILLed — resumes by skipping the shards that have markers. The executor only decides
-*where* ``fn(shard)`` runs:
+The runner is clipcurate.core.stage (plan, markers, ``_SUCCESS``); an executor only decides *where*
+each shard runs, and knows no stage: whatever a worker needs comes with the Stage object, which is
+pickled to the workers (its attributes, its ``setup()``). Each shard writes its outputs atomically
+and then, last, its ``<shard>.done`` marker, written on the worker right after ``run_shard``
+returns. That contract is all a cluster needs: a shard is either finished (data + marker) or not,
+wherever it ran, so a run that dies half-way — a worker, a node, or the driver itself SIGKILLed —
+resumes by skipping the shards that have markers.
 
     ex = get_executor("ray", address="auto")          # or "local"; address None = start a local Ray
+    result = MyStage(folder).run(ex, actors=True)     # = ex.run_stage(MyStage(folder), actors=True)
     infos = ex.map_shards(embed_one, shards, folder=out_dir, setup=load_model, gpu=True)
 
-- ``local``: a plain loop in this process (what every stage does without ``--executor``).
-- ``ray``: without ``setup``, one Ray task per shard; with ``setup``, a pool of Ray actors, each
-  calling ``setup()`` once (load the model once per actor) and then ``fn(shard, state)`` for the
-  shards it is handed. ``gpu=True`` asks for a GPU per actor/task when the cluster has GPUs.
+- ``local``: this process (what every stage does without ``--executor``): ``setup()`` once, then
+  the stage's ``run_batch`` (a loop over ``run_shard`` unless the stage batches its shards).
+- ``ray``: one Ray task per shard, each with its own copy of the stage; with ``actors=True`` (or a
+  ``setup`` for map_shards), a pool of Ray actors, each setting up its copy once (load the model once
+  per actor) and then running the shards it is handed. ``gpu=True`` asks for a GPU per actor/task
+  when the cluster has GPUs.
 
-In both cases the worker writes the shard's marker right after ``fn`` returns (so a finished shard is
-never lost with the driver), and ``map_shards`` returns one result per input shard **in the input
-order**, whatever order the shards finished in — the driver merges deterministically. A shard whose
-marker already exists is not run again; its result is the dict stored in its marker.
+``map_shards`` returns one result per input shard **in the input order**, whatever order the
+shards finished in — the driver merges deterministically. A shard whose marker already exists is not
+run again; its result is the dict stored in its marker.
 
 The workspace must be on a filesystem every Ray node mounts at the same path (NFS, Lustre, a
 FUSE-mounted bucket), and clipcurate must be installed in the cluster's Python (see docs/ray.md).
@@ -25,19 +29,17 @@ FUSE-mounted bucket), and clipcurate must be installed in the cluster's Python (
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-
 from clipcurate.core import config
-from clipcurate.core.console import log, progress, set_quiet
+from clipcurate.core import stage as stage_mod
+from clipcurate.core.console import log
 from clipcurate.core.errors import ClipcurateError, require
-from clipcurate.core.io import clean_temp, write_json, write_text
-from clipcurate.core.stage import PLAN, SUCCESS, Stage, StageResult, done_info, is_done, mark_done, marker
+from clipcurate.core.stage import Stage, StageResult
 
 KINDS = ("local", "ray")
 
@@ -89,117 +91,31 @@ def get_executor(kind: str | None = "local", address: str | None = None, num_cpu
     raise ClipcurateError(f"unknown executor {kind!r}: use --executor local or --executor ray")
 
 
-# -- what runs on a worker ----------------------------------------------------------------------
-
-def _do_shard(fn: Callable, shard: str, folder: str | None, state: Any = None, has_state: bool = False,
-              worker: bool = False):
-    """Run one shard and write its marker last. Runs in the driver (local) or in a Ray worker."""
-    if worker:  # no progress bars or logs from inside Ray workers; the driver draws the bar
-        set_quiet(True)
-    # A retried task (its first attempt's reply was lost, or another driver ran it meanwhile) finds
-    # the marker and returns what the finished attempt stored, instead of redoing the shard.
-    if folder is not None and is_done(Path(folder), shard):
-        return done_info(Path(folder), shard)
-    # Data goes to stdout in clipcurate; Ray forwards a worker's stdout to the driver's stdout, so
-    # whatever the stage code prints inside a worker is sent to stderr instead.
-    with contextlib.redirect_stdout(sys.stderr):
-        result = fn(shard, state) if has_state else fn(shard)
-    if folder is not None:
-        mark_done(Path(folder), shard, result if isinstance(result, dict) else {})
-    return result
-
-
-class _ShardWorker:
-    """A Ray actor: ``setup()`` once (e.g. load a model), then any number of shards."""
-
-    def __init__(self, setup: Callable[[], Any]):
-        self.state = setup()
-
-    def run(self, fn: Callable, shard: str, folder: str | None):
-        return _do_shard(fn, shard, folder, self.state, True, worker=True)
-
-
 # -- executors ----------------------------------------------------------------------------------
 
 class Executor:
+    """Where shards run. Subclasses implement :meth:`execute`; the runner is clipcurate.core.stage."""
+
     kind = "base"
 
-    def map_shards(self, fn: Callable, shards: Sequence[str], *, folder: str | Path | None = None,
-                   setup: Callable[[], Any] | None = None, force: bool = False, gpu: bool = False,
-                   cpus_per_task: float = 1, max_workers: int | None = None,
-                   description: str = "", advance: Callable[..., Any] | None = None,
-                   weights: dict[str, int] | None = None) -> list:
-        """Run ``fn(shard)`` (or ``fn(shard, setup())``) for each shard; results in input order.
+    def map_shards(self, fn: Callable, shards: Sequence[str], **options: Any) -> list:
+        """Run ``fn(shard)`` (or ``fn(shard, setup())``) for each shard here; results in input order.
 
-        ``folder``: where the ``<shard>.done`` markers live; shards already marked are skipped
-        (``force=True`` deletes their markers first) and give back their marker's dict. Without a
-        folder every shard runs and nothing is marked (for pure functions whose result the driver
-        merges, e.g. a per-shard search). ``advance``: the caller's progress callback (called once
-        per finished shard, with ``weights[shard]`` when given) instead of a progress bar of our own.
+        :func:`clipcurate.core.stage.map_shards` on this executor: ``folder``, ``setup``, ``force``,
+        ``gpu``, ``cpus_per_task``, ``max_workers``, ``description``, ``advance``, ``weights``.
         """
-        shards = list(shards)
-        if len(set(shards)) != len(shards):
-            raise ValueError("map_shards: shard names must be unique")
-        folder = Path(folder) if folder is not None else None
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            clean_temp(folder)  # temp files of a killed attempt: never read, removed here
-            if force:
-                for s in shards:
-                    marker(folder, s).unlink(missing_ok=True)
-        todo = [s for s in shards if folder is None or not is_done(folder, s)]
-        skipped = len(shards) - len(todo)
-        if skipped:
-            log(f"{description or 'shards'}: {skipped}/{len(shards)} shards already done, skipping them")
-        results: dict[str, Any] = {}
-        if todo:
-            bar = progress(description or "shards", total=len(shards)) if advance is None else None
-            with bar if bar is not None else contextlib.nullcontext(advance) as step:
-                if bar is not None:
-                    step(skipped)
-                results = self._run(fn, todo, folder, setup, gpu=gpu, cpus_per_task=cpus_per_task,
-                                    max_workers=max_workers,
-                                    advance=lambda shard: step(weights[shard]) if weights else step())
-        return [results[s] if s in results else done_info(folder, s) for s in shards]
+        return stage_mod.map_shards(self, fn, shards, **options)
 
-    def run_stage(self, stage: Stage, *, actors: bool = False, gpu: bool = False,
-                  cpus_per_task: float = 1, max_workers: int | None = None) -> StageResult:
-        """:meth:`Stage.run`, with the shards run by this executor.
+    def run_stage(self, stage: Stage, **options: Any) -> StageResult:
+        """:meth:`Stage.run` with the shards run by this executor (``actors``, ``gpu``,
+        ``cpus_per_task``, ``max_workers``: see :func:`clipcurate.core.stage.run_stage`)."""
+        return stage_mod.run_stage(stage, self, **options)
 
-        ``actors=True`` hands each Ray actor its own copy of the stage object and runs its shards
-        through it, so whatever the stage caches on ``self`` (a loaded model) is built once per actor.
-        """
-        folder = stage.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        clean_temp(folder)
-        shards = list(stage.shards())
-        if stage.force:
-            for s in shards:
-                marker(folder, s).unlink(missing_ok=True)
-            (folder / SUCCESS).unlink(missing_ok=True)
-        write_json(folder / PLAN, {"stage": stage.name, "shards": shards})
-        result = StageResult(stage.name, shards_total=len(shards))
-        result.shards_skipped = sum(is_done(folder, s) for s in shards)
-        if result.shards_skipped < len(shards):
-            (folder / SUCCESS).unlink(missing_ok=True)
-        if actors:
-            self.map_shards(_stage_shard, shards, folder=folder, setup=_StageSetup(stage), gpu=gpu,
-                            cpus_per_task=cpus_per_task, max_workers=max_workers,
-                            description=stage.description or stage.name)
-        else:
-            self.map_shards(stage.run_shard, shards, folder=folder, gpu=gpu, cpus_per_task=cpus_per_task,
-                            max_workers=max_workers, description=stage.description or stage.name)
-        # From here on exactly what Stage.run does: sum the markers' counts, finish, _SUCCESS last.
-        for s in shards:
-            for k, v in done_info(folder, s).items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "finished_at":
-                    result.counts[k] = result.counts.get(k, 0) + v
-        result.shards_done = len(shards)
-        stage.finish(result)
-        write_text(folder / SUCCESS, "")
-        return result
-
-    def _run(self, fn, todo, folder, setup, *, gpu, cpus_per_task, max_workers, advance) -> dict:
+    def execute(self, stage: Stage, todo: Sequence[str], folder: Path | None, *, actors: bool = False,
+                gpu: bool = False, cpus_per_task: float = 1, max_workers: int | None = None,
+                advance: Callable[[str], Any]) -> dict:
+        """Run ``stage``'s ``todo`` shards, each marker written where its shard ran; return
+        ``{shard: run_shard's result}`` and call ``advance(shard)`` as each one finishes."""
         raise NotImplementedError
 
     def parallelism(self, gpu: bool = False, cpus_per_task: float = 1) -> int:
@@ -216,57 +132,31 @@ class Executor:
         self.close()
 
 
-class _StageSetup:
-    """setup() for run_stage(actors=True): the actor's own copy of the (pickled) stage."""
-
-    def __init__(self, stage: Stage):
-        self.stage = stage
-
-    def __call__(self) -> Stage:
-        return self.stage
-
-
-def _stage_shard(shard: str, stage: Stage):
-    return stage.run_shard(shard) or {}
-
-
-class _FnStage(Stage):
-    """:func:`clipcurate.core.stage.run_shards` as a module-level class, so that it pickles to Ray workers."""
-
-    def __init__(self, folder: Path, shards: Sequence[str], fn: Callable, force: bool, description: str):
-        super().__init__(folder, force=force)
-        self._shards, self.fn = list(shards), fn
-        self.name = description or Path(folder).name
-        self.description = description
-
-    def shards(self):
-        return self._shards
-
-    def run_shard(self, shard):
-        return self.fn(shard)
-
-
 def run_shards(executor: "Executor | None", folder: Path, shards: Sequence[str], fn: Callable[[str], dict | None],
                *, force: bool = False, description: str = "") -> StageResult:
-    """:func:`clipcurate.core.stage.run_shards` on an executor (None: local)."""
-    return (executor or LocalExecutor()).run_stage(_FnStage(Path(folder), shards, fn, force, description))
+    """:func:`clipcurate.core.stage.run_shards` on an executor (None: in this process)."""
+    return stage_mod.run_shards(folder, shards, fn, force=force, description=description, executor=executor)
 
 
 class LocalExecutor(Executor):
-    """A loop in this process: the behaviour of a stage without ``--executor``."""
+    """This process: the behaviour of a stage without ``--executor`` (the stage's ``run_batch``)."""
 
     kind = "local"
 
-    def run_stage(self, stage: Stage, **_: Any) -> StageResult:
-        return stage.run()
+    def execute(self, stage, todo, folder, **where) -> dict:
+        return stage_mod.run_here(stage, todo, folder, **where)
 
-    def _run(self, fn, todo, folder, setup, *, gpu, cpus_per_task, max_workers, advance) -> dict:
-        state = setup() if setup is not None else None
-        out = {}
-        for s in todo:
-            out[s] = _do_shard(fn, s, None if folder is None else str(folder), state, setup is not None)
-            advance(s)
-        return out
+
+class _ShardWorker:
+    """A Ray actor: its own copy of the stage, ``setup()`` once (e.g. load a model), then any
+    number of shards."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        stage.setup()
+
+    def run(self, shard: str, folder: str | None):
+        return stage_mod.run_one(self.stage, shard, folder)
 
 
 class RayExecutor(Executor):
@@ -320,66 +210,79 @@ class RayExecutor(Executor):
         n = max(1, int(n))
         return min(n, max_workers) if max_workers else n
 
-    def _run(self, fn, todo, folder, setup, *, gpu, cpus_per_task, max_workers, advance) -> dict:
+    def execute(self, stage, todo, folder, *, actors=False, gpu=False, cpus_per_task=1, max_workers=None,
+                advance) -> dict:
+        """Tasks (one per shard, each with a fresh copy of the stage) or, with ``actors``, a pool of
+        actors that each set up their copy once; a worker writes a shard's marker (core.stage.run_one)."""
         ray = self.ray
         gpus = self._gpus(gpu)
         slots = self._slots(gpus, cpus_per_task, max_workers)
         folder_s = None if folder is None else str(folder)
-        fn_ref = ray.put(fn)  # pickled once, shared by every task
-        if setup is None:
-            task = ray.remote(_do_shard).options(num_cpus=cpus_per_task, num_gpus=gpus,
-                                                 max_retries=self.max_retries)
+        if not actors:
+            stage_ref = ray.put(stage)  # pickled once, shared by every task
+            task = ray.remote(stage_mod.run_one).options(num_cpus=cpus_per_task, num_gpus=gpus,
+                                                         max_retries=self.max_retries)
 
             def submit(shard, _worker):
-                return task.remote(fn_ref, shard, folder_s, worker=True)
+                return task.remote(stage_ref, shard, folder_s, setup=True)
 
             workers = [None] * (2 * slots)  # keep a window of tasks queued so no slot idles
         else:
             actor_cls = ray.remote(_ShardWorker).options(num_cpus=cpus_per_task, num_gpus=gpus,
                                                           max_restarts=self.max_retries,
                                                           max_task_retries=self.max_retries)
-            workers = [actor_cls.remote(setup) for _ in range(min(slots, len(todo)))]
+            workers = [actor_cls.remote(stage) for _ in range(min(slots, len(todo)))]
 
             def submit(shard, worker):
-                return worker.run.remote(fn_ref, shard, folder_s)
+                return worker.run.remote(shard, folder_s)
 
-        # Dispatch: hand shards to free workers in input order; collect whatever finishes first.
-        # On the first failure stop handing out shards, let the running ones finish (their markers
-        # make the rerun skip them), then raise one line naming the shard.
+        try:
+            results, failure = self._dispatch(submit, todo, workers, advance)
+        finally:
+            if actors:
+                for w in workers:
+                    ray.kill(w)
+        if failure is not None:
+            _raise_failure(*failure, left=len(todo) - len(results))
+        return results
+
+    def _dispatch(self, submit, todo, workers, advance) -> tuple[dict, tuple[str, BaseException] | None]:
+        """Hand shards to free workers in input order; collect whatever finishes first.
+
+        On the first failure stop handing out shards and let the running ones finish (their
+        markers make the rerun skip them); returns the results and the first failure.
+        """
+        ray = self.ray
         results: dict[str, Any] = {}
         queue = list(todo)
         free = list(workers)
         running: dict[Any, tuple[str, Any]] = {}
         failure: tuple[str, BaseException] | None = None
-        try:
-            while running or (queue and failure is None):
-                while queue and free and failure is None:
-                    shard, worker = queue.pop(0), free.pop(0)
-                    running[submit(shard, worker)] = (shard, worker)
-                ready, _ = ray.wait(list(running), num_returns=1)
-                for ref in ready:
-                    shard, worker = running.pop(ref)
-                    free.append(worker)
-                    try:
-                        results[shard] = ray.get(ref)
-                        advance(shard)
-                    except Exception as exc:  # noqa: BLE001 - reported below with the shard name
-                        if failure is None:
-                            failure = (shard, exc)
-        finally:
-            if setup is not None:
-                for w in workers:
-                    ray.kill(w)
-        if failure is not None:
-            shard, exc = failure
-            cause = _cause(exc)
-            left = len(todo) - len(results)
-            if isinstance(cause, ClipcurateError):
-                raise ClipcurateError(f"shard {shard}: {cause} ({left} shards left; rerun to resume)") from None
-            raise ClipcurateError(
-                f"shard {shard} failed on Ray: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''} "
-                f"({left} shards left; finished shards are kept, rerun to resume)") from None
-        return results
+        while running or (queue and failure is None):
+            while queue and free and failure is None:
+                shard, worker = queue.pop(0), free.pop(0)
+                running[submit(shard, worker)] = (shard, worker)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                shard, worker = running.pop(ref)
+                free.append(worker)
+                try:
+                    results[shard] = ray.get(ref)
+                    advance(shard)
+                except Exception as exc:  # noqa: BLE001 - reported by the caller with the shard name
+                    if failure is None:
+                        failure = (shard, exc)
+        return results, failure
+
+
+def _raise_failure(shard: str, exc: BaseException, left: int) -> None:
+    """One line naming the shard: the stage's own error as it is, anything else with its type."""
+    cause = _cause(exc)
+    if isinstance(cause, ClipcurateError):
+        raise ClipcurateError(f"shard {shard}: {cause} ({left} shards left; rerun to resume)") from None
+    raise ClipcurateError(
+        f"shard {shard} failed on Ray: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''} "
+        f"({left} shards left; finished shards are kept, rerun to resume)") from None
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -30,6 +30,7 @@ import http.client
 import ipaddress
 import json
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -369,8 +370,6 @@ def _reason(exc: BaseException) -> str:
         return "DNS lookup failed"
     if isinstance(exc, http.client.HTTPException):
         return f"bad HTTP response ({exc.__class__.__name__})"
-    import ssl
-
     if isinstance(exc, ssl.SSLError):
         return "TLS error"
     if isinstance(exc, urllib.error.URLError):
