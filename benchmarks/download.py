@@ -137,8 +137,8 @@ def breakdown(urls: list[str], args) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import img2dataset.resizer as i2d_resizer
 
-    from clipcurate.download import stage as dl
-    from clipcurate.download import urlsafety
+    from clipcurate.download import img2dataset_child as child
+    from clipcurate.download import inspect_image, sample_members, TarStream, urlsafety
 
     sample = urls[: min(len(urls), 1000)]
     policy = urlsafety.Policy.make(allow_private=True)
@@ -158,11 +158,11 @@ def breakdown(urls: list[str], args) -> None:
     timed("plain urllib GET (what the baseline does per image)", plain, sample)
     bodies = timed("urlsafety.fetch (pinned, checked, deadline, body cap)",
                    lambda u: urlsafety.fetch(u, policy)[0], sample)
-    timed("inspect_image (header: bombs, non-images, truncation)", lambda b: dl.inspect_image(b, 89_478_485), bodies)
-    if not isinstance(i2d_resizer.A, dl._CachedTransforms):
-        i2d_resizer.A = dl._CachedTransforms(i2d_resizer.A)
+    timed("inspect_image (header: bombs, non-images, truncation)", lambda b: inspect_image(b, 89_478_485), bodies)
+    if not isinstance(i2d_resizer.A, child._CachedTransforms):
+        i2d_resizer.A = child._CachedTransforms(i2d_resizer.A)
     original = getattr(i2d_resizer.Resizer.__call__, "__wrapped__", i2d_resizer.Resizer.__call__)
-    fast = dl._resizer_call(original, i2d_resizer)
+    fast = child._resizer_call(original, i2d_resizer)
     rz = i2d_resizer.Resizer(args.image_size, args.resize_mode, False, encode_quality=95,
                              skip_reencode=args.skip_reencode)
     stored = timed(f"Resizer {args.resize_mode}{' skip-reencode' if args.skip_reencode else ''} "
@@ -173,10 +173,10 @@ def breakdown(urls: list[str], args) -> None:
     pixels = timed("for reference: cv2.imdecode of the body alone", lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), -1), bodies)
     timed("for reference: cv2.imencode q95 of those pixels alone", lambda a: cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, 95]), pixels)
     row = {"uid": "0" * 32, "url": sample[0], "caption": "caption 0", "width": 256, "height": 256, "query_ids": []}
-    sink = dl.TarStream(io.BytesIO())
+    sink = TarStream(io.BytesIO())
 
     def members(b):
-        for name, blob in dl.sample_members("000000000", "00000", row, b)[1]:
+        for name, blob in sample_members("000000000", "00000", row, b)[1]:
             sink.add(name, blob)
 
     timed("sha256 + json + 3 tar members (TarStream)", members, [b for b in stored if b])
