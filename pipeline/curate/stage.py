@@ -43,7 +43,7 @@ from clipcurate.core import sql
 from clipcurate.core.console import log, warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.io import atomic_path, read_json, write_json
-from clipcurate.core.stage import Stage, reset
+from clipcurate.core.stage import Stage, done_info, reset
 from clipcurate.core.workspace import Workspace
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # what open_clip's wds loader renames to "image"
@@ -272,8 +272,6 @@ class Curate(Stage):
     def finish(self, result) -> None:
         sizes = {}
         per_shard = {}
-        from clipcurate.core.stage import done_info
-
         for s in self.plan:
             info = done_info(self.folder, s)
             sizes[f"{s}.tar"] = int(info.get("samples", 0))
