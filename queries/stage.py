@@ -1,15 +1,16 @@
 """Stage ``queries``: CLIP's query list from raw Wikipedia, then MetaCLIP matching + balancing.
 
-Python API (the CLI in ``cli/queries.py`` only parses options and calls these)::
+Python API (the CLI in ``cli/queries.py`` only parses options and calls these; the package
+exports them as ``clipcurate.queries.build_queries`` and ``match_candidates``)::
 
-    from clipcurate import queries
     from clipcurate.core.workspace import Workspace
+    from clipcurate.queries import build_queries, match_candidates
 
     ws = Workspace("./workspace")
-    queries.build(ws, dumps=["enwiki-pages-articles-multistream.xml.bz2"],
+    build_queries(ws, dumps=["enwiki-pages-articles-multistream.xml.bz2"],
                   pageviews=["pageviews-20240101-000000.gz"], wordnet="/usr/share/wordnet",
                   workers=8)                       # -> ws/queries/queries.parquet + stats.json
-    queries.match(ws, "laion_subset.parquet", max_per_query=20_000, seed=0)
+    match_candidates(ws, "laion_subset.parquet", max_per_query=20_000, seed=0)
                                                    # -> ws/candidates/candidates.parquet + entry_counts.parquet
 
 Folders: ``queries/`` (``queries.parquet``, ``stats.json``, ``counts/`` with the on-disk counts,
