@@ -131,7 +131,7 @@ class QueryList(Stage):
             if self.counts_dir.exists():
                 log("queries: inputs or counting options changed, counting from scratch")
             shutil.rmtree(self.counts_dir, ignore_errors=True)
-            for m in self.folder.glob("*.done"):
+            for m in self.folder.glob("*.done"):  # invalidation only: the runner writes markers
                 m.unlink()
             (self.folder / SUCCESS).unlink(missing_ok=True)
             self.counts_dir.mkdir(parents=True)
