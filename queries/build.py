@@ -1,6 +1,8 @@
 """Build CLIP's query list: count Wikipedia, then assemble wordnet → unigram → bigram → title.
 
-The work is split in two:
+:class:`QueryList` is the stage (clipcurate.core.stage): its shards are dump ranges, and the
+runner writes ``queries/_plan.json``, one ``queries/<shard>.done`` per counted range and, last,
+``queries/_SUCCESS``. The work is split in two:
 
 1. **counting** (resumable, parallel): every dump is cut into ranges (:func:`queries.dump.plan_ranges`
    — groups of bz2 streams for a multistream dump, else the whole file); each range is a shard
@@ -8,8 +10,9 @@ The work is split in two:
    done (``queries/<shard>.done``, written last). ``workers`` processes take ranges from a queue, so
    both the streams of one multistream dump and several dump files run in parallel. A rerun skips
    the shards already done; changing the inputs or any counting option starts over.
-2. **assembly** (:func:`assemble`): merge the counts partition by partition, apply the thresholds,
-   read page views and WordNet, and write ``queries.parquet`` + ``stats.json``.
+2. **assembly** (:func:`assemble`, in :meth:`QueryList.finish`): merge the counts partition by
+   partition, apply the thresholds, read page views and WordNet, and write ``queries.parquet`` +
+   ``stats.json`` — before ``_SUCCESS``, so a kill during assembly leaves no finished-looking folder.
 
 PMI is NLTK's ``BigramAssocMeasures.pmi`` as ``BigramCollocationFinder`` feeds it:
 ``pmi = log2(n_ii * N) - log2(n_i * n_j)`` with ``n_ii`` the bigram's count, ``n_i``/``n_j`` its
@@ -25,15 +28,18 @@ import multiprocessing
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
-from clipcurate.core.console import log, progress
+from clipcurate.core import manifest
+from clipcurate.core.console import log
 from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.io import clean_temp, read_json, write_json
-from clipcurate.core.stage import PLAN, SUCCESS, done_info, is_done, mark_done
+from clipcurate.core.stage import SUCCESS, Stage, done_info, is_done
 
 from clipcurate.queries import counting
 from clipcurate.queries import dump
+from clipcurate.queries.manifests import QUERIES
 from clipcurate.queries import pageviews
 from clipcurate.queries import wordnet
 
@@ -88,73 +94,157 @@ def _shard_name(i: int, rng: dump.Range) -> str:
     return f"d{i:03d}-{rng.start:013d}"
 
 
-def count_dumps(folder: Path, dumps: list[Path], opts: dict, force: bool = False) -> dict[str, dict]:
-    """Count every dump into ``folder/counts`` (resumable); return each shard's statistics."""
-    folder.mkdir(parents=True, exist_ok=True)
-    clean_temp(folder)
-    counts_dir = folder / "counts"
-    fp = _fingerprint(dumps, opts)
-    fp_file = counts_dir / "_inputs.json"
-    if force or not fp_file.is_file() or read_json(fp_file) != fp:
-        if counts_dir.exists():
-            log("queries: inputs or counting options changed, counting from scratch")
-        shutil.rmtree(counts_dir, ignore_errors=True)
-        for m in folder.glob("*.done"):
-            m.unlink()
-        (folder / SUCCESS).unlink(missing_ok=True)
-        counts_dir.mkdir(parents=True)
-        write_json(fp_file, fp)
-    for d in counts_dir.glob(".tmp-*"):
-        shutil.rmtree(d, ignore_errors=True)
+class QueryList(Stage):
+    """Stage ``queries``: count every dump range (the shards), then assemble the list (:meth:`finish`).
 
-    chunk_bytes = max(1, int(opts["chunk_mb"] * 1e6))
-    shards: dict[str, tuple[int, dump.Range]] = {}
-    for i, p in enumerate(dumps):
-        for rng in dump.plan_ranges(p, chunk_bytes):
-            shards[_shard_name(i, rng)] = (i, rng)
-    write_json(folder / PLAN, {"stage": "queries", "shards": list(shards)})
-    todo = [s for s in shards if not is_done(folder, s)]
-    if len(todo) < len(shards):
-        log(f"queries: {len(shards) - len(todo)}/{len(shards)} counting shards already done, skipping them")
-    if todo:
-        (folder / SUCCESS).unlink(missing_ok=True)
-    workers = max(1, min(int(opts["workers"]), len(todo) or 1))
-    # Each worker decompresses in a helper thread only if there is a core to spare for it.
-    threaded = 2 * workers <= (os.cpu_count() or 1)
-    tasks = [(s, shards[s][1], str(counts_dir / s), opts["partitions"], opts["spill_entries"], threaded)
-             for s in todo]
-    with contextlib.ExitStack() as stack:
-        pool = None
-        if workers > 1 and tasks:
+    Use :func:`build_list`; it starts over when the inputs or a counting option changed (or on
+    ``force``), forks the counting processes and runs the stage. :attr:`stats` holds the result.
+    """
+
+    name = "queries"
+    description = "queries: counting"
+
+    def __init__(self, folder: Path, dumps: list[Path], opts: dict, pageview_files: list[Path] = (),
+                 wordnet_dir: Path | None = None, assemble_list: bool = True):
+        super().__init__(folder)  # --force is start_over()'s business: the runner never forces
+        self.dumps, self.opts = dumps, opts
+        self.pageview_files, self.wordnet_dir = list(pageview_files), wordnet_dir
+        self.assemble_list = assemble_list
+        self.counts_dir = self.folder / "counts"
+        self.t0 = time.time()
+        self.ranges: dict[str, tuple[int, dump.Range]] = {}
+        self.infos: dict[str, dict] = {}
+        self.stats: dict = {}
+        self.threaded = 2 <= (os.cpu_count() or 1)  # set again by counting_processes()
+        self._pool = None
+        self._pending: dict | None = None
+
+    # -- before the runner ------------------------------------------------------------------------
+    def start_over(self, force: bool = False) -> None:
+        """Forget earlier counts when ``force`` or when the inputs or counting options changed
+        (``counts/_inputs.json`` records them); then plan the ranges."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        clean_temp(self.folder)
+        fp = _fingerprint(self.dumps, self.opts)
+        fp_file = self.counts_dir / "_inputs.json"
+        if force or not fp_file.is_file() or read_json(fp_file) != fp:
+            if self.counts_dir.exists():
+                log("queries: inputs or counting options changed, counting from scratch")
+            shutil.rmtree(self.counts_dir, ignore_errors=True)
+            for m in self.folder.glob("*.done"):  # invalidation only: the runner writes markers
+                m.unlink()
+            (self.folder / SUCCESS).unlink(missing_ok=True)
+            self.counts_dir.mkdir(parents=True)
+            write_json(fp_file, fp)
+        for d in self.counts_dir.glob(".tmp-*"):
+            shutil.rmtree(d, ignore_errors=True)
+        chunk_bytes = max(1, int(self.opts["chunk_mb"] * 1e6))
+        self.ranges = {}
+        for i, p in enumerate(self.dumps):
+            for rng in dump.plan_ranges(p, chunk_bytes):
+                self.ranges[_shard_name(i, rng)] = (i, rng)
+
+    @contextlib.contextmanager
+    def counting_processes(self):
+        """Fork ``workers`` counting processes (fewer when fewer ranges are left) for the run."""
+        todo = [s for s in self.ranges if not is_done(self.folder, s)]
+        workers = max(1, min(int(self.opts["workers"]), len(todo) or 1))
+        # Each worker decompresses in a helper thread only if there is a core to spare for it.
+        self.threaded = 2 * workers <= (os.cpu_count() or 1)
+        if workers > 1 and todo:
             # Forked, not spawned: a spawned worker imports this package (and the CLI's modules)
-            # again, ~0.1-0.2 s of CPU each. The pool is forked before the progress display
-            # starts its refresh thread, so no lock of that thread's is copied into a worker.
+            # again, ~0.1-0.2 s of CPU each. The pool is forked here, before the runner starts its
+            # progress display and that display's refresh thread, so no lock of that thread's is
+            # copied into a worker.
             ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-            pool = stack.enter_context(ctx.Pool(workers))
-        advance = stack.enter_context(progress("queries: counting", total=len(shards)))
-        advance(len(shards) - len(todo))
-        if pool is None:
-            results = map(counting.count_range_task, tasks)
-        else:
-            results = pool.imap_unordered(counting.count_range_task, tasks)
-        for shard, info in results:
-            mark_done(folder, shard, info)  # the shard's data is already in place
-            advance()
-    counting.release_counters()  # the in-process counter's tables (workers == 1)
-    infos = {s: done_info(folder, s) for s in shards}
-    for i, p in enumerate(dumps):
-        articles = sum(infos[s].get("articles", 0) for s in shards if shards[s][0] == i)
-        if articles == 0:
-            raise ClipcurateError(f"{p}: no articles (namespace 0, not redirects) in this dump; "
-                                  f"is it an empty or non-article dump?")
-    slow = [s for s in shards if infos[s].get("fallback")]
-    if slow:  # the C scanner left these ranges to expat: same counts, slower (queries/_fastcount.c)
-        log(f"queries: {len(slow)} of {len(shards)} counting shards were read with expat instead of the "
-            f"C page scanner ({infos[slow[0]]['fallback']}); the counts are the same, only slower")
-    elif any(infos[s].get("counter") == "python" for s in shards):
-        log("queries: counted with the pure-Python path (the C counter is not built or "
-            "CLIPCURATE_PURE_PYTHON is set); same counts, slower")
-    return {s: {**infos[s], "dump": str(shards[s][1].path)} for s in shards}
+            self._pool = ctx.Pool(workers)
+        try:
+            yield self
+        finally:
+            self._stop_processes()
+
+    def _stop_processes(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    # -- the stage --------------------------------------------------------------------------------
+    def shards(self) -> list[str]:
+        return list(self.ranges)
+
+    def _task(self, shard: str) -> tuple:
+        rng = self.ranges[shard][1]
+        return (shard, rng, str(self.counts_dir / shard), self.opts["partitions"], self.opts["spill_entries"],
+                self.threaded)
+
+    def run_shard(self, shard: str) -> dict:
+        """Count one range into ``counts/<shard>/``; its statistics go into the marker.
+
+        With several processes, the first call hands every range not yet done to the pool, and
+        each call then waits for its own range: the runner marks ranges in plan order, while the
+        processes count ahead of it.
+        """
+        if self._pool is None:
+            return counting.count_range_task(self._task(shard))[1]
+        if self._pending is None:
+            self._pending = {s: self._pool.apply_async(counting.count_range_task, (self._task(s),))
+                             for s in self.ranges if not is_done(self.folder, s)}
+        counted = self._pending.pop(shard, None)
+        if counted is None:  # not handed out above (the runner asked for an unexpected range)
+            return counting.count_range_task(self._task(shard))[1]
+        return counted.get()[1]
+
+    def finish(self, result) -> None:
+        """Every range is counted: check the counts, then assemble and write the list."""
+        self._stop_processes()
+        counting.release_counters()  # the in-process counter's tables (workers == 1)
+        t1 = time.time()
+        self.infos = self._counted()
+        if not self.assemble_list:
+            return
+        rows, stats = assemble(self.folder, self.infos, self.opts, self.pageview_files, self.wordnet_dir)
+        stats["seconds"] = {"counting": round(t1 - self.t0, 3), "assembly": round(time.time() - t1, 3)}
+        manifest.write(QUERIES, rows, self.folder / "queries.parquet")
+        write_json(self.folder / "stats.json", stats)
+        self.stats = stats
+
+    def _counted(self) -> dict[str, dict]:
+        """Each range's statistics (from its marker) plus its dump; one line per oddity."""
+        shards = self.ranges
+        infos = {s: done_info(self.folder, s) for s in shards}
+        for i, p in enumerate(self.dumps):
+            articles = sum(infos[s].get("articles", 0) for s in shards if shards[s][0] == i)
+            if articles == 0:
+                raise ClipcurateError(f"{p}: no articles (namespace 0, not redirects) in this dump; "
+                                      f"is it an empty or non-article dump?")
+        slow = [s for s in shards if infos[s].get("fallback")]
+        if slow:  # the C scanner left these ranges to expat: same counts, slower (queries/_fastcount.c)
+            log(f"queries: {len(slow)} of {len(shards)} counting shards were read with expat instead of the "
+                f"C page scanner ({infos[slow[0]]['fallback']}); the counts are the same, only slower")
+        elif any(infos[s].get("counter") == "python" for s in shards):
+            log("queries: counted with the pure-Python path (the C counter is not built or "
+                "CLIPCURATE_PURE_PYTHON is set); same counts, slower")
+        return {s: {**infos[s], "dump": str(shards[s][1].path)} for s in shards}
+
+
+def build_list(folder: Path, dumps: list[Path], opts: dict, pageview_files: list[Path] = (),
+               wordnet_dir: Path | None = None, force: bool = False) -> dict:
+    """Count (resumable) and assemble ``folder/queries.parquet`` + ``stats.json``; return the stats."""
+    stage = QueryList(folder, dumps, opts, pageview_files, wordnet_dir)
+    stage.start_over(force)
+    with stage.counting_processes():
+        stage.run()
+    return stage.stats
+
+
+def count_dumps(folder: Path, dumps: list[Path], opts: dict, force: bool = False) -> dict[str, dict]:
+    """Only the counting half (what benchmarks/queries_parse.py times): every range counted and
+    marked, no list assembled; return each shard's statistics."""
+    stage = QueryList(folder, dumps, opts, assemble_list=False)
+    stage.start_over(force)
+    with stage.counting_processes():
+        stage.run()
+    return stage.infos
 
 
 def assemble(folder: Path, shard_infos: dict[str, dict], opts: dict, pageview_files: list[Path],

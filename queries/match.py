@@ -31,6 +31,8 @@ import hashlib
 import struct
 from typing import Sequence
 
+import ahocorasick
+
 PUNCTS = (",", ".", ";", ":", "?", "!", "`")
 SPACES = ("\t", "\n", "\r")
 
@@ -81,15 +83,13 @@ class Matcher:
         self._keys = list(first)
         self._ids = list(first.values())
         if engine == "pyahocorasick":
-            import ahocorasick
-
             a = ahocorasick.Automaton(ahocorasick.STORE_INTS)
             for key, i in first.items():
                 a.add_word(key, i)
             a.make_automaton()
             self._iter = a.iter
         elif engine == "ahocorasick_rs":
-            import ahocorasick_rs
+            import ahocorasick_rs  # an optional extra (--engine ahocorasick_rs), not installed by default
 
             self._rs = ahocorasick_rs.AhoCorasick(self._keys, matchkind=ahocorasick_rs.MatchKind.Standard)
         else:

@@ -43,7 +43,7 @@ from clipcurate.core import sql
 from clipcurate.core.console import log, warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.io import atomic_path, read_json, write_json
-from clipcurate.core.stage import Stage, reset
+from clipcurate.core.stage import SUCCESS, Stage, done_info, reset
 from clipcurate.core.workspace import Workspace
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # what open_clip's wds loader renames to "image"
@@ -95,7 +95,7 @@ def shard_pattern(ws: Workspace, shards: list[str]) -> str:
 def read_sizes(ws: Workspace) -> dict[str, int]:
     """{"00000.tar": n, ...} of a finished curate, or a one-line error naming the command."""
     path = shards_dir(ws) / SIZES_FILE
-    if not path.is_file() or not ws.path("curate", "_SUCCESS").exists():
+    if not path.is_file() or not ws.path("curate", SUCCESS).exists():
         raise MissingUpstream(f"curated shards ({path})", "clipcurate curate")
     return {k: int(v) for k, v in read_json(path).items()}
 
@@ -272,8 +272,6 @@ class Curate(Stage):
     def finish(self, result) -> None:
         sizes = {}
         per_shard = {}
-        from clipcurate.core.stage import done_info
-
         for s in self.plan:
             info = done_info(self.folder, s)
             sizes[f"{s}.tar"] = int(info.get("samples", 0))

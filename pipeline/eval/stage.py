@@ -3,7 +3,7 @@
 For a model — a trained checkpoint (the latest of ``train/`` by default) or any open_clip model and
 weights — and every benchmark in the workspace:
 
-1. **Embeddings.** ``clipcurate.embed.stage.embed_benchmarks`` writes (or reuses) the L2-normalised image
+1. **Embeddings.** ``clipcurate.embed.embed_benchmarks`` writes (or reuses) the L2-normalised image
    embeddings of each benchmark, the zero-shot class weights (per class, the mean of its normalised
    template-prompt embeddings, renormalised) and the caption embeddings.
 2. **Per-sample predictions.**
@@ -21,6 +21,11 @@ weights — and every benchmark in the workspace:
 4. **Outputs** in ``eval/{model_tag}/``: ``predictions.parquet`` [predictions], ``eval.parquet``
    [eval], ``summary.json`` (median / mean overlap across benchmarks, provenance), ``report.md`` and
    ``figure17.png`` (clipcurate.eval.report) — each written atomically, then the tag's marker.
+
+Steps 2-4 are :class:`EvalModel`, a stage on the one runner (clipcurate.core.stage) whose shards are
+the evaluated models: the runner writes ``eval/_plan.json``, ``eval/{model_tag}.done`` after the
+outputs and ``eval/_SUCCESS`` last. Step 1 comes first: it is the embed stage's work, with its own
+folder, markers and progress bars.
 """
 
 from __future__ import annotations
@@ -33,17 +38,25 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+import pyarrow.compute as pc
+
+from clipcurate.bench import list_benchmarks
+from clipcurate.bench import load as load_benchmark
 from clipcurate.core import config
 from clipcurate.core import manifest as mf
 from clipcurate.core import registry
-from clipcurate.eval import report
 from clipcurate.core import sql
-from clipcurate.eval import stats
 from clipcurate.core.console import log, warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
-from clipcurate.core.io import write_json, write_text
-from clipcurate.core.stage import PLAN, SUCCESS, is_done, mark_done
+from clipcurate.core.io import write_json
+from clipcurate.core.models import ModelSpec
+from clipcurate.core.stage import Stage, is_done, marker
 from clipcurate.core.workspace import Workspace
+# TODO(H2 merge): `from clipcurate.embed import embed_benchmarks, load_bench` once embed's package exports them
+from clipcurate.embed.stage import embed_benchmarks, load_bench
+from clipcurate.eval import report
+from clipcurate.eval import stats
+from clipcurate.train import latest_checkpoint, run_model
 
 FOLDER = "eval"
 RECALL_KS = (1, 5, 10)
@@ -126,8 +139,6 @@ class EvalResult:
 
 def find_checkpoint(ws: Workspace, run: str | None = None) -> Path:
     """The latest finished checkpoint of ``run`` (or of the most recently trained run)."""
-    from clipcurate.train.stage import latest_checkpoint
-
     root = ws.path("train")
     runs = [root / run] if run else sorted((d for d in root.glob("*") if (d / "checkpoints").is_dir()),
                                            key=lambda d: (d / "checkpoints").stat().st_mtime)
@@ -146,9 +157,6 @@ def resolve_spec(ws: Workspace, model: str | None = None, pretrained: str | None
                  checkpoint: str | None = None, run: str | None = None):
     """(ModelSpec, checkpoint path or None) from the options; a checkpoint's architecture comes from
     its run's run.json unless --model names it."""
-    from clipcurate.core.models import ModelSpec
-    from clipcurate.train.stage import run_model
-
     if checkpoint or run or not (model or pretrained):  # a train checkpoint
         if checkpoint:
             ck = Path(checkpoint)
@@ -215,18 +223,13 @@ def _splits(ws: Workspace, name: str) -> dict[int, str]:
     if "splits" not in mf.REGISTRY or not mf.get("splits").files(ws.root):
         raise MissingUpstream("overlap splits (overlap/splits.parquet)", "clipcurate overlap")
     t = mf.read_all("splits", ws.root, columns=["benchmark", "bench_index", "split"])
-    import pyarrow.compute as pc
-
     t = t.filter(pc.equal(t["benchmark"], name))
     return dict(zip(t["bench_index"].to_pylist(), t["split"].to_pylist()))
 
 
 def _benchmark_rows(ws: Workspace, tag: str, name: str):
     """(prediction rows, partial §5 row) for one benchmark."""
-    from clipcurate.bench import stage as benchmod
-    from clipcurate.embed.stage import load_bench
-
-    b = benchmod.load(ws, name, columns=["uid", "index", "label"])
+    b = load_benchmark(ws, name, columns=["uid", "index", "label"])
     indices, uids, image, classes, captions, cap_index = load_bench(ws, tag, name)
     split = _splits(ws, name)
     missing = [int(i) for i in indices if int(i) not in split]
@@ -267,25 +270,85 @@ def _benchmark_rows(ws: Workspace, tag: str, name: str):
 
 # -- the stage --------------------------------------------------------------------------------
 
+class EvalModel(Stage):
+    """Steps 2-4 for one model, as a shard of ``eval/``, whose shards are the evaluated models.
+
+    The plan lists the other models already evaluated (those with a marker) besides this one, so
+    the plan and ``_SUCCESS`` ("every listed model evaluated") read as they always did; a model
+    whose evaluation did not finish is left out (the runner would try to finish it, and only
+    ``clipcurate eval`` with that model's options knows how).
+    """
+
+    name = FOLDER
+    description = FOLDER
+
+    def __init__(self, ws: Workspace, tag: str, names: list[str], spec: ModelSpec, checkpoint: Path | None,
+                 alpha: float):
+        super().__init__(ws.path(FOLDER))
+        self.ws, self.tag, self.names, self.spec, self.checkpoint, self.alpha = ws, tag, names, spec, checkpoint, alpha
+        self.rows: list[dict] = []
+        self.summary: dict = {}
+
+    def shards(self) -> list[str]:
+        tags = {d.name for d in self.folder.iterdir()
+                if d.is_dir() and (d / "eval.parquet").is_file() and is_done(self.folder, d.name)}
+        return sorted(tags | {self.tag})
+
+    def run_shard(self, shard: str) -> dict:
+        if shard != self.tag:
+            raise ClipcurateError(f"the evaluation of {shard!r} did not finish: rerun `clipcurate eval` for that model")
+        ws, tag, names, spec, ck, alpha = self.ws, self.tag, self.names, self.spec, self.checkpoint, self.alpha
+        # 2.-3. Predictions and the §5 table, benchmark by benchmark.
+        pred_cols: dict[str, list] = {c.name: [] for c in PREDICTIONS.columns}
+        rows = []
+        for n in names:
+            p, r = _benchmark_rows(ws, tag, n)
+            for k in pred_cols:
+                pred_cols[k] += p[k]
+            rows.append(r)
+            if r["n_skipped"]:
+                warn(f"eval: benchmark {n}: {r['n_skipped']} sample(s) have no embedding (unreadable) and are left out")
+        for r, sig in zip(rows, stats.bonferroni([r["p_value"] for r in rows], alpha)):
+            r["significant"] = sig
+        summary = {**report.overlap_summary(rows), "model_tag": tag, "model": spec.model,
+                   "pretrained": spec.pretrained or "random", "checkpoint": str(ck) if ck else None,
+                   "alpha": alpha, "bonferroni_m": sum(1 for r in rows if not math.isnan(r["p_value"])),
+                   "ci_level": stats.CI_LEVEL, "evaluated_at": time.time(), "benchmarks": names}
+
+        # 4. Outputs, each atomic; the runner writes the marker last.
+        folder = self.folder / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        mf.write(PREDICTIONS, pred_cols, folder / "predictions.parquet")
+        mf.write(EVAL, [{c.name: r.get(c.name) for c in EVAL.columns} for r in rows], folder / "eval.parquet")
+        write_json(folder / "summary.json", summary)
+        report.write(folder, rows, {"tag": tag, "model": spec.model, "pretrained": spec.pretrained or "random",
+                                    "checkpoint": str(ck) if ck else None}, summary, alpha, stats.CI_LEVEL)
+        self.rows, self.summary = rows, summary
+        return {"benchmarks": len(rows)}
+
+
+def _benchmark_names(ws: Workspace, benchmarks: list[str] | None) -> list[str]:
+    """The benchmarks to evaluate (default: all), each checked: one clear line per problem."""
+    names = list(benchmarks or []) or [m["name"] for m in list_benchmarks(ws)]
+    if not names:
+        raise MissingUpstream(f"benchmarks ({ws.path('benchmarks')})", "clipcurate bench add NAME --from SOURCE")
+    for n in names:
+        b = load_benchmark(ws, n, columns=["uid"])  # one clear line for an unknown name
+        if b.kind == "classification" and not b.classes:
+            raise ClipcurateError(
+                f"benchmark {n!r} has no class names (benchmarks/{n}/classes.json is empty): re-add it with "
+                f"`clipcurate bench add {n} --from SOURCE --classes FILE --force`")
+    return names
+
+
 def evaluate(ws: Workspace, *, model: str | None = None, pretrained: str | None = None,
              checkpoint: str | None = None, run: str | None = None, benchmarks: list[str] | None = None,
              device: str = "auto", precision: str = "auto", batch_size: int = 256, workers: int = -1,
              alpha: float = stats.ALPHA, force: bool = False) -> EvalResult:
     """Evaluate one model on the workspace's benchmarks; see the module docstring."""
-    from clipcurate.bench import stage as benchmod
-    from clipcurate.embed.stage import embed_benchmarks
-
     if not 0 < alpha < 1:
         raise ClipcurateError(f"alpha {alpha!r} must lie strictly between 0 and 1")
-    names = list(benchmarks or []) or [m["name"] for m in benchmod.list_benchmarks(ws)]
-    if not names:
-        raise MissingUpstream(f"benchmarks ({ws.path('benchmarks')})", "clipcurate bench add NAME --from SOURCE")
-    for n in names:
-        b = benchmod.load(ws, n, columns=["uid"])  # one clear line for an unknown name
-        if b.kind == "classification" and not b.classes:
-            raise ClipcurateError(
-                f"benchmark {n!r} has no class names (benchmarks/{n}/classes.json is empty): re-add it with "
-                f"`clipcurate bench add {n} --from SOURCE --classes FILE --force`")
+    names = _benchmark_names(ws, benchmarks)
     _splits(ws, names[0])  # fail before the (slow) embedding when overlap has not run
     spec, ck = resolve_spec(ws, model, pretrained, checkpoint, run)
     log(f"eval: model {spec.model} weights {spec.pretrained or 'random'}")
@@ -294,39 +357,13 @@ def evaluate(ws: Workspace, *, model: str | None = None, pretrained: str | None 
     tag = embed_benchmarks(ws, spec, names, device=device, precision=precision, batch_size=batch_size,
                            workers=workers, force=force)
 
-    # 2.-3. Predictions and the §5 table, benchmark by benchmark.
-    pred_cols: dict[str, list] = {c.name: [] for c in PREDICTIONS.columns}
-    rows = []
-    for n in names:
-        p, r = _benchmark_rows(ws, tag, n)
-        for k in pred_cols:
-            pred_cols[k] += p[k]
-        rows.append(r)
-        if r["n_skipped"]:
-            warn(f"eval: benchmark {n}: {r['n_skipped']} sample(s) have no embedding (unreadable) and are left out")
-    for r, sig in zip(rows, stats.bonferroni([r["p_value"] for r in rows], alpha)):
-        r["significant"] = sig
-    summary = {**report.overlap_summary(rows), "model_tag": tag, "model": spec.model,
-               "pretrained": spec.pretrained or "random", "checkpoint": str(ck) if ck else None,
-               "alpha": alpha, "bonferroni_m": sum(1 for r in rows if not math.isnan(r["p_value"])),
-               "ci_level": stats.CI_LEVEL, "evaluated_at": time.time(), "benchmarks": names}
-
-    # 4. Outputs, each atomic; the marker last.
+    # 2.-4. The model's shard of eval/: always evaluated again (its marker goes), the rest skipped.
+    marker(ws.path(FOLDER), tag).unlink(missing_ok=True)
+    stage = EvalModel(ws, tag, names, spec, ck, alpha)
+    stage.run()
     folder = ws.path(FOLDER, tag)
-    folder.mkdir(parents=True, exist_ok=True)
-    mf.write(PREDICTIONS, pred_cols, folder / "predictions.parquet")
-    mf.write(EVAL, [{c.name: r.get(c.name) for c in EVAL.columns} for r in rows], folder / "eval.parquet")
-    write_json(folder / "summary.json", summary)
-    report.write(folder, rows, {"tag": tag, "model": spec.model, "pretrained": spec.pretrained or "random",
-                                "checkpoint": str(ck) if ck else None}, summary, alpha, stats.CI_LEVEL)
-    root = ws.path(FOLDER)
-    mark_done(root, tag, {"benchmarks": len(rows)})
-    tags = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / "eval.parquet").is_file())
-    write_json(root / PLAN, {"stage": "eval", "shards": tags})
-    if all(is_done(root, t) for t in tags):
-        write_text(root / SUCCESS, "")
-    log(f"eval: {len(rows)} benchmark(s) -> {folder / 'report.md'}")
-    return EvalResult(tag=tag, folder=folder, rows=rows, summary=summary)
+    log(f"eval: {len(stage.rows)} benchmark(s) -> {folder / 'report.md'}")
+    return EvalResult(tag=tag, folder=folder, rows=stage.rows, summary=stage.summary)
 
 
 def read_table(ws: Workspace, tag: str) -> list[dict]:

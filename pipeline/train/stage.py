@@ -42,11 +42,12 @@ from pathlib import Path
 from clipcurate.core import config
 from clipcurate.core import registry
 from clipcurate.core.console import console, log
-from clipcurate.curate.stage import read_sizes, shard_pattern
 from clipcurate.core.errors import ClipcurateError
-from clipcurate.core.io import read_json, write_json, write_text
-from clipcurate.core.stage import PLAN, SUCCESS, is_done, mark_done, marker
+from clipcurate.core.io import read_json, write_json
+from clipcurate.core.models import register_configs, resolve_device
+from clipcurate.core.stage import Stage, is_done, marker
 from clipcurate.core.workspace import Workspace
+from clipcurate.curate import read_sizes, shard_pattern
 
 DEFAULTS = {
     "model": "clipcurate-tiny",
@@ -106,7 +107,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
     latest = folder / "epoch_latest.pt"
     if latest.is_file():
         try:
-            import torch
+            import torch  # 2.6 s to import: not at module level, which `clipcurate status` imports
 
             done = int(torch.load(latest, map_location="cpu", weights_only=True, mmap=True)["epoch"])
         except Exception:  # a torn epoch_latest.pt cannot exist (rename), but be safe
@@ -134,6 +135,7 @@ def parse_losses(log_file: Path) -> list[dict]:
 @contextlib.contextmanager
 def _open_clip_in_process(quiet: bool):
     """Patch the two things that make open_clip_train awkward to call in process; undo after."""
+    # open_clip_train imports torch (2.6 s) and open_clip (6.4 s); `clipcurate --help` stays 0.5 s
     import open_clip_train.data as ocd
     import open_clip_train.main as ocm
 
@@ -195,36 +197,37 @@ def _workers_and_batch(sizes: dict[str, int], workers: int, batch_size: int, res
     return workers
 
 
-def train(ws: Workspace, run: str = "default", *, force: bool = False, quiet: bool = False,
-          extra_args: list[str] | None = None, **options) -> TrainResult:
-    """Train ``options['model']`` on the curated shards into ``train/{run}/`` (see module doc)."""
-    from open_clip_train.main import main as train_main
-
-    from clipcurate.core.models import register_configs, resolve_device
-
+def _options(run: str, options: dict) -> dict:
     opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
     unknown = set(opts) - set(DEFAULTS)
     if unknown:
         raise ClipcurateError(f"unknown train option(s) {sorted(unknown)}; known: {', '.join(sorted(DEFAULTS))}")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", run or ""):
         raise ClipcurateError(f"run name {run!r} must use letters, digits, '.', '_' or '-' only")
+    return opts
 
-    # 1. Inputs: the curated shards and their sizes (written by `clipcurate curate`).
+
+def _curated_inputs(ws: Workspace, opts: dict) -> dict:
+    """The curated shards' pattern and what one epoch holds, checked against the batch size."""
     sizes = read_sizes(ws)
     total = sum(sizes.values())
     if total == 0:
         raise ClipcurateError("the curated set is empty (curate/shards/sizes.json sums to 0): "
                               "rerun `clipcurate curate` on a pool with successful downloads")
     shards = sorted(s[:-len(".tar")] for s in sizes)
-    pattern = shard_pattern(ws, shards)
     epochs = int(opts["epochs"])
     if epochs < 1:
         raise ClipcurateError(f"epochs {epochs!r} must be at least 1")
     resampled = int(opts["samples"]) > 0
     per_epoch = math.ceil(int(opts["samples"]) / epochs) if resampled else total
     workers = _workers_and_batch(sizes, int(opts["workers"]), int(opts["batch_size"]), resampled)
+    return {"pattern": shard_pattern(ws, shards), "epochs": epochs, "resampled": resampled,
+            "per_epoch": per_epoch, "workers": workers}
 
-    import open_clip
+
+def _model_and_device(opts: dict) -> tuple[str, str]:
+    """(device, precision), after checking that open_clip knows the architecture."""
+    import open_clip  # imports torch (2.6 s) and open_clip (6.4 s); `clipcurate --help` stays 0.5 s
 
     register_configs()
     if opts["model"] not in open_clip.list_models():
@@ -235,11 +238,105 @@ def train(ws: Workspace, run: str = "default", *, force: bool = False, quiet: bo
     precision = opts["precision"]
     if precision == "auto":
         precision = "amp" if device.startswith("cuda") else "fp32"
+    return device, precision
+
+
+def _argv(ws: Workspace, run: str, want: dict, opts: dict, device: str, workers: int,
+          extra_args: list[str] | None) -> list[str]:
+    """The open_clip_train command line — exactly what `python -m open_clip_train.main` takes."""
+    argv = [
+        "--train-data", want["train_data"],
+        "--dataset-type", "webdataset",
+        "--train-num-samples", str(want["train_num_samples"]),
+        "--model", opts["model"],
+        "--batch-size", str(int(opts["batch_size"])),
+        "--epochs", str(want["epochs"]),
+        "--lr", str(float(opts["lr"])),
+        "--wd", str(float(opts["wd"])),
+        "--warmup", str(int(opts["warmup"])),
+        "--precision", want["precision"],
+        "--workers", str(workers),
+        "--device", device,
+        "--seed", str(int(opts["seed"])),
+        "--logs", str(ws.path("train")),
+        "--name", run,
+        "--save-frequency", str(int(opts["save_frequency"])),
+        "--save-most-recent",
+        "--resume", "latest",
+        "--log-every-n-steps", str(max(1, int(opts["log_every"]))),
+    ]
+    if want["resampled"]:
+        argv.append("--dataset-resampled")
+    return argv + list(extra_args or [])
+
+
+class TrainRun(Stage):
+    """One training run as a shard of ``train/``, whose shards are the runs (``train/{run}/``).
+
+    The runner writes ``train/_plan.json``, ``train/{run}.done`` after open_clip_train returns and
+    ``train/_SUCCESS`` last. The plan lists the finished runs (those with a marker) besides this
+    one, so the plan and ``_SUCCESS`` ("every listed run finished") read as they always did. A run
+    that is not finished — killed, or training in another process — is left out: the runner would
+    try to finish it, and only ``clipcurate train --name RUN`` knows how.
+    """
+
+    name = "train"
+    description = "train"
+
+    def __init__(self, ws: Workspace, run: str, argv: list[str], quiet: bool):
+        super().__init__(ws.path("train"))
+        self.run_name, self.argv, self.quiet = run, argv, quiet
+        self.rdir = ws.path("train", run)
+        self.losses: list[dict] = []
+        self.checkpoint: Path | None = None
+        self.epochs_done = 0
+
+    def shards(self) -> list[str]:
+        runs = sorted(d.name for d in self.folder.iterdir() if (d / "run.json").is_file())
+        return [r for r in runs if r == self.run_name or is_done(self.folder, r)]
+
+    def run_shard(self, shard: str) -> dict:
+        if shard != self.run_name:
+            raise ClipcurateError(f"train run {shard!r} is not finished: resume it with `clipcurate train --name {shard}`")
+        # open_clip_train imports torch (2.6 s) and open_clip (6.4 s); `clipcurate --help` stays 0.5 s
+        from open_clip_train.main import main as train_main
+
+        rdir = self.rdir
+        with _open_clip_in_process(self.quiet or console.quiet):
+            try:
+                rc = train_main(self.argv)
+            except (KeyboardInterrupt, ClipcurateError):
+                raise
+            except BaseException as exc:  # SystemExit from argparse, assertion, CUDA error, ...
+                msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                raise ClipcurateError(f"open_clip_train failed ({exc.__class__.__name__}: {msg}); "
+                                      f"see {rdir / 'out.log'}") from None
+        if rc not in (None, 0):
+            raise ClipcurateError(f"open_clip_train returned {rc}; see {rdir / 'out.log'}")
+
+        self.losses = parse_losses(rdir / "out.log")
+        write_json(rdir / "losses.json", self.losses)
+        self.checkpoint = latest_checkpoint(rdir / "checkpoints")
+        if self.checkpoint is not None:
+            import torch  # 2.6 s at module level; here open_clip_train has loaded it already
+
+            self.epochs_done = int(torch.load(self.checkpoint, map_location="cpu", weights_only=True,
+                                              mmap=True).get("epoch", 0))
+        return {"epochs": self.epochs_done, "logged_steps": len(self.losses)}
+
+
+def train(ws: Workspace, run: str = "default", *, force: bool = False, quiet: bool = False,
+          extra_args: list[str] | None = None, **options) -> TrainResult:
+    """Train ``options['model']`` on the curated shards into ``train/{run}/`` (see module doc)."""
+    opts = _options(run, options)
+    # 1. Inputs: the curated shards and their sizes (written by `clipcurate curate`).
+    inputs = _curated_inputs(ws, opts)
+    device, precision = _model_and_device(opts)
 
     # 2. The run folder: resume the same run, refuse to mix in a different one.
     rdir = run_dir(ws, run)
-    want = {"model": opts["model"], "train_data": pattern, "train_num_samples": per_epoch,
-            "resampled": resampled, "batch_size": int(opts["batch_size"]), "epochs": epochs,
+    want = {"model": opts["model"], "train_data": inputs["pattern"], "train_num_samples": inputs["per_epoch"],
+            "resampled": inputs["resampled"], "batch_size": int(opts["batch_size"]), "epochs": inputs["epochs"],
             "lr": float(opts["lr"]), "wd": float(opts["wd"]), "warmup": int(opts["warmup"]),
             "precision": precision, "seed": int(opts["seed"])}
     if force and rdir.exists():
@@ -252,68 +349,22 @@ def train(ws: Workspace, run: str = "default", *, force: bool = False, quiet: bo
             raise ClipcurateError(f"run {run!r} was started with {k}={a!r}, now {k}={b!r}: "
                                   f"resume it unchanged, pick another --name, or pass --force to restart it")
     rdir.mkdir(parents=True, exist_ok=True)
-    write_json(rdir / "run.json", {**want, "run": run, "device": device, "workers": workers})
-    # `status`: train/{run}.done marks a finished run (removed while it trains), _SUCCESS all of them
+    write_json(rdir / "run.json", {**want, "run": run, "device": device, "workers": inputs["workers"]})
+    # `status`: train/{run}.done marks a finished run; a rerun always goes back to open_clip_train
+    # (it resumes at the last epoch, or does nothing when the run is complete), so its marker goes.
     marker(ws.path("train"), run).unlink(missing_ok=True)
-    ws.path("train", SUCCESS).unlink(missing_ok=True)
 
-    # 3. The open_clip_train command line — exactly what `python -m open_clip_train.main` takes.
-    argv = [
-        "--train-data", pattern,
-        "--dataset-type", "webdataset",
-        "--train-num-samples", str(per_epoch),
-        "--model", opts["model"],
-        "--batch-size", str(int(opts["batch_size"])),
-        "--epochs", str(epochs),
-        "--lr", str(float(opts["lr"])),
-        "--wd", str(float(opts["wd"])),
-        "--warmup", str(int(opts["warmup"])),
-        "--precision", precision,
-        "--workers", str(workers),
-        "--device", device,
-        "--seed", str(int(opts["seed"])),
-        "--logs", str(ws.path("train")),
-        "--name", run,
-        "--save-frequency", str(int(opts["save_frequency"])),
-        "--save-most-recent",
-        "--resume", "latest",
-        "--log-every-n-steps", str(max(1, int(opts["log_every"]))),
-    ]
-    if resampled:
-        argv.append("--dataset-resampled")
-    argv += list(extra_args or [])
+    # 3. open_clip_train, in process, as this run's shard of train/.
+    argv = _argv(ws, run, want, opts, device, inputs["workers"], extra_args)
     write_json(rdir / "argv.json", argv)
     log(f"train: open_clip_train {' '.join(argv)}")
-
-    with _open_clip_in_process(quiet or console.quiet):
-        try:
-            rc = train_main(argv)
-        except (KeyboardInterrupt, ClipcurateError):
-            raise
-        except BaseException as exc:  # SystemExit from argparse, assertion, CUDA error, ...
-            msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            raise ClipcurateError(f"open_clip_train failed ({exc.__class__.__name__}: {msg}); "
-                                  f"see {rdir / 'out.log'}") from None
-    if rc not in (None, 0):
-        raise ClipcurateError(f"open_clip_train returned {rc}; see {rdir / 'out.log'}")
-
-    losses = parse_losses(rdir / "out.log")
-    write_json(rdir / "losses.json", losses)
-    ckpt = latest_checkpoint(rdir / "checkpoints")
-    done = 0
-    if ckpt is not None:
-        import torch
-
-        done = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
-    mark_done(ws.path("train"), run, {"epochs": done, "logged_steps": len(losses)})
-    runs = sorted(d.name for d in ws.path("train").iterdir() if (d / "run.json").is_file())
-    write_json(ws.path("train", PLAN), {"stage": "train", "shards": runs})
-    if all(is_done(ws.path("train"), r) for r in runs):
-        write_text(ws.path("train", SUCCESS), "")
+    stage = TrainRun(ws, run, argv, quiet)
+    stage.run()
+    losses, ckpt = stage.losses, stage.checkpoint
     if losses:
         log(f"train: loss {losses[0]['loss']:.4f} -> {losses[-1]['loss']:.4f} over {len(losses)} logged steps; "
             f"checkpoint {ckpt}")
-    return TrainResult(run_dir=rdir, checkpoint=ckpt, losses=losses, epochs_done=done)
+    return TrainResult(run_dir=rdir, checkpoint=ckpt, losses=losses, epochs_done=stage.epochs_done)
 
 
 def run_model(checkpoint: Path) -> str | None:
