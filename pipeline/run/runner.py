@@ -36,8 +36,8 @@ from typing import Any, Callable
 from clipcurate.core.config import Config, read_file
 from clipcurate.core.console import log
 from clipcurate.core.errors import ClipcurateError
-from clipcurate.core.io import read_json, write_json
-from clipcurate.core.stage import PLAN, SUCCESS, marker
+from clipcurate.core.io import read_json
+from clipcurate.core.stage import Stage, marker
 from clipcurate.core.workspace import Workspace
 from clipcurate.run.steps import STEPS
 
@@ -104,51 +104,76 @@ class Pipeline:
         return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class PipelineRun(Stage):
+    """The steps of a pipeline file as the shards of ``run/``, in order, on the one runner.
+
+    A step's marker holds the hash of its parameters; before the runner looks at the markers, a
+    marker whose hash no longer matches is removed, so that step runs again and the others are
+    skipped. Steps run in this process, one after another (:meth:`run_batch`): each is a whole stage.
+    """
+
+    name = "run"
+    description = "pipeline steps"
+
+    def __init__(self, pipeline: Pipeline, ws: Workspace, cfg: Config, force: bool = False,
+                 on_step: Callable[[str, str, float, dict | None], None] | None = None):
+        super().__init__(ws.root / "run", force=force)
+        self.pipeline, self.ws, self.cfg, self.on_step = pipeline, ws, cfg, on_step
+        self.ids = [pipeline.step_id(i, s) for i, s in enumerate(pipeline.steps)]
+        self.params = {sid: pipeline.resolve({k: v for k, v in s.items() if k != "run"})
+                       for sid, s in zip(self.ids, pipeline.steps)}
+        self.results: dict[str, dict] = {}
+
+    def shards(self) -> list[str]:
+        return self.ids
+
+    def forget_changed_steps(self) -> None:
+        """Remove the marker of every step whose parameters changed since it ran; log the others."""
+        for sid in self.ids:
+            mk = marker(self.folder, sid)
+            if not mk.exists():
+                continue
+            info = read_json(mk)
+            if self.force or info.get("params") != self.pipeline.params_hash(self.params[sid]):
+                mk.unlink()
+                continue
+            log(f"[dim]step {sid}: done earlier, skipping[/]")
+            self.results[sid] = {"step": sid, "skipped": True, **info.get("summary", {})}
+            if self.on_step:
+                self.on_step(sid, "skipped", 0.0, info.get("summary"))
+
+    def run_shard(self, sid: str) -> dict:
+        kind = self.pipeline.steps[self.ids.index(sid)]["run"]
+        fn, command = STEPS[kind]
+        params = self.params[sid]
+        log(f"[bold]step {sid}[/] ({command})")
+        t0 = time.time()
+        extra = {"cfg": self.cfg} if "cfg" in inspect.signature(fn).parameters else {}
+        try:
+            summary = fn(self.ws, **params, **extra) or {}
+        except ClipcurateError as exc:
+            raise ClipcurateError(
+                f"step {sid} ({command}) failed: {exc} — fix it and rerun `clipcurate run {self.pipeline.path}`; "
+                f"finished steps are skipped") from exc
+        except TypeError as exc:
+            if "argument" in str(exc):
+                raise ClipcurateError(f"step {sid} ({kind}): bad parameters in {self.pipeline.path}: {exc}") from exc
+            raise
+        dt = time.time() - t0
+        self.results[sid] = {"step": sid, "skipped": False, "seconds": round(dt, 2), **summary}
+        if self.on_step:
+            self.on_step(sid, "done", dt, summary)
+        return {"params": self.pipeline.params_hash(params), "seconds": round(dt, 2), "summary": summary}
+
+
 def run_pipeline(pipeline: Pipeline, ws: Workspace, force: bool = False,
                  on_step: Callable[[str, str, float, dict | None], None] | None = None,
                  cfg: Config | None = None) -> list[dict]:
     """Run every step in order; returns one summary dict per step. ``cfg``: the configuration the
     steps read (default: the workspace's clipcurate.toml, read once here)."""
     ws.create()
-    cfg = Config.load(ws.root) if cfg is None else cfg
-    folder = ws.root / "run"
-    folder.mkdir(exist_ok=True)
-    ids = [pipeline.step_id(i, s) for i, s in enumerate(pipeline.steps)]
-    write_json(folder / PLAN, {"stage": "run", "pipeline": str(pipeline.path), "shards": ids})
-    (folder / SUCCESS).unlink(missing_ok=True)
-    results = []
-    for i, (sid, s) in enumerate(zip(ids, pipeline.steps)):
-        kind = s["run"]
-        fn, command = STEPS[kind]
-        params = pipeline.resolve({k: v for k, v in s.items() if k != "run"})
-        h = pipeline.params_hash(params)
-        mk = marker(folder, sid)
-        if not force and mk.exists() and read_json(mk).get("params") == h:
-            info = read_json(mk)
-            log(f"[dim]step {sid}: done earlier, skipping[/]")
-            results.append({"step": sid, "skipped": True, **info.get("summary", {})})
-            if on_step:
-                on_step(sid, "skipped", 0.0, info.get("summary"))
-            continue
-        mk.unlink(missing_ok=True)
-        log(f"[bold]step {sid}[/] ({command})")
-        t0 = time.time()
-        extra = {"cfg": cfg} if "cfg" in inspect.signature(fn).parameters else {}
-        try:
-            summary = fn(ws, **params, **extra) or {}
-        except ClipcurateError as exc:
-            raise ClipcurateError(
-                f"step {sid} ({command}) failed: {exc} — fix it and rerun `clipcurate run {pipeline.path}`; "
-                f"finished steps are skipped") from exc
-        except TypeError as exc:
-            if "argument" in str(exc):
-                raise ClipcurateError(f"step {sid} ({kind}): bad parameters in {pipeline.path}: {exc}") from exc
-            raise
-        dt = time.time() - t0
-        write_json(mk, {"shard": sid, "params": h, "seconds": round(dt, 2), "summary": summary,
-                        "finished_at": time.time()})
-        results.append({"step": sid, "skipped": False, "seconds": round(dt, 2), **summary})
-        if on_step:
-            on_step(sid, "done", dt, summary)
-    (folder / SUCCESS).write_text("")
-    return results
+    stage = PipelineRun(pipeline, ws, Config.load(ws.root) if cfg is None else cfg, force=force, on_step=on_step)
+    stage.forget_changed_steps()
+    stage.force = False  # the changed (or, with force, all) markers are gone: the runner skips the rest
+    stage.run()
+    return [stage.results[sid] for sid in stage.ids]
