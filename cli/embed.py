@@ -1,4 +1,4 @@
-"""`clipcurate embed`: open_clip embeddings of the pool and the benchmarks (clipcurate.embed.stage)."""
+"""`clipcurate embed`: open_clip embeddings of the pool and the benchmarks (clipcurate.embed)."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def embed(
     \b
     Example:  clipcurate embed --model ViT-B-32 --pretrained laion2b_s34b_b79k --device cuda
     """
-    from clipcurate.embed import stage as emb
+    from clipcurate import embed as emb
     from clipcurate.core.console import out
-    from clipcurate.core.models import ModelSpec
+    from clipcurate.core.executor import from_config
 
     ws = state.ws(must_exist=True)
     cfg = state.config(ws).get("embed", {
@@ -46,30 +46,12 @@ def embed(
         "batch_size": batch_size, "workers": workers, "benchmarks": list(bench) if bench else None,
         "decode": decode})
     names = (cfg["benchmarks"] or None) if benchmarks else []
-    if pool is None:  # default: the pool when there is one; a workspace with only benchmarks is fine too
-        from clipcurate.bench.stage import list_benchmarks
-
-        pool = any(ws.path("pool", "shards").glob("*.tar")) or names == [] or not list_benchmarks(ws)
-    if not pool and names == []:
+    if pool is False and names == []:
         raise typer.BadParameter("--no-pool with --no-benchmarks leaves nothing to embed")
-    from clipcurate.core.executor import from_config
-
     ex = from_config(state.config(ws), executor, ray_address)  # --executor ray: pool shards on Ray actors
-    if pool:  # a missing upstream is said before any model is loaded
-        emb.pool_shards(ws)
-    if detector:
-        from clipcurate.core.models import resolve_device
-
-        enc = emb.load_encoder("detector", detector)
-        tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=resolve_device(cfg["device"]),
-                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force, executor=ex,
-                               decode=cfg["decode"])
-    else:
-        spec = ModelSpec(cfg["model"], cfg["pretrained"] or None)
-        enc = emb.clip_encoder(spec, cfg["device"], cfg["precision"])
-        tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=enc.device,
-                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force, executor=ex,
-                               decode=cfg["decode"], encoder_factory=lambda: emb.clip_encoder(spec, cfg["device"], cfg["precision"]))
+    tag = emb.run(ws, model=cfg["model"], pretrained=cfg["pretrained"], detector=detector, pool=pool, benchmarks=names,
+                  device=cfg["device"], precision=cfg["precision"], batch_size=cfg["batch_size"],
+                  workers=cfg["workers"], decode=cfg["decode"], force=force, executor=ex)
     out(tag)
 
 

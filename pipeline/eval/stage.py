@@ -224,7 +224,7 @@ def _splits(ws: Workspace, name: str) -> dict[int, str]:
 def _benchmark_rows(ws: Workspace, tag: str, name: str):
     """(prediction rows, partial §5 row) for one benchmark."""
     from clipcurate.bench import stage as benchmod
-    from clipcurate.embed.stage import load_bench
+    from clipcurate.embed import load_bench
 
     b = benchmod.load(ws, name, columns=["uid", "index", "label"])
     indices, uids, image, classes, captions, cap_index = load_bench(ws, tag, name)
@@ -273,7 +273,7 @@ def evaluate(ws: Workspace, *, model: str | None = None, pretrained: str | None 
              alpha: float = stats.ALPHA, force: bool = False) -> EvalResult:
     """Evaluate one model on the workspace's benchmarks; see the module docstring."""
     from clipcurate.bench import stage as benchmod
-    from clipcurate.embed.stage import embed_benchmarks
+    from clipcurate.embed import embed_benchmarks
 
     if not 0 < alpha < 1:
         raise ClipcurateError(f"alpha {alpha!r} must lie strictly between 0 and 1")

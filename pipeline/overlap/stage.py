@@ -335,7 +335,7 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
 
 def model_info(ws: Workspace, tag: str) -> dict:
     """embed/{tag}/model.json (the embed stage's reader)."""
-    from clipcurate.embed import stage as embed
+    from clipcurate import embed
 
     return embed.model_info(ws, tag)
 
@@ -389,7 +389,7 @@ def bench_names(ws: Workspace, tag: str) -> tuple[list[str], list[str]]:
 def load_bench(ws: Workspace, tag: str, name: str) -> Bench:
     """One benchmark's image embeddings through the embed stage's reader, plus the checks that
     the search needs: not empty, finite, one model."""
-    from clipcurate.embed import stage as embed
+    from clipcurate import embed
 
     indices, uids, image, *_ = embed.load_bench(ws, tag, name)
     npy = embed_root(ws) / tag / "bench" / name / "image.npy"
