@@ -94,12 +94,12 @@ def hashes(force: bool = typer.Option(False, "--force", help="Recompute every ha
     \b
     Example:  clipcurate detector hashes
     """
-    from clipcurate.overlap import signals
+    from clipcurate.overlap import compute_hashes
 
     ws = state.ws(must_exist=True)
     from clipcurate.core.executor import from_config
 
-    counts = signals.compute_hashes(ws, force=force, executor=from_config(state.config(ws), executor, ray_address))
+    counts = compute_hashes(ws, force=force, executor=from_config(state.config(ws), executor, ray_address))
     out(json.dumps({k: v for k, v in counts.items() if not k.startswith("source_")}))
 
 

@@ -84,7 +84,7 @@ def auto_review(ws: Workspace, rule: str = "agree") -> dict:
     person can open the real TUI on the same workspace (``clipcurate -w WS review``) and override
     them: the latest decision of each reviewer counts.
     """
-    from clipcurate.overlap import stage as ov
+    from clipcurate import overlap as ov
     from clipcurate.core.config import Config
     from clipcurate.core.errors import ClipcurateError
 
@@ -182,7 +182,7 @@ def summary(ws: Workspace) -> list[tuple[str, str]]:
         c = read_json(cal)
         chosen = c.get("chosen", {})
         parts = []
-        from clipcurate.overlap.stage import SIGNALS
+        from clipcurate.overlap import SIGNALS
 
         for sig, v in chosen.items():
             if not isinstance(v, dict):

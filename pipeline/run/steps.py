@@ -92,7 +92,7 @@ def detector_train(ws, run_name="default", **options):
 def overlap(ws, use_calibration=False, **options):
     """``use_calibration = true``: take the thresholds ``overlap calibrate`` chose (its
     thresholds.json) unless the step sets them itself."""
-    from clipcurate.overlap import stage as ov
+    from clipcurate import overlap as ov
 
     if use_calibration:
         options = {**calibrated_thresholds(ws), **options}
@@ -112,7 +112,7 @@ def calibrated_thresholds(ws: Workspace) -> dict:
 
     import pyarrow.compute as pc
 
-    from clipcurate.overlap import stage as ov
+    from clipcurate import overlap as ov
     from clipcurate.core.io import read_json
 
     p = ws.path("overlap", "calibration", "thresholds.json")
