@@ -480,7 +480,8 @@ def load_descriptor(path: str | Path, image_size: int = 0, imagenet_norm: bool =
                               f"train` (it writes detector/<run>/detector.pt) or pass a TorchScript file")
     import torch  # torch: 2.6 s to import (see Batches)
 
-    from clipcurate.detector.net import IMAGENET_MEAN, IMAGENET_STD, MEAN, STD, build_model, make_preprocess  # torch
+    # the network module imports torch
+    from clipcurate.detector.net import IMAGENET_MEAN, IMAGENET_STD, MEAN, STD, build_model, make_preprocess
 
     sha = _sha12(p)
     if _is_torchscript(p):

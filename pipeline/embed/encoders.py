@@ -82,7 +82,7 @@ def split_preprocess(preprocess):
 
     The PIL part runs in the workers; ToTensor + Normalize run batched on the device. None when
     the transform has another shape (then workers run all of it and send float tensors)."""
-    from torchvision import transforms as T  # torchvision (and torch): seconds to import; embedding loads them anyway
+    from torchvision import transforms as T  # torch + torchvision: 2.6 s+ to import; only embedding needs them
 
     ts = getattr(preprocess, "transforms", None)
     if not ts or len(ts) < 2 or not isinstance(ts[-1], T.Normalize) or not isinstance(ts[-2], T.ToTensor):

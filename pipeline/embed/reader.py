@@ -1,13 +1,14 @@
 """Reading: the work cut into parts, and the dataset that decodes them in DataLoader workers.
 
 Work is cut into *parts*: a pool shard is one part (its tar); a benchmark is cut into parts of
-``PART_ROWS`` rows (:mod:`clipcurate.embed.stage`) of its samples.parquet so that several workers share one benchmark. DataLoader
-workers (an IterableDataset, parts dealt round-robin to workers) read the bytes, decode each image
-with PIL and run the *PIL half* of the model's eval transform (resize, centre crop, RGB). They send
-**uint8** batches (4x less than float through shared memory) plus the tokenised captions; with
-``decode = "torch"`` they send the encoded bytes instead, for the device to decode. An image that
-fails to decode is counted and skipped (the first ``MAX_BAD_REASONS`` reasons are kept), never
-fatal. After its last batch a part sends an ``end`` item with those counts.
+``PART_ROWS`` rows (:mod:`clipcurate.embed.stage`) of its samples.parquet so that several workers
+share one benchmark. DataLoader workers (an IterableDataset, parts dealt round-robin to workers)
+read the bytes, decode each image with PIL and run the *PIL half* of the model's eval transform
+(resize, centre crop, RGB). They send **uint8** batches (4x less than float through shared memory)
+plus the tokenised captions; with ``decode = "torch"`` they send the encoded bytes instead, for the
+device to decode. An image that fails to decode is counted and skipped (the first
+``MAX_BAD_REASONS`` reasons are kept), never fatal. After its last batch a part sends an ``end``
+item with those counts.
 """
 
 from __future__ import annotations

@@ -249,7 +249,7 @@ def embedder_for(ws: Workspace, tag: str, device: str, batch_size: int) -> Calla
         raise ClipcurateError(f"embed/{tag}/model.json says dim {info['dim']} but the model gives {lm.dim}")
 
     def embed(images: list[Image.Image]) -> np.ndarray:
-        import torch  # torch: 2.6 s to import; loaded by models.load above anyway, never at start-up
+        import torch  # torch: 2.6 s to import at module level; models.load has loaded it by now
 
         out = []
         for i in range(0, len(images), batch_size):

@@ -54,7 +54,7 @@ def _bits_to_int64(bits: np.ndarray) -> int:
 
 def image_hashes(img: Image.Image) -> tuple[int, int]:
     """(pHash, dHash) of an image as signed 64-bit integers."""
-    import imagehash  # 0.2 s to import (and scipy with it); only `detector hashes` and overlap pay it
+    import imagehash  # imagehash: 0.2 s to import; only `detector hashes` and overlap pay it
 
     img = img.convert("RGB")
     return _bits_to_int64(imagehash.phash(img).hash), _bits_to_int64(imagehash.dhash(img).hash)

@@ -30,11 +30,12 @@ from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.io import read_json
 from clipcurate.core.workspace import Workspace
 from clipcurate.detector import load_descriptor
-from clipcurate.overlap.hashes import hamming_matrix, image_hashes, iter_pool_tar, open_image, pair_hash_distances, read_bench
+from clipcurate.overlap.captions import text_matches, text_similarity
+from clipcurate.overlap.hashes import hamming_matrix, image_hashes, iter_pool_tar, open_image, pair_hash_distances, \
+    read_bench
 from clipcurate.overlap.inputs import load_bench, model_tags, pool_shards, pool_uids
 from clipcurate.overlap.keypoints import KeypointCache
 from clipcurate.overlap.search import Searcher
-from clipcurate.overlap.captions import text_matches, text_similarity
 from clipcurate.review import pair_id
 
 config.section("signals", {
