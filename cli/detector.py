@@ -90,10 +90,10 @@ def hashes(ctx: typer.Context, force: force_option("Recompute every hash.") = Fa
     \b
     Example:  clipcurate detector hashes
     """
-    from clipcurate.overlap import signals  # on use, not at start-up: see cli/__init__.py
+    from clipcurate.overlap import compute_hashes  # on use, not at start-up: see cli/__init__.py
 
     ws, cfg = resolve(ctx, must_exist=True)
-    counts = signals.compute_hashes(ws, force=force, executor=from_config(cfg, executor, ray_address))
+    counts = compute_hashes(ws, force=force, executor=from_config(cfg, executor, ray_address))
     out(json.dumps({k: v for k, v in counts.items() if not k.startswith("source_")}))
 
 

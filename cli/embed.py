@@ -1,4 +1,4 @@
-"""`clipcurate embed`: open_clip embeddings of the pool and the benchmarks (clipcurate.embed.stage)."""
+"""`clipcurate embed`: open_clip embeddings of the pool and the benchmarks (clipcurate.embed)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import typer
 
 from clipcurate.core.console import out
 from clipcurate.core.executor import from_config
-from clipcurate.core.models import ModelSpec, resolve_device
 
 from clipcurate.cli.context import resolve
 from clipcurate.cli.options import (BatchSizeOption, BenchOption, DecodeWorkersOption, DeviceOption, ExecutorOption,
@@ -41,8 +40,7 @@ def embed(
     \b
     Example:  clipcurate embed --model ViT-B-32 --pretrained laion2b_s34b_b79k --device cuda
     """
-    from clipcurate.bench.stage import list_benchmarks  # on use, not at start-up: see cli/__init__.py
-    from clipcurate.embed import stage as emb  # on use, not at start-up: see cli/__init__.py
+    from clipcurate import embed as emb  # on use, not at start-up: see cli/__init__.py
 
     ws, config = resolve(ctx, must_exist=True)
     cfg = config.get("embed", {
@@ -50,24 +48,12 @@ def embed(
         "batch_size": batch_size, "workers": workers, "benchmarks": list(bench) if bench else None,
         "decode": decode})
     names = (cfg["benchmarks"] or None) if benchmarks else []
-    if pool is None:  # default: the pool when there is one; a workspace with only benchmarks is fine too
-        pool = any(ws.path("pool", "shards").glob("*.tar")) or names == [] or not list_benchmarks(ws)
-    if not pool and names == []:
+    if pool is False and names == []:
         raise typer.BadParameter("--no-pool with --no-benchmarks leaves nothing to embed")
     ex = from_config(config, executor, ray_address)  # --executor ray: pool shards on Ray actors
-    if pool:  # a missing upstream is said before any model is loaded
-        emb.pool_shards(ws)
-    if detector:
-        enc = emb.load_encoder("detector", detector)
-        tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=resolve_device(cfg["device"]),
-                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force, executor=ex,
-                               decode=cfg["decode"])
-    else:
-        spec = ModelSpec(cfg["model"], cfg["pretrained"] or None)
-        enc = emb.clip_encoder(spec, cfg["device"], cfg["precision"])
-        tag = emb.embed_images(ws, enc, pool=pool, benchmarks=names, device=enc.device,
-                               batch_size=cfg["batch_size"], workers=cfg["workers"], force=force, executor=ex,
-                               decode=cfg["decode"], encoder_factory=lambda: emb.clip_encoder(spec, cfg["device"], cfg["precision"]))
+    tag = emb.run(ws, model=cfg["model"], pretrained=cfg["pretrained"], detector=detector, pool=pool, benchmarks=names,
+                  device=cfg["device"], precision=cfg["precision"], batch_size=cfg["batch_size"],
+                  workers=cfg["workers"], decode=cfg["decode"], force=force, executor=ex)
     out(tag)
 
 

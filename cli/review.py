@@ -77,7 +77,9 @@ def review(
     decided, total = session.progress()
     log(f"{name}: {decided}/{total} pairs decided in this view")
     if changed:
-        log(rv.refresh_overlap(ws))
+        from clipcurate.overlap import refresh_after_review
+
+        log(refresh_after_review(ws))
         rv.mark_progress(ws, session.queue)
 
 

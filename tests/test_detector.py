@@ -208,7 +208,7 @@ def test_embed_detector_writes_descriptors_like_any_embedding(ws, cli):
     assert x.dtype == np.float16 and x.shape == (10, 32)
     from PIL import Image
 
-    from clipcurate.overlap.signals import iter_pool_tar
+    from clipcurate.overlap.hashes import iter_pool_tar
 
     stored = [Image.open(io.BytesIO(d)) for _, _, d in iter_pool_tar(ws.path("pool", "shards", "00000.tar"))]
     ref = detector.load_descriptor(ws.path("detector", "e")).encode(stored)

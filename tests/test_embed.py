@@ -18,8 +18,10 @@ import torch
 from PIL import Image
 
 from clipcurate.bench import stage as bench
-from clipcurate.embed import stage as embed
+from clipcurate import embed
+from clipcurate.embed import stage as embed_stage
 from clipcurate.core import models
+from clipcurate.core import stage as core_stage
 from clipcurate.bench.stage import _tar_samples
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.workspace import Workspace
@@ -100,7 +102,7 @@ def test_workers_and_batch_size_do_not_change_outputs(ws, tmp_path):
 
 def test_resume_after_crash_skips_finished_shards(ws, monkeypatch, capsys):
     make_pool(ws, shards=3, per_shard=5)
-    real = embed.mark_done
+    real = core_stage.mark_done
     calls = []
 
     def crash_after_first(folder, shard, info=None):
@@ -109,14 +111,14 @@ def test_resume_after_crash_skips_finished_shards(ws, monkeypatch, capsys):
         if len(calls) == 1:
             raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(embed, "mark_done", crash_after_first)
+    monkeypatch.setattr(core_stage, "mark_done", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         embed.embed_pool(ws, SPEC, device="cpu", batch_size=2, workers=0)
     folder = ws.root / "embed" / TAG / "pool"
     assert sorted(p.stem for p in folder.glob("*.done")) == ["00000"]
     assert not (folder / "_SUCCESS").exists()
     first = (folder / "00000.done").read_text()
-    monkeypatch.setattr(embed, "mark_done", real)
+    monkeypatch.setattr(core_stage, "mark_done", real)
     capsys.readouterr()
     embed.embed_pool(ws, SPEC, device="cpu", batch_size=2, workers=0)
     assert "1/3 pool shards already done" in capsys.readouterr().err
@@ -193,12 +195,12 @@ def test_benchmarks_images_zero_shot_weights_and_captions(ws, tmp_path, lm):
 
 
 def test_benchmark_split_into_parts_keeps_order(ws, tmp_path, monkeypatch):
-    monkeypatch.setattr(embed, "PART_ROWS", 4)
+    monkeypatch.setattr(embed_stage, "PART_ROWS", 4)
     bench.add(ws, "tree", str(folder_tree(tmp_path / "tree", per_class=4, broken=False)))
     embed.embed_benchmarks(ws, SPEC, device="cpu", batch_size=3, workers=2)
     idx, uids, image, *_ = embed.load_bench(ws, TAG, "tree")
     assert idx.tolist() == list(range(12))
-    monkeypatch.setattr(embed, "PART_ROWS", 1024)
+    monkeypatch.setattr(embed_stage, "PART_ROWS", 1024)
     embed.embed_benchmarks(ws, SPEC, device="cpu", batch_size=3, workers=0, force=True)
     np.testing.assert_allclose(embed.load_bench(ws, TAG, "tree")[2].astype(np.float32),
                                image.astype(np.float32), atol=2e-3)

@@ -11,6 +11,7 @@ import pytest
 from _overlap_helpers import TAG, make_workspace, write_bench, write_bench_samples, write_pool_shard
 from clipcurate.review import decisions as dec
 from clipcurate.core import manifest as mf
+from clipcurate.overlap import searchrun
 from clipcurate.overlap import stage as overlap
 from clipcurate.overlap import search as se
 
@@ -145,12 +146,12 @@ def test_kill_between_shards_resumes_to_the_same_result(ws, cli, monkeypatch, ba
         if shard == "00002":
             raise KeyboardInterrupt  # as good as a kill: nothing after this line runs
 
-    monkeypatch.setattr(overlap, "_after_shard_hook", crash)
+    monkeypatch.setattr(searchrun, "_after_shard_hook", crash)
     r = cli("-w", ws.root, "overlap")
     assert r.code == 130
     assert sorted(p.name for p in (ws.root / "overlap").glob("*.done")) == ["00000.done", "00001.done"]
     seen.clear()
-    monkeypatch.setattr(overlap, "_after_shard_hook", lambda shard: seen.append(shard))
+    monkeypatch.setattr(searchrun, "_after_shard_hook", lambda shard: seen.append(shard))
     _run(cli, ws)
     assert seen == ["00002", "00003", "00004"]  # the finished shards were not searched again
     resumed = {n: _table(ws, n) for n in ("pairs", "neighbors", "splits")}
@@ -164,7 +165,7 @@ def test_rerun_reuses_search_and_wider_search_serves_narrower(ws, cli, monkeypat
     make_workspace(ws.root, plants=PLANTS)
     _run(cli, ws, "--k", "12", "--low", "0.8")
     seen = []
-    monkeypatch.setattr(overlap, "_after_shard_hook", lambda s: seen.append(s))
+    monkeypatch.setattr(searchrun, "_after_shard_hook", lambda s: seen.append(s))
     _run(cli, ws)  # k 10 <= 12, low 0.85 >= 0.8: the old search contains the answer
     assert seen == []
     assert max(r["rank"] for r in _table(ws, "neighbors")) == 10

@@ -278,7 +278,7 @@ def test_overlap_on_ray_gives_the_same_pairs_and_splits(ray_session, tmp_path, m
     from clipcurate.core.workspace import Workspace
 
     plants = [("cifar10", 0, 0, 3, 0.97), ("cifar10", 1, 2, 5, 0.9), ("stl10", 2, 1, 7, 0.96), ("stl10", 3, 3, 0, 0.88)]
-    import clipcurate.overlap.remote as executor_mod
+    import clipcurate.overlap.searchrun as executor_mod
 
     got = {}
     # "ray": one shard per task (4 shards, 2 slots); "ray-runs": runs of 2 consecutive shards per task.

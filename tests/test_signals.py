@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipcurate.overlap import signals
+from clipcurate.overlap import captions, hashes, keypoints, rules
 from clipcurate.core.augment import app_c_copy
 
 from _detector_helpers import pool_images, write_bench, write_pool
@@ -30,34 +30,34 @@ def test_hashes_and_hamming_match_imagehash():
 
     imgs = pool_images(6) + [app_c_copy(im, i, strength=0.3) for i, im in enumerate(pool_images(6))]
     for im in imgs:
-        ph, dh = signals.image_hashes(im)
+        ph, dh = hashes.image_hashes(im)
         assert np.int64(ph).view(np.uint64) == int(str(imagehash.phash(im)), 16)
         assert np.int64(dh).view(np.uint64) == int(str(imagehash.dhash(im)), 16)
-    hs = [signals.image_hashes(im)[0] for im in imgs]
+    hs = [hashes.image_hashes(im)[0] for im in imgs]
     ref = np.array([[imagehash.phash(a) - imagehash.phash(b) for b in imgs] for a in imgs])
-    np.testing.assert_array_equal(signals.hamming_matrix(hs, hs), ref)
-    np.testing.assert_array_equal(signals.hamming(hs, hs[::-1]), np.diag(ref[:, ::-1]))
+    np.testing.assert_array_equal(hashes.hamming_matrix(hs, hs), ref)
+    np.testing.assert_array_equal(hashes.hamming(hs, hs[::-1]), np.diag(ref[:, ::-1]))
 
 
 def test_hash_cache_once_per_image_and_refreshed_when_source_changes(ws):
     imgs = pool_images(10)
     puids = write_pool(ws, imgs)
     buids = write_bench(ws, "cifar10", imgs[:4] + pool_images(2, seed=5))
-    counts = signals.compute_hashes(ws)
+    counts = hashes.compute_hashes(ws)
     assert counts["images"] == 16 and counts.get("unreadable", 0) == 0
     f = ws.path("hashes", "pool", "00000.parquet")
     mtime = f.stat().st_mtime_ns
-    signals.compute_hashes(ws)  # cached: nothing recomputed
+    hashes.compute_hashes(ws)  # cached: nothing recomputed
     assert f.stat().st_mtime_ns == mtime
     # the same image in pool and benchmark (JPEG vs PNG bytes): pHash distance small; others far
-    ph, dh = signals.pair_hash_distances(ws, puids[:4] + puids[5:6], buids[:4] + buids[:1])
+    ph, dh = hashes.pair_hash_distances(ws, puids[:4] + puids[5:6], buids[:4] + buids[:1])
     assert max(ph[:4]) <= 4 and ph[4] > 10
     # the shard changes (downloaded again): its hashes are recomputed
     write_pool(ws, pool_images(3, seed=7))
     os.utime(ws.path("pool", "shards", "00000.tar"), ns=(1, 1))
-    assert signals.compute_hashes(ws)["images"] == 3 + 6
+    assert hashes.compute_hashes(ws)["images"] == 3 + 6
     assert f.stat().st_mtime_ns != mtime
-    t = signals.load_hashes(ws, "pool").to_pydict()
+    t = hashes.load_hashes(ws, "pool").to_pydict()
     assert len(t["uid"]) == 3 and all(v is not None for v in t["phash"])
 
 
@@ -65,7 +65,7 @@ def test_hash_cache_once_per_image_and_refreshed_when_source_changes(ws):
 
 @pytest.mark.parametrize("method", ["sift", "orb"])
 def test_keypoint_inliers_copy_vs_different_image(method):
-    cache = signals.KeypointCache(method)
+    cache = keypoints.KeypointCache(method)
     for i in range(3):
         a, b = blobs(i), blobs(100 + i)
         copy = app_c_copy(a, 10 + i, strength=0.5)  # crop/zoom, stretch, rescale, rotation, colour, JPEG
@@ -74,7 +74,7 @@ def test_keypoint_inliers_copy_vs_different_image(method):
         assert same >= 50, (method, i, same)
         assert other <= 12, (method, i, other)
     # a flat image has no keypoints: 0, not an error
-    assert signals.keypoint_inliers(Image.new("RGB", (64, 64), (9, 9, 9)), blobs(0), method) == 0
+    assert keypoints.keypoint_inliers(Image.new("RGB", (64, 64), (9, 9, 9)), blobs(0), method) == 0
 
 
 # ---------------------------------------------------------------------------------------------- captions
@@ -90,7 +90,7 @@ def sentences(n: int, seed: int) -> list[str]:
 
 def test_minhash_finds_near_identical_captions_not_unrelated():
     bench = {f"b{i}": s for i, s in enumerate(sentences(200, 0))}
-    index = signals.TextIndex(bench, threshold=0.7)
+    index = captions.TextIndex(bench, threshold=0.7)
     near = {
         "b3": bench["b3"].upper() + "!!",  # case and punctuation
         "b7": "  " + bench["b7"].replace(" ", ",  ") + ".",  # separators
@@ -108,19 +108,19 @@ def test_minhash_finds_near_identical_captions_not_unrelated():
 def test_minhash_matches_brute_force_jaccard():
     bench = sentences(150, 2)
     queries = [s if i % 3 else s[: max(5, len(s) - 6)] for i, s in enumerate(sentences(60, 3) + bench[:60])]
-    got = {(u, k) for u, k, _ in signals.text_matches({f"q{i}": q for i, q in enumerate(queries)},
+    got = {(u, k) for u, k, _ in captions.text_matches({f"q{i}": q for i, q in enumerate(queries)},
                                                         list(enumerate(bench)), threshold=0.6)}
     ref = {(f"q{i}", k) for i, q in enumerate(queries) for k, b in enumerate(bench)
-           if signals.text_similarity(q, b) >= 0.6}
+           if captions.text_similarity(q, b) >= 0.6}
     assert got <= ref  # exact verification: no false positive
     assert len(got) >= 0.95 * len(ref) and len(ref) >= 60  # LSH misses (almost) nothing
 
 
 def test_text_similarity_reference():
-    assert signals.text_similarity("A photo of a Dog!", "a photo of a dog") == 1.0
-    assert signals.text_similarity("", "x") == 0.0
-    a, b = signals.shingles("abcdef"), signals.shingles("abcdxy")
-    assert a == {"abcd", "bcde", "cdef"} and signals.jaccard(a, b) == 1 / 5
+    assert captions.text_similarity("A photo of a Dog!", "a photo of a dog") == 1.0
+    assert captions.text_similarity("", "x") == 0.0
+    a, b = captions.shingles("abcdef"), captions.shingles("abcdxy")
+    assert a == {"abcd", "bcde", "cdef"} and captions.jaccard(a, b) == 1 / 5
 
 
 # ---------------------------------------------------------------------------------------------- rule
@@ -136,7 +136,7 @@ def test_text_similarity_reference():
     ({"detector": "clean", "text": "overlap"}, "overlap"),  # a caption benchmark's caption copied
 ])
 def test_detector_rule(votes, expected):
-    assert signals.detector_rule(votes) == expected
+    assert rules.detector_rule(votes) == expected
 
 
 # ---------------------------------------------------------------------------------------------- stage

@@ -1,5 +1,5 @@
 """The App. C copy-detector network, its loss and its preprocessing (torch; imported on first use
-by :mod:`clipcurate.detector.stage`, so that loading the stage registry does not import torch)."""
+by :mod:`clipcurate.detector.stage`, so that loading the stage list does not import torch)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from torch.nn.utils.parametrizations import weight_norm
+from torchvision import transforms as T
 
 TEMPERATURE = 0.07  # fixed, as in App. C (not learned)
 
@@ -113,9 +114,7 @@ class _RGB:
 def make_preprocess(size: int, mean=MEAN, std=STD) -> Callable[[Image.Image], torch.Tensor]:
     """RGB → squash to size × size with antialiased bicubic resampling (no crop: a copy may be a
     crop already; cropping again would lose what the two images share) → ToTensor → Normalize.
-    A torchvision Compose ending in ToTensor + Normalize: picklable, and ``clipcurate.embed.stage`` runs
+    A torchvision Compose ending in ToTensor + Normalize: picklable, and ``clipcurate.embed`` runs
     its PIL half in the decoding workers and the normalisation batched on the device."""
-    from torchvision import transforms as T
-
     return T.Compose([_RGB(), T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
                       T.ToTensor(), T.Normalize(mean, std)])

@@ -37,8 +37,10 @@ import hashlib
 import io
 import math
 import re
+import shutil
 import tarfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -201,7 +203,7 @@ class Batches:
 
     def __init__(self, source, cfg: dict, start: int, stop: int):
         self.source, self.cfg, self.start, self.stop = source, cfg, start, stop
-        from clipcurate.detector.net import make_preprocess
+        from clipcurate.detector.net import make_preprocess  # the network module imports torch (2.6 s)
 
         self.preprocess = make_preprocess(int(cfg["image_size"]))
 
@@ -229,7 +231,7 @@ class Batches:
             copy = app_c_copy(img, rng, strength=float(cfg["strength"]))
             xa.append(self.preprocess(img))
             xb.append(self.preprocess(copy))
-        import torch
+        import torch  # torch: 2.6 s to import; the stage module stays light for every other command
 
         return torch.stack(xa), torch.stack(xb), bad
 
@@ -257,7 +259,7 @@ def _lr_at(step: int, cfg: dict) -> float:
 
 
 def _device(name: str):
-    import torch
+    import torch  # torch: 2.6 s to import (see Batches)
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -266,36 +268,45 @@ def _device(name: str):
     return torch.device(name)
 
 
+def _resume(ckpt_path: Path | None, model, opt, cfg: dict, device) -> tuple[int, list[float], int]:
+    """Load the checkpoint into ``model`` and ``opt`` when there is one: (step, losses, skipped images)."""
+    import torch  # torch: 2.6 s to import (see Batches)
+
+    if ckpt_path is None or not ckpt_path.exists():
+        return 0, [], 0
+    run_dir = ckpt_path.parent
+    state = torch.load(ckpt_path, map_location=device, weights_only=True)  # data only, never code
+    old = state["config"]
+    changed = [k for k in SHAPE_KEYS if old.get(k) != cfg.get(k)]
+    if changed:
+        raise ClipcurateError(
+            f"{run_dir}: this run was started with " + ", ".join(f"{k}={old.get(k)!r}" for k in changed)
+            + "; use another --run name, or --force to start it again")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    start, losses, skipped = int(state["step"]), list(state["losses"]), int(state.get("skipped_images", 0))
+    if start < int(cfg["steps"]):
+        log(f"detector: resuming {run_dir.name} at step {start}/{cfg['steps']}")
+    return start, losses, skipped
+
+
 def fit(source, cfg: dict, run_dir: Path | None = None, on_step: Callable[[int, float], None] | None = None
         ) -> TrainResult:
     """Train (or resume) a detector on ``source`` (``PoolImages`` or ``ImageList``).
 
     With ``run_dir`` the model, optimiser and loss log are checkpointed atomically every
     ``checkpoint_every`` steps and at the end, and an existing checkpoint is resumed."""
-    import torch
+    import torch  # torch: 2.6 s to import (see Batches)
 
-    from clipcurate.detector.net import build_model, info_nce
+    from clipcurate.detector.net import build_model, info_nce  # imports torch
 
     cfg = resolve_config(cfg)
     device = _device(cfg["device"])
     torch.manual_seed(int(cfg["seed"]))
     model = build_model(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
-    start, losses, skipped = 0, [], 0
     ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
-    if ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)  # data only, never code
-        old = state["config"]
-        changed = [k for k in SHAPE_KEYS if old.get(k) != cfg.get(k)]
-        if changed:
-            raise ClipcurateError(
-                f"{run_dir}: this run was started with " + ", ".join(f"{k}={old.get(k)!r}" for k in changed)
-                + "; use another --run name, or --force to start it again")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, losses, skipped = int(state["step"]), list(state["losses"]), int(state.get("skipped_images", 0))
-        if start < int(cfg["steps"]):
-            log(f"detector: resuming {run_dir.name} at step {start}/{cfg['steps']}")
+    start, losses, skipped = _resume(ckpt_path, model, opt, cfg, device)
     total = int(cfg["steps"])
     t0 = time.time()
     use_amp = device.type == "cuda"
@@ -362,16 +373,14 @@ def train(ws: Workspace, options: dict, run: str = "default", force: bool = Fals
     cfg = resolve_config(options)
     folder = run_dir(ws, run)
     if force and folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     clean_temp(folder)
     final = folder / "detector.pt"
     if final.exists() and (folder / SUCCESS).exists():
-        import torch
+        import torch  # torch: 2.6 s to import (see Batches)
 
-        from clipcurate.detector.net import build_model
+        from clipcurate.detector.net import build_model  # imports torch
 
         done = torch.load(final, map_location="cpu", weights_only=True)
         if int(done.get("steps", 0)) >= int(cfg["steps"]) and all(done["config"].get(k) == cfg.get(k)
@@ -394,7 +403,7 @@ def train(ws: Workspace, options: dict, run: str = "default", force: bool = Fals
 
 def save_model(model, cfg: dict, path: Path, steps: int = 0, losses: Sequence[float] = ()) -> Path:
     """The finished model, loadable with ``weights_only=True`` (plain tensors and Python values)."""
-    import torch
+    import torch  # torch: 2.6 s to import (see Batches)
 
     state = {"format": FORMAT, "version": FORMAT_VERSION, "config": dict(cfg), "steps": int(steps),
              "losses": [float(x) for x in losses], "state_dict": {k: v.detach().cpu() for k, v in
@@ -419,7 +428,7 @@ class Descriptor:
     kind: str = "detector"
 
     def encode_tensors(self, x):
-        import torch
+        import torch  # torch: 2.6 s to import (see Batches)
         import torch.nn.functional as F
 
         with torch.no_grad():
@@ -429,7 +438,7 @@ class Descriptor:
         return F.normalize(z.float().flatten(1), dim=-1)
 
     def encode(self, images: Sequence[Image.Image], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
-        import torch
+        import torch  # torch: 2.6 s to import (see Batches)
 
         self.model.to(device).eval()
         out = []
@@ -469,14 +478,13 @@ def load_descriptor(path: str | Path, image_size: int = 0, imagenet_norm: bool =
     if not p.is_file():
         raise ClipcurateError(f"detector file {str(p)!r} not found: train one with `clipcurate detector "
                               f"train` (it writes detector/<run>/detector.pt) or pass a TorchScript file")
-    import torch
+    import torch  # torch: 2.6 s to import (see Batches)
 
+    # the network module imports torch
     from clipcurate.detector.net import IMAGENET_MEAN, IMAGENET_STD, MEAN, STD, build_model, make_preprocess
 
     sha = _sha12(p)
     if _is_torchscript(p):
-        import warnings
-
         try:
             with warnings.catch_warnings():  # torch ≥ 2.10 flags TorchScript as deprecated; SSCD ships it
                 warnings.simplefilter("ignore", FutureWarning)

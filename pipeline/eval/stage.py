@@ -52,7 +52,7 @@ from clipcurate.core.io import write_json
 from clipcurate.core.models import ModelSpec
 from clipcurate.core.stage import Stage, is_done, marker
 from clipcurate.core.workspace import Workspace
-# TODO(H2 merge): `from clipcurate.embed import embed_benchmarks, load_bench` once embed's package exports them
+
 from clipcurate.embed.stage import embed_benchmarks, load_bench
 from clipcurate.eval import report
 from clipcurate.eval import stats

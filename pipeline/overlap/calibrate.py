@@ -13,7 +13,7 @@ CLIP admits it could not measure the recall of its duplicate detector. With plan
 4. a pair is a true duplicate iff the pool image is the planted copy of that benchmark image;
    for every signal, sweep its threshold and count TP / FP / FN → precision and recall;
 5. pick, per signal, the threshold with the best recall among those reaching ``target_precision``;
-   report the combined decision (:func:`clipcurate.overlap.stage.combine`) at the configured thresholds
+   report the combined decision (:func:`clipcurate.overlap.rules.combine`) at the configured thresholds
    and at the chosen ones.
 
 A real pool may hold true copies of benchmark images that were not planted; they count as false
@@ -22,7 +22,7 @@ positives here, so the measured precision is a lower bound.
 Signals: each entry of :data:`SCORERS` computes one ``pairs`` column for the calibration pairs
 from the images (CLIP cosine from the embeddings; pHash/dHash Hamming distances from imagehash).
 The detector issue adds its own (``score_detector``, ``kp_inliers``, ``text_sim``) by adding to
-:data:`SCORERS`; :data:`clipcurate.overlap.stage.SIGNALS` says the column and the direction of each.
+:data:`SCORERS`; :data:`clipcurate.overlap.rules.SIGNALS` says the column and the direction of each.
 
 Outputs: ``overlap/calibration/curve.parquet`` (manifest ``calibration``), ``curve.png`` and
 ``thresholds.json`` (the chosen thresholds and a config snippet to paste into ``[overlap]``).
@@ -43,13 +43,17 @@ from PIL import Image
 
 from clipcurate.core import config
 from clipcurate.core import manifest as mf
+from clipcurate.core import models
 from clipcurate.core.augment import app_c_copy
 from clipcurate.core.console import log, warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.io import atomic_path, write_json
-from clipcurate.overlap.stage import SIGNALS, decide, model_info, pick_tag, thresholds_for
-from clipcurate.overlap.search import Searcher
+from clipcurate.core.synth import make_image, png_bytes
 from clipcurate.core.workspace import Workspace
+from clipcurate.overlap.inputs import model_info, pick_tag
+from clipcurate.overlap.rules import SIGNALS, decide, thresholds_for
+from clipcurate.overlap.search import Searcher
+from clipcurate.overlap.signals import calibration_scorers
 
 FOLDER = "overlap/calibration"
 
@@ -106,7 +110,7 @@ def _clip_scores(cs: CalibSet, q: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def _hashes(images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-    import imagehash
+    import imagehash  # imagehash: 0.2 s to import; only `overlap calibrate` pays it here
 
     ph = np.array([int(str(imagehash.phash(im)), 16) for im in images], dtype=np.uint64)
     dh = np.array([int(str(imagehash.dhash(im)), 16) for im in images], dtype=np.uint64)
@@ -126,16 +130,8 @@ def _hash_scorer(which: int) -> Callable:
 
 
 SCORERS: dict[str, Callable] = {"clip": _clip_scores, "phash": _hash_scorer(0), "dhash": _hash_scorer(1)}
-
-
-def _add_detector_scorers() -> None:
-    """The detector issue's signals: detector cosine, keypoint inliers (clipcurate.overlap.signals)."""
-    from clipcurate.overlap.signals import calibration_scorers
-
-    SCORERS.update(calibration_scorers())
-
-
-_add_detector_scorers()
+# The detector issue's signals: detector cosine, keypoint inliers (clipcurate.overlap.signals).
+SCORERS.update(calibration_scorers())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,8 +225,6 @@ def pool_images(ws: Workspace, n: int, rng: np.random.Generator) -> tuple[list[b
     if found:
         pick = sorted(rng.choice(len(found), min(n, len(found)), replace=False).tolist())
         return [found[i] for i in pick], "pool"
-    from clipcurate.core.synth import make_image, png_bytes
-
     warn("calibrate: no pool images (pool/shards/*.tar); using synthetic photos as distractors")
     return [png_bytes(make_image(int(rng.integers(0, 10)), 10_000 + i, "photo")) for i in range(n)], "synthetic"
 
@@ -246,8 +240,6 @@ def _open(b: bytes) -> Image.Image:
 
 def embedder_for(ws: Workspace, tag: str, device: str, batch_size: int) -> Callable[[list[Image.Image]], np.ndarray]:
     """images → L2-normalised float16 embeddings with the model that made embed/{tag}."""
-    from clipcurate.core import models
-
     info = model_info(ws, tag)
     spec = models.ModelSpec(info.get("model"), info.get("pretrained"))
     lm = models.load(spec, device=models.resolve_device(device))
@@ -257,7 +249,7 @@ def embedder_for(ws: Workspace, tag: str, device: str, batch_size: int) -> Calla
         raise ClipcurateError(f"embed/{tag}/model.json says dim {info['dim']} but the model gives {lm.dim}")
 
     def embed(images: list[Image.Image]) -> np.ndarray:
-        import torch
+        import torch  # torch: 2.6 s to import at module level; models.load has loaded it by now
 
         out = []
         for i in range(0, len(images), batch_size):
@@ -329,16 +321,7 @@ def run(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None 
             rows.append({"benchmark": name, "model_tag": tag, "signal": sname, "threshold": float(c["threshold"][i]),
                          "precision": _f(c["precision"][i]), "recall": _f(c["recall"][i]), "tp": int(c["tp"][i]),
                          "fp": int(c["fp"][i]), "fn": int(c["fn"][i])})
-    # combined decision (clipcurate.overlap.stage.combine) at the configured and at the chosen thresholds
-    th_conf = thresholds_for(ov, name)
-    combined = {"configured": _combined(values, truth, th_conf)}
-    th_chosen = dict(th_conf)
-    for sname, ch in chosen.items():
-        if ch.get("threshold") is not None:
-            hi, lo = th_conf[sname]
-            t = ch["threshold"]
-            th_chosen[sname] = (t, min(lo, t) if SIGNALS[sname].higher_is_better else max(lo, t))
-    combined["chosen"] = _combined(values, truth, th_chosen)
+    combined = _combined_both(values, truth, thresholds_for(ov, name), chosen)
     folder = ws.root / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     mf.write("calibration", rows, folder / "curve.parquet")
@@ -350,6 +333,20 @@ def run(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None 
               "note": "unplanted true copies in a real pool count as false positives: precision is a lower bound"}
     write_json(folder / "thresholds.json", result)
     return result
+
+
+def _combined_both(values: dict, truth: np.ndarray, th_conf: dict, chosen: dict) -> dict:
+    """The combined decision (clipcurate.overlap.rules.combine) at the configured and at the chosen
+    thresholds (a chosen threshold moves the review edge along when it would lie past it)."""
+    combined = {"configured": _combined(values, truth, th_conf)}
+    th_chosen = dict(th_conf)
+    for sname, ch in chosen.items():
+        if ch.get("threshold") is not None:
+            hi, lo = th_conf[sname]
+            t = ch["threshold"]
+            th_chosen[sname] = (t, min(lo, t) if SIGNALS[sname].higher_is_better else max(lo, t))
+    combined["chosen"] = _combined(values, truth, th_chosen)
+    return combined
 
 
 def _combined(values: dict, truth: np.ndarray, th: dict) -> dict:
@@ -364,7 +361,7 @@ def _combined(values: dict, truth: np.ndarray, th: dict) -> dict:
         vv = np.where(o, "overlap", np.where(r, "review", "clean")).astype(object)
         vv[np.isnan(v)] = None
         votes[name] = vv
-    # the stage's own decision (clipcurate.overlap.stage.decide: the detector's rule when it scored the pair)
+    # the stage's own decision (clipcurate.overlap.rules.decide: the detector's rule when it scored the pair)
     cols = {SIGNALS[s].column: np.asarray(v, np.float64) for s, v in values.items()}
     decision = np.array([decide({c: (None if np.isnan(v[i]) else float(v[i])) for c, v in cols.items()}, th)[0]
                          for i in range(n)])
@@ -378,7 +375,7 @@ def _combined(values: dict, truth: np.ndarray, th: dict) -> dict:
 
 
 def _plot(curves: dict, chosen: dict, target: float, bench: str, tag: str, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # matplotlib: 0.6 s to import; only `overlap calibrate` draws
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -45,12 +45,15 @@ Backends (same algorithm, same results up to float32 summation order):
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 import numpy as np
 
-from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.errors import ClipcurateError, require
 
 BACKENDS = ("auto", "numpy", "torch", "faiss")
 
@@ -62,13 +65,10 @@ GPU_BLOCK = 1 << 28
 def cuda_available() -> bool:
     """True when torch sees a CUDA GPU. Without NVIDIA device nodes torch is not even imported
     (importing it costs ~0.5 GB of RSS, more than the whole CPU search)."""
-    import glob
-    import sys
-
     if "torch" not in sys.modules and not glob.glob("/dev/nvidia[0-9]*"):
         return False
     try:
-        import torch
+        import torch  # torch: 2.6 s and ~0.5 GB to import; only when there are NVIDIA devices
     except ImportError:  # pragma: no cover
         return False
     return bool(torch.cuda.is_available())
@@ -81,8 +81,6 @@ def pick_backend(name: str = "auto") -> str:
     if name == "auto":
         return "torch" if cuda_available() else "numpy"
     if name == "faiss":
-        from clipcurate.core.errors import require
-
         require("faiss", "faiss-cpu", "the faiss search backend")
     return name
 
@@ -217,8 +215,6 @@ def _ge_rows(S: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if t == 1 or S.size < (1 << 22):
         return np.divmod(np.flatnonzero(S >= thr[:, None]), n)
     if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
         _POOL = ThreadPoolExecutor(t, thread_name_prefix="search-mask")
     bounds = np.linspace(0, m, min(t, m) + 1).astype(int)
 
@@ -251,7 +247,7 @@ class Searcher:
         self.k = k
         self.pairs_scored = 0
         if self.backend == "torch":
-            import torch
+            import torch  # torch: 2.6 s to import; only the torch backend needs it
 
             self.torch = torch
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -438,7 +434,7 @@ class Searcher:
         return Pairs.concat(out)
 
     def _add_faiss(self, x: np.ndarray, base_pos: int) -> Pairs:
-        import faiss
+        import faiss  # an optional backend (faiss-cpu / faiss-gpu), checked by pick_backend
 
         x = np.ascontiguousarray(x, dtype=np.float32)
         index = faiss.IndexFlatIP(self.d)

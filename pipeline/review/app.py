@@ -28,6 +28,7 @@ from rich.color_triplet import ColorTriplet
 from rich.console import Console
 from rich.segment import Segment
 from rich.style import Style
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -35,6 +36,7 @@ from textual.screen import ModalScreen
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Footer, Static
+from textual_image._terminal import get_cell_size  # what textual-image itself sizes images with
 
 from clipcurate.core.imageload import MediaLoader, PairMedia, Side
 from clipcurate.review.session import SIGNALS, SORTS, ReviewSession
@@ -68,6 +70,8 @@ _HEX = [f"{i:02x}" for i in range(256)]
 def halfcell_reference(image, width: int, height: int) -> list[Strip]:
     """textual-image's own half-cell renderable, rendered into strips: the reference that
     :func:`halfcell_strips` must reproduce exactly (tests/test_review_images.py checks it)."""
+    # textual-image's renderables: 0.45 s to import (sixel support with them); only the tests and
+    # the image modes other than halfcell need them, so the review screen opens without
     from textual_image.renderable.halfcell import Image as Halfcell
 
     console = getattr(_local, "console", None)
@@ -82,7 +86,6 @@ def halfcell_reference(image, width: int, height: int) -> list[Strip]:
 def fit_cells(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
     """Cells an image of ``size`` pixels takes in ``width`` x ``height`` cells keeping its aspect —
     textual-image's rule for width = height = "auto", with its terminal cell size in pixels."""
-    from textual_image._terminal import get_cell_size  # what textual-image itself sizes with
 
     cw, ch = get_cell_size()
     iw, ih = size
@@ -177,7 +180,7 @@ def _image_widget(mode: str, id: str):
     renderable); textual-image's own widgets for sixel, kitty (TGP) and auto-detection."""
     if mode == "halfcell":
         return HalfcellView(id=id, classes="image halfcell")
-    from textual_image import widget as tw
+    from textual_image import widget as tw  # 0.44 s to import (see halfcell_reference)
 
     cls = {"sixel": tw.SixelImage, "kitty": tw.TGPImage, "auto": tw.Image}[mode]
     return cls(None, id=id, classes="image")
@@ -343,8 +346,6 @@ class ReviewApp(App):
         lines = list(data.lines)
         if data.error:
             lines.insert(0, f"[red]{data.error}[/red]")
-        from rich.text import Text
-
         text = Text()
         for i, line in enumerate(lines):
             if i:

@@ -1,7 +1,7 @@
 """The review stage: people decide the pairs that `overlap` put in its review band.
 
 This module is the pure part: a :class:`ReviewSession` is a small state machine over two inputs,
-and the Textual app (``pipeline/review_app.py``) only draws it and forwards keys to it.
+and the Textual app (:mod:`clipcurate.review.app`) only draws it and forwards keys to it.
 
 1. The **queue** is ``overlap/review_queue.parquet`` (manifest ``review_queue``): one row per band
    pair, highest score first. It is held as Arrow columns; a *view* of it is just an array of row
@@ -24,8 +24,8 @@ when a ``duplicate``/``not_duplicate`` vote is on their stack. Keys map to actio
 Opening a session resumes at the first pair (in the view's order) this reviewer has neither
 decided nor skipped; when only skipped pairs are left, at the first of those.
 
-Decisions flow back through :func:`refresh_overlap`, which calls ``clipcurate.overlap.stage.refresh_splits``
-so that confirmed pairs count as overlap and rejected ones as clean in the splits.
+Decisions flow back through ``clipcurate.overlap.refresh_after_review`` (the overlap stage reads the
+decision log), so that confirmed pairs count as overlap and rejected ones as clean in the splits.
 """
 
 from __future__ import annotations
@@ -492,25 +492,6 @@ def export(ws: Workspace, output: str | os.PathLike, fmt: str = "parquet") -> in
                 for r in tbl.to_pylist():
                     w.writerow(["" if v is None else v for v in r.values()])
     return tbl.num_rows
-
-
-def refresh_overlap(ws: Workspace) -> str:
-    """Let the splits reflect the decisions (overlap's ``refresh_splits``); returns a one-line note."""
-    try:
-        from clipcurate.overlap import stage as overlap
-    except ImportError:
-        return "decisions saved; the overlap stage is not installed, so the splits were not refreshed"
-    fn = getattr(overlap, "refresh_splits", None)
-    if fn is None:
-        return "decisions saved; this overlap stage has no refresh_splits, rerun `clipcurate overlap` to apply them"
-    try:
-        fn(ws)
-    except ClipcurateError as exc:
-        return f"decisions saved; splits not refreshed: {exc}"
-    except Exception as exc:  # the decisions are safe in the log whatever happens here
-        return (f"decisions saved; refreshing the splits failed ({exc.__class__.__name__}: {exc}); "
-                f"rerun `clipcurate overlap` to apply them")
-    return "decisions saved; overlap splits and decontam list refreshed"
 
 
 def mark_progress(ws: Workspace, queue: Queue | None = None) -> bool:

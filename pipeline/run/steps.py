@@ -20,7 +20,6 @@ from clipcurate.bench import stage as bench
 from clipcurate.core.config import Config
 from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.io import atomic_path, read_json
-from clipcurate.core.models import ModelSpec, resolve_device
 from clipcurate.core.workspace import Workspace
 from clipcurate.curate import stage as cu
 from clipcurate.detector import stage as det
@@ -88,22 +87,11 @@ def bench_add(ws, name, source, **options):
     return {"benchmark": name, "n": meta.get("n")}
 
 
-def _spec(model: str, pretrained: str | None):
-    return ModelSpec(model, None if pretrained in (None, "", "random") else pretrained)
-
-
 @step("embed", "clipcurate embed")
 def embed(ws, model="clipcurate-tiny", pretrained="random", detector=None, **options):
     """CLIP embeddings of the pool and the benchmarks; ``detector = "detector/RUN"`` writes that
     copy detector's descriptors instead (``clipcurate embed --detector``)."""
-    if detector:
-        enc = em.load_encoder("detector", detector)
-        device = resolve_device(options.pop("device", "auto"))
-        tag = em.embed_images(ws, enc, pool=True, benchmarks=None, device=device, **options)
-        return {"model_tag": tag}
-    spec = _spec(model, pretrained)
-    tag = em.embed_pool(ws, spec, **options)
-    em.embed_benchmarks(ws, spec, **options)
+    tag = em.run(ws, model=model, pretrained=pretrained, detector=detector, pool=True, benchmarks=None, **options)
     return {"model_tag": tag}
 
 

@@ -1,0 +1,139 @@
+"""What the overlap stage declares: its manifests, its entry in ``status``, its canned SQL reports
+and its ``[overlap]`` options (read with :func:`options`).
+
+The five manifests under ``overlap/``:
+
+- ``pairs``: every (pool, benchmark) pair whose CLIP cosine passes the benchmark's ``low``
+  threshold (plus the pairs only the detector or the captions propose), with all its signals and
+  its automatic decision;
+- ``neighbors``: the exact top-k pool neighbours of every benchmark sample;
+- ``splits``: each benchmark sample in Overlap or Clean, and what decided it;
+- ``decontam``: the pool samples to drop before training;
+- ``review_queue``: the pairs a human should look at, highest CLIP score first.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from clipcurate.core import config
+from clipcurate.core import manifest as mf
+from clipcurate.core import registry
+from clipcurate.core import sql
+from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.workspace import Workspace
+
+FOLDER = "overlap"
+
+SIGNAL_COLUMNS = [
+    ("score_clip", pa.float32(), "CLIP image-image cosine similarity (higher = more alike)"),
+    ("score_detector", pa.float32(), "copy-detector similarity (null until the detector runs)"),
+    ("phash_dist", pa.int32(), "pHash Hamming distance, 0-64 (null until computed)"),
+    ("dhash_dist", pa.int32(), "dHash Hamming distance, 0-64 (null until computed)"),
+    ("kp_inliers", pa.int32(), "keypoint RANSAC inliers (null until computed)"),
+    ("text_sim", pa.float32(), "caption/label text similarity (null until computed)"),
+]
+PAIR_KEY = [
+    ("pool_uid", pa.string(), "pool sample uid"),
+    ("benchmark", pa.string(), "benchmark name"),
+    ("bench_index", pa.int64(), "benchmark sample index"),
+    ("bench_uid", pa.string(), "benchmark sample uid"),
+]
+RANK = ("rank", pa.int32(), "1 = nearest pool sample of this benchmark sample by score_clip; null beyond top-k")
+
+mf.register(
+    "pairs", version=1, glob="overlap/pairs.parquet", stage="overlap",
+    doc="Every (pool, benchmark) pair whose CLIP cosine passes the benchmark's low threshold, with "
+        "its signals and automatic decision (complete: not capped by k).",
+    columns=[("pair_id", pa.string(), "decisions.pair_id(pool_uid, benchmark, bench_index)"),
+             *PAIR_KEY, *SIGNAL_COLUMNS, RANK,
+             ("decision", pa.string(), "overlap | review | clean | degenerate (automatic, before human review)"),
+             ("reason", pa.string(), "why, e.g. `clip 0.973 >= high 0.95`")])
+mf.register(
+    "neighbors", version=1, glob="overlap/neighbors.parquet", stage="overlap",
+    doc="The exact top-k pool neighbours of every benchmark sample by CLIP cosine (whatever the score).",
+    columns=[("benchmark", pa.string(), "benchmark name"),
+             ("bench_index", pa.int64(), "benchmark sample index"),
+             ("bench_uid", pa.string(), "benchmark sample uid"),
+             ("rank", pa.int32(), "1 = nearest; ties broken by pool order (shard name, row)"),
+             ("pool_uid", pa.string(), "pool sample uid"),
+             ("score", pa.float32(), "CLIP cosine similarity")])
+mf.register(
+    "splits", version=1, glob="overlap/splits.parquet", stage="overlap",
+    doc="Each benchmark sample in the Overlap or the Clean split (All = both), and what decided it.",
+    columns=[("benchmark", pa.string(), "benchmark name"),
+             ("bench_index", pa.int64(), "benchmark sample index"),
+             ("bench_uid", pa.string(), "benchmark sample uid"),
+             ("split", pa.string(), "overlap | clean"),
+             ("max_score", pa.float32(), "CLIP cosine of the nearest pool sample"),
+             ("nearest_pool_uid", pa.string(), "uid of the nearest pool sample"),
+             ("decided_by", pa.string(), "auto | human | auto-demo"),
+             ("reason", pa.string(), "why, e.g. `human: duplicate` or `no pair above low 0.85`")])
+mf.register(
+    "decontam", version=1, glob="overlap/decontam.parquet", stage="overlap",
+    doc="Pool samples to drop before training: near-copies of a benchmark sample.",
+    columns=[("pool_uid", pa.string(), "pool sample uid to remove"),
+             ("benchmark", pa.string(), "benchmark it copies"),
+             ("bench_index", pa.int64(), "benchmark sample index it copies"),
+             ("reason", pa.string(), "auto (score), human, or unreviewed band pair")])
+mf.register(
+    "review_queue", version=1, glob="overlap/review_queue.parquet", stage="overlap",
+    doc="Pairs in the review band (and degenerate matches), highest CLIP score first, for `clipcurate review`.",
+    columns=[("position", pa.int64(), "0-based place in the queue"),
+             ("pair_id", pa.string(), "decisions.pair_id(pool_uid, benchmark, bench_index)"),
+             *PAIR_KEY, *SIGNAL_COLUMNS, RANK])
+
+registry.register_stage("overlap", FOLDER, "clipcurate overlap",
+                        manifests=("pairs", "neighbors", "splits", "decontam", "review_queue"))
+
+sql.report(
+    "overlap-rate", "Per benchmark: samples, Overlap, Clean and the overlap percentage (CLIP §5 table).",
+    "select benchmark, count(*) as n, count(*) filter (where split = 'overlap') as n_overlap, "
+    "count(*) filter (where split = 'clean') as n_clean, "
+    "round(100.0 * count(*) filter (where split = 'overlap') / count(*), 2) as overlap_pct "
+    "from splits group by benchmark order by benchmark", needs=("splits",))
+sql.report(
+    "overlap-decisions", "Per benchmark: pairs by automatic decision, and their score range.",
+    "select benchmark, decision, count(*) as pairs, min(score_clip) as min_clip, max(score_clip) as max_clip "
+    "from pairs group by 1, 2 order by 1, 2", needs=("pairs",))
+
+config.section("overlap", {
+    "model_tag": "",
+    "k": 10,
+    "high": 0.95,
+    "low": 0.85,
+    "thresholds": {},
+    "signal_thresholds": {},
+    "review_default": "overlap",
+    "backend": "auto",
+    "block_elems": 0,
+    "checkpoint_s": 60.0,
+    "degenerate_std": 4.0,
+    "degenerate_min_side": 16,
+    "diag_sample": 2000,
+}, {
+    "model_tag": "embeddings to search (embed/{tag}); default: the only/first CLIP tag present",
+    "k": "top-k neighbours kept per benchmark sample (neighbors.parquet)",
+    "high": "CLIP cosine at or above which a pair is an overlap (default for every benchmark)",
+    "low": "CLIP cosine at or above which a pair is kept and reviewed (the search floor)",
+    "thresholds": "per benchmark: {cifar10 = {high = 0.95, low = 0.85, detector = {overlap = 0.9, review = 0.7}}}",
+    "signal_thresholds": "defaults for the other signals: {detector = {overlap = 0.9, review = 0.7}}",
+    "review_default": "how unreviewed band pairs count in the splits: overlap (conservative) or clean",
+    "backend": "search backend: auto (torch on CUDA, else numpy), numpy, torch, faiss",
+    "block_elems": "score block size in elements (0 = automatic)",
+    "checkpoint_s": "seconds between search checkpoints (resume point after a kill)",
+    "degenerate_std": "grey-level std (0-255) under which an image counts as near-constant",
+    "degenerate_min_side": "images with a side shorter than this (pixels) count as tiny",
+    "diag_sample": "clean samples whose images are measured for the diagnostics (overlap: all)",
+})
+
+
+def options(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None = None) -> dict:
+    """The ``[overlap]`` options (config file < environment < ``overrides``), checked."""
+    cfg = cfg or config.Config.load(ws.root)
+    opts = cfg.get("overlap", overrides or {})
+    if opts["review_default"] not in ("overlap", "clean"):
+        raise ClipcurateError(f"[overlap] review_default {opts['review_default']!r}: use overlap or clean")
+    if int(opts["k"]) < 1:
+        raise ClipcurateError(f"--k {opts['k']}: must be at least 1")
+    return opts
