@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipcurate.detector import stage as detector
+from clipcurate import detector
 from clipcurate.overlap import signals
 from clipcurate.core import synth  # noqa: E402
 from clipcurate.core.augment import app_c_copy  # noqa: E402

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def naive(ws, plan_rows, shard_size: int, out_dir: Path) -> None:
     """Everything in memory: {(pool shard, key): {ext: bytes}} for the whole pool, then write."""
-    from clipcurate.curate.stage import iter_tar_samples
+    from clipcurate.curate import iter_tar_samples
 
     everything = {}
     for tar in sorted(ws.path("pool", "shards").glob("*.tar")):
@@ -63,10 +63,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--shard-size", type=int, default=500)
     a = ap.parse_args()
-    from clipcurate.download import stage as download  # noqa: F401
+    from clipcurate import download  # noqa: F401
     from clipcurate.core import synth
     from clipcurate.curate.stage import _plan, curate
-    from clipcurate.download.stage import write_pool_shard
+    from clipcurate.download import write_pool_shard
     from clipcurate.core.workspace import Workspace
 
     work = Path(tempfile.mkdtemp(prefix="bench_curate_"))

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipcurate.embed import stage as embed
 from clipcurate.core import models  # noqa: E402
-from clipcurate.bench.stage import _tar_samples  # noqa: E402
+from clipcurate.bench import tar_samples as _tar_samples  # noqa: E402
 from clipcurate.core.console import set_quiet  # noqa: E402
-from clipcurate.download.stage import write_pool_shard  # noqa: E402
+from clipcurate.download import write_pool_shard  # noqa: E402
 from clipcurate.core.synth import caption_for, make_image  # noqa: E402
 from clipcurate.core.workspace import Workspace  # noqa: E402
 

@@ -82,7 +82,7 @@ def main() -> None:
 
     import ray
 
-    from clipcurate.overlap import stage as overlap
+    from clipcurate import overlap
     from clipcurate.core.console import set_quiet
     from clipcurate.core.executor import get_executor
     from clipcurate.core.workspace import Workspace

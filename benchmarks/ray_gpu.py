@@ -27,10 +27,10 @@ def main() -> None:
     import ray
     import torch
 
-    from clipcurate.overlap import stage as overlap
+    from clipcurate import overlap
     from clipcurate.core.console import set_quiet
-    from clipcurate.download.stage import write_pool_shard
-    from clipcurate.embed.stage import embed_pool
+    from clipcurate.download import write_pool_shard
+    from clipcurate.embed import embed_pool
     from clipcurate.core.executor import get_executor
     from clipcurate.core.models import ModelSpec
     from clipcurate.core.synth import caption_for, make_image

@@ -35,8 +35,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from _review_helpers import build  # noqa: E402
 
 from clipcurate.core.imageload import MediaLoader  # noqa: E402
-from clipcurate.review.session import ReviewSession  # noqa: E402
-from clipcurate.review.app import ReviewApp  # noqa: E402
+from clipcurate.review import ReviewSession  # noqa: E402
+from clipcurate.review import ReviewApp  # noqa: E402
 
 
 async def measure(ws, presses: int, prefetch: int, images: str, key: str, think: float) -> dict:

@@ -45,9 +45,9 @@ def _steady(rates: list[float]) -> float:
 
 def _shard(args):
     root, shard, start, n, size = args
-    from clipcurate.download import stage as download  # noqa: F401  (registers the pool manifest)
+    from clipcurate import download  # noqa: F401  (registers the pool manifest)
     from clipcurate.core import synth
-    from clipcurate.download.stage import write_pool_shard
+    from clipcurate.download import write_pool_shard
     from clipcurate.core.workspace import Workspace
 
     import numpy as np
@@ -123,10 +123,10 @@ def main() -> None:
         import torch
 
         res["device_name"] = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu"
-        from clipcurate.download import stage as download  # noqa: F401
-        from clipcurate.curate.stage import curate
-        from clipcurate.eval.stage import evaluate
-        from clipcurate.train.stage import train
+        from clipcurate import download  # noqa: F401
+        from clipcurate.curate import curate
+        from clipcurate.eval import evaluate
+        from clipcurate.train import train
         from clipcurate.core.workspace import Workspace
 
         ws = Workspace(work / "ws").create()

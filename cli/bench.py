@@ -35,7 +35,7 @@ def add(
     \b
     Example:  clipcurate bench add cifar10 --from torchvision:CIFAR10
     """
-    from clipcurate.bench import stage as bench  # on use, not at start-up: see cli/__init__.py
+    from clipcurate import bench  # on use, not at start-up: see cli/__init__.py
 
     ws, config = resolve(ctx, create=True)
     cfg = config.get("bench", {"templates": templates})
@@ -50,7 +50,7 @@ def list_(ctx: typer.Context, fmt: FormatOption = Format.table):
     \b
     Example:  clipcurate bench list --format csv
     """
-    from clipcurate.bench import stage as bench  # on use, not at start-up: see cli/__init__.py
+    from clipcurate import bench  # on use, not at start-up: see cli/__init__.py
 
     ws = workspace(ctx, must_exist=True)
     rows = bench.list_benchmarks(ws)

@@ -27,7 +27,7 @@ def curate(
     \b
     Example:  clipcurate -w ./workspace curate --shard-size 10000
     """
-    from clipcurate.curate.stage import curate as run  # on use, not at start-up: see cli/__init__.py
+    from clipcurate.curate import curate as run  # on use, not at start-up: see cli/__init__.py
 
     ws, config = resolve(ctx, must_exist=True)
     cfg = config.get("curate", {"shard_size": shard_size,

@@ -48,7 +48,7 @@ def train(
     \b
     Example:  clipcurate detector train --run tiny --preset tiny --steps 300
     """
-    from clipcurate.detector import stage as detector  # on use, not at start-up: see cli/__init__.py
+    from clipcurate import detector  # on use, not at start-up: see cli/__init__.py
 
     ws, config = resolve(ctx, must_exist=True)
     opts = {"preset": preset.value if preset else None, "steps": steps, "batch_size": batch_size,
@@ -70,7 +70,7 @@ def info(ctx: typer.Context, fmt: TableOrJsonOption = TableOrJson.table):
     \b
     Example:  clipcurate detector info --format json
     """
-    from clipcurate.detector import stage as detector  # on use, not at start-up: see cli/__init__.py
+    from clipcurate import detector  # on use, not at start-up: see cli/__init__.py
 
     ws = workspace(ctx, must_exist=True)
     rows = detector.runs(ws)

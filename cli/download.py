@@ -49,7 +49,7 @@ def download(
     \b
     Example:  clipcurate -w ./workspace download --processes 4 --threads 64 --image-size 256
     """
-    from clipcurate.download.stage import download as run  # on use, not at start-up: see cli/__init__.py
+    from clipcurate.download import download as run  # on use, not at start-up: see cli/__init__.py
 
     ws, cfg = resolve(ctx, create=True)
     opts = cfg.get("download", {

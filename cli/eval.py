@@ -40,7 +40,7 @@ def eval_(
     \b
     Example:  clipcurate -w ./workspace eval --checkpoint train/default/checkpoints/epoch_3.pt
     """
-    from clipcurate.eval.stage import evaluate  # on use, not at start-up: see cli/__init__.py
+    from clipcurate.eval import evaluate  # on use, not at start-up: see cli/__init__.py
 
     ws, config = resolve(ctx, must_exist=True)
     cfg = config.get("eval", {

@@ -40,7 +40,7 @@ overlap_app = typer.Typer(
 
 
 def _run(ctx: typer.Context, model_tag, k, high, low, backend, force, fmt, executor=None, ray_address=None):
-    from clipcurate.overlap import stage as overlap  # on use, not at start-up: see cli/__init__.py
+    from clipcurate import overlap  # on use, not at start-up: see cli/__init__.py
 
     ws, cfg = resolve(ctx, must_exist=True)
     overrides = {"model_tag": model_tag, "k": k, "high": high, "low": low,
@@ -103,7 +103,7 @@ def refresh_cmd(ctx: typer.Context, fmt: FormatOption = Format.table):
     \b
     Example:  clipcurate overlap refresh
     """
-    from clipcurate.overlap import stage as overlap  # on use, not at start-up: see cli/__init__.py
+    from clipcurate import overlap  # on use, not at start-up: see cli/__init__.py
 
     ws, cfg = resolve(ctx, must_exist=True)
     per = overlap.refresh_splits(ws, overlap.options(ws, cfg=cfg))

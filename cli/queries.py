@@ -1,4 +1,4 @@
-"""`clipcurate queries build|match`: parse options, call clipcurate.queries.stage."""
+"""`clipcurate queries build|match`: parse options, call clipcurate.queries."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def build(
     \b
     Example:  clipcurate queries build enwiki.xml.bz2 --wordnet /usr/share/wordnet
     """
-    from clipcurate.queries import stage  # on use, not at start-up: see cli/__init__.py
+    from clipcurate import queries  # on use, not at start-up: see cli/__init__.py
 
     ws, cfg = resolve(ctx, create=True)
     opts = cfg.get("queries", {
@@ -51,7 +51,7 @@ def build(
         "title_min_hour_views": title_min_hour_views, "size": size, "workers": workers,
         "partitions": partitions, "spill_entries": spill_entries, "chunk_mb": chunk_mb})
     wn = opts.pop("wordnet")
-    stats = stage.build(ws, dumps=[str(d) for d in dumps], pageviews=[str(p) for p in pageviews or []],
+    stats = queries.build_queries(ws, dumps=[str(d) for d in dumps], pageviews=[str(p) for p in pageviews or []],
                         wordnet=wn, force=force, **opts)
     for src, v in stats["sources"].items():
         out(f"{src}\t{v['in_list']}")
@@ -75,13 +75,13 @@ def match(
     \b
     Example:  clipcurate queries match laion_part0.parquet --caption-column TEXT --url-column URL
     """
-    from clipcurate.queries import stage  # on use, not at start-up: see cli/__init__.py
+    from clipcurate import queries  # on use, not at start-up: see cli/__init__.py
 
     ws, cfg = resolve(ctx, create=True)
     opts = cfg.get("match", {
         "max_per_query": max_per_query, "seed": seed, "url_column": url_column,
         "caption_column": caption_column, "engine": engine})
-    stats = stage.match(ws, candidates, queries_file=queries_file, force=force, **opts)
+    stats = queries.match_candidates(ws, candidates, queries_file=queries_file, force=force, **opts)
     for k in ("rows", "matched", "kept", "entries_matched"):
         out(f"{k}\t{stats[k]}")
 

@@ -90,7 +90,7 @@ def _interactive() -> bool:
 def open_app(ws, session, images: str, prefetch: int) -> bool:
     """Run the Textual app; returns whether this session wrote decisions."""
     from clipcurate.core.imageload import MediaLoader  # 0.1 s to import (image decoders): only the screen needs it
-    from clipcurate.review.app import ReviewApp  # textual: 0.3 s to import, only when the screen opens
+    from clipcurate.review import ReviewApp  # textual: 0.3 s to import, only when the screen opens
 
     if images != "none":
         import textual_image.widget  # noqa: F401 - asks the terminal for its cell size before Textual starts

@@ -39,7 +39,7 @@ def train(
     \b
     Example:  clipcurate -w ./workspace train --name tiny --epochs 3 --batch-size 32
     """
-    from clipcurate.train.stage import train as run  # on use, not at start-up: see cli/__init__.py
+    from clipcurate.train import train as run  # on use, not at start-up: see cli/__init__.py
 
     ws, cfg = resolve(ctx, must_exist=True)
     opts = cfg.get("train", {

@@ -21,8 +21,8 @@ cannot re-export them as ``build`` and ``match``, which name its modules.)
 if __name__ != "clipcurate.queries":  # the folder was put on sys.path by hand: there is one import name
     raise ImportError(f"import clipcurate.queries, not {__name__} (this folder is installed as clipcurate.queries: pip install -e .)")
 
-from clipcurate.queries.stage import (CANDIDATES, ENTRY_COUNTS, QUERIES, load_query_list,  # noqa: E402
-                                      read_candidates)
+from clipcurate.queries.candidates import load_query_list, read_candidates  # noqa: E402
+from clipcurate.queries.manifests import CANDIDATES, ENTRY_COUNTS, QUERIES  # noqa: E402
 from clipcurate.queries.stage import build as build_queries  # noqa: E402
 from clipcurate.queries.stage import match as match_candidates  # noqa: E402
 

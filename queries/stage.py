@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Sequence
 
 from clipcurate.core import config
-from clipcurate.core import registry
 from clipcurate.core import sql
 from clipcurate.core.console import log
 from clipcurate.core.errors import ClipcurateError, require
@@ -43,8 +42,7 @@ from clipcurate.queries import build as _build
 from clipcurate.queries import candidates as _candidates
 from clipcurate.queries import match as _match
 from clipcurate.queries.candidates import load_query_list, read_candidates  # noqa: F401  (public API)
-from clipcurate.queries.manifests import (CANDIDATES, CANDIDATES_FOLDER, ENTRY_COUNTS, QUERIES,  # noqa: F401
-                                          QUERIES_FOLDER, STAGE)
+from clipcurate.queries.manifests import CANDIDATES_FOLDER, QUERIES, QUERIES_FOLDER  # noqa: F401  (QUERIES: tests read it here)
 
 config.section("queries", _build.DEFAULTS, _build.DOCS)
 MATCH_DEFAULTS = {
@@ -64,8 +62,6 @@ config.section("match", MATCH_DEFAULTS, {
     "batch_rows": "rows read per batch",
 })
 
-registry.register_stage("queries", QUERIES_FOLDER, "clipcurate queries build", ("queries",))
-registry.register_stage("candidates", CANDIDATES_FOLDER, "clipcurate queries match", ("candidates", "entry_counts"))
 
 sql.report("queries_by_source", "How many queries each source contributed",
            "select source, count(*) as queries from queries group by 1 order by min(entry_id)", ("queries",))

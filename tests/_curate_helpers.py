@@ -100,7 +100,7 @@ def write_decontam(ws: Workspace, uids: list[str], benchmark: str = "shapes") ->
 def make_class_bench(ws: Workspace, tmp, name: str = "shapes", per_class: int = 6, n_classes: int = 4,
                      size: int = 32, style: str = "bench") -> dict:
     """An image-folder classification benchmark of synth shapes, added with `bench.add`."""
-    from clipcurate.bench import stage as bench
+    from clipcurate import bench
 
     root = tmp / f"src_{name}"
     for c in range(n_classes):
@@ -113,7 +113,7 @@ def make_class_bench(ws: Workspace, tmp, name: str = "shapes", per_class: int = 
 
 def make_caption_bench(ws: Workspace, tmp, name: str = "capshapes", n: int = 12, size: int = 32) -> dict:
     """A caption benchmark (captions.jsonl + images), two captions per image."""
-    from clipcurate.bench import stage as bench
+    from clipcurate import bench
 
     root = tmp / f"src_{name}"
     root.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def make_caption_bench(ws: Workspace, tmp, name: str = "capshapes", n: int = 12,
 
 def write_splits(ws: Workspace, overlap: dict[str, set[int]]) -> None:
     """overlap/splits.parquet for every benchmark in the workspace: the given indices are Overlap."""
-    from clipcurate.bench import stage as bench
+    from clipcurate import bench
 
     ensure_manifests()
     rows = []

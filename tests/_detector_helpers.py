@@ -12,7 +12,7 @@ def pool_images(n: int, seed: int = 0, size: int = 64):
 
 def write_pool(ws, images, shard: str = "00000", captions=None) -> list[str]:
     """One finished pool shard holding ``images``; returns the pool uids in order."""
-    from clipcurate.download.stage import write_pool_shard
+    from clipcurate.download import write_pool_shard
     from clipcurate.core.uid import pair_uid
 
     samples = []

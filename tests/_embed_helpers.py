@@ -26,7 +26,7 @@ def make_pool(ws, shards: int = 3, per_shard: int = 12, bad: dict[int, int] | No
     """``shards`` pool shards of ``per_shard`` good images; ``bad={shard: n}`` adds n truncated JPEGs."""
     import numpy as np
 
-    from clipcurate.download.stage import write_pool_shard
+    from clipcurate.download import write_pool_shard
 
     bad = bad or {}
     for s in range(shards):

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipcurate.core import synth
-from clipcurate.review.decisions import pair_id
+from clipcurate.review import pair_id
 from clipcurate.core.uid import make_uid, pair_uid
 from clipcurate.core.workspace import Workspace
 

@@ -27,7 +27,7 @@ def _expected(rows, decontam):
 
 def test_curate_keeps_success_minus_decontam_bytes_unchanged(ws):
     from clipcurate.core import manifest as mf
-    from clipcurate.curate.stage import curate
+    from clipcurate.curate import curate
 
     rows = make_pool(ws, n=40, shards=3)
     ok = [r for r in rows if r["status"] == "success"]
@@ -74,7 +74,7 @@ def test_stock_open_clip_loader_reads_the_shards(ws):
     from open_clip_train.data import get_dataset_size, get_wds_dataset
     from torchvision import transforms
 
-    from clipcurate.curate.stage import curate
+    from clipcurate.curate import curate
 
     make_pool(ws, n=30, shards=2, fmt="png")
     res = curate(ws, shard_size=10, decontam=False)
@@ -93,7 +93,7 @@ def test_stock_open_clip_loader_reads_the_shards(ws):
 
 
 def test_rerun_is_idempotent_and_resumes_an_unfinished_shard(ws):
-    from clipcurate.curate.stage import curate
+    from clipcurate.curate import curate
 
     make_pool(ws, n=30, shards=2)
     write_decontam(ws, [])
@@ -151,7 +151,7 @@ def test_empty_curated_set_is_one_line_exit_1(ws, cli):
 
 
 def test_truncated_pool_tar_is_counted_not_fatal(ws):
-    from clipcurate.curate.stage import curate
+    from clipcurate.curate import curate
 
     rows = make_pool(ws, n=20, shards=2)
     p = ws.path("pool", "shards", "00001.tar")

@@ -17,12 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from clipcurate.bench import stage as bench
+from clipcurate import bench
 from clipcurate import embed
 from clipcurate.embed import stage as embed_stage
 from clipcurate.core import models
 from clipcurate.core import stage as core_stage
-from clipcurate.bench.stage import _tar_samples
+from clipcurate.bench import tar_samples as _tar_samples
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.workspace import Workspace
 

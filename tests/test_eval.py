@@ -80,7 +80,7 @@ def test_zero_shot_equals_plain_torch_and_table_matches_predictions(evalws):
     from scipy import stats as ss
 
     from clipcurate.core import manifest as mf
-    from clipcurate.eval.stage import evaluate
+    from clipcurate.eval import evaluate
 
     ws, ck = evalws
     res = evaluate(ws, model="clipcurate-tiny", pretrained=str(ck), device="cpu", workers=0)
@@ -139,7 +139,7 @@ def _brute_recall(image, indices, captions, cap_index, k):
 
 
 def test_retrieval_matches_brute_force():
-    from clipcurate.eval.stage import retrieval
+    from clipcurate.eval import retrieval
 
     rng = np.random.default_rng(0)
     n, d = 15, 8
@@ -185,7 +185,7 @@ def test_missing_splits_names_overlap(ws, tmp_path, cli):
 def test_empty_overlap_and_bonferroni_in_table(evalws):
     """A benchmark with no Overlap samples gets NaN statistics and significant = null."""
     from clipcurate.core import manifest as mf
-    from clipcurate.eval.stage import evaluate
+    from clipcurate.eval import evaluate
 
     ws, ck = evalws
     write_splits(ws, {"shapes": set(OVERLAP["shapes"])})  # capshapes: all clean

@@ -180,7 +180,7 @@ def test_degenerate_matches_have_their_own_reason_and_diagnostics(ws, cli):
     from clipcurate.core.synth import make_image
 
     from _overlap_helpers import pool_uid
-    from clipcurate.download.stage import write_pool_shard as write_downloaded
+    from clipcurate.download import write_pool_shard as write_downloaded
 
     make_workspace(ws.root, plants=[("cifar10", 0, 0, 0, 0.99), ("cifar10", 1, 0, 1, 0.99),
                                     ("cifar10", 2, 0, 2, 0.99), ("cifar10", 3, 0, 3, 0.99)])

@@ -11,7 +11,7 @@ import pytest
 from _overlap_helpers import write_bench_samples, write_model
 from clipcurate.overlap import calibrate as cal
 from clipcurate.core import manifest as mf
-from clipcurate.overlap.rules import SIGNALS, combine, decide, thresholds_for
+from clipcurate.overlap import SIGNALS, combine, decide, thresholds_for
 
 
 def _loop_curve(values, truth, higher, thresholds):

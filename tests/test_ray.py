@@ -244,7 +244,7 @@ def test_embed_on_ray_matches_local(ray_session, tmp_path):
     import pyarrow.parquet as pq
 
     from _embed_helpers import TINY, make_pool
-    from clipcurate.embed.stage import embed_pool
+    from clipcurate.embed import embed_pool
     from clipcurate.core.models import ModelSpec
     from clipcurate.core.stage import done_info
     from clipcurate.core.workspace import Workspace
@@ -274,7 +274,7 @@ def test_overlap_on_ray_gives_the_same_pairs_and_splits(ray_session, tmp_path, m
     import pyarrow.parquet as pq
 
     from _overlap_helpers import TAG, make_workspace
-    from clipcurate.overlap import stage as overlap
+    from clipcurate import overlap
     from clipcurate.core.workspace import Workspace
 
     plants = [("cifar10", 0, 0, 3, 0.97), ("cifar10", 1, 2, 5, 0.9), ("stl10", 2, 1, 7, 0.96), ("stl10", 3, 3, 0, 0.88)]

@@ -9,7 +9,7 @@ import pytest
 
 from clipcurate.review import decisions
 from clipcurate.core.imageload import MediaLoader
-from clipcurate.review.session import ReviewSession
+from clipcurate.review import ReviewSession
 from clipcurate.review.app import KEYMAP, ReviewApp, HelpScreen
 
 from _review_helpers import build

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from clipcurate.review import decisions
-from clipcurate.review.session import ReviewSession
+from clipcurate.review import ReviewSession
 
 from _review_helpers import build
 

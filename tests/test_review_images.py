@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from clipcurate.core.imageload import MediaLoader, TarIndex
-from clipcurate.review.session import ReviewSession
+from clipcurate.review import ReviewSession
 
 from _review_helpers import build
 

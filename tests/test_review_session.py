@@ -8,7 +8,7 @@ import pytest
 
 from clipcurate.review import decisions
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
-from clipcurate.review.session import ReviewSession, load_queue
+from clipcurate.review import ReviewSession, load_queue
 from clipcurate.core.workspace import Workspace
 
 from _review_helpers import build

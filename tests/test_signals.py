@@ -146,7 +146,7 @@ def test_overlap_uses_detector_descriptors(ws):
     from _overlap_helpers import make_workspace, near_copy, unit, write_bench as write_emb_bench
     from _overlap_helpers import write_model, write_pool_shard
     from clipcurate.core import manifest as mf
-    from clipcurate.overlap import stage as overlap
+    from clipcurate import overlap
 
     rng = np.random.default_rng(1)
     arrays = make_workspace(ws.root, shards=2, per_shard=50, benches={"cifar10": 20},

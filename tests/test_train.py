@@ -22,8 +22,8 @@ def one_thread():
 
 @pytest.mark.slow
 def test_tiny_model_trains_loss_falls_resumes_and_checkpoint_feeds_embed_and_eval(ws, tmp_path, cli, one_thread):
-    from clipcurate.curate.stage import curate
-    from clipcurate.train.stage import train
+    from clipcurate.curate import curate
+    from clipcurate.train import train
 
     make_pool(ws, n=200, shards=2, size=32)
     curate(ws, shard_size=100, decontam=False)
@@ -78,7 +78,7 @@ def test_empty_curated_set_is_one_line_exit_1(ws, cli):
 
 
 def test_batch_that_no_worker_can_fill_is_refused_not_a_hang(ws, cli):
-    from clipcurate.curate.stage import curate
+    from clipcurate.curate import curate
 
     make_pool(ws, n=24, shards=1, fail_every=0)
     curate(ws, shard_size=10, decontam=False)  # 3 shards: 10, 10, 4
@@ -91,7 +91,7 @@ def test_batch_that_no_worker_can_fill_is_refused_not_a_hang(ws, cli):
 def test_latest_checkpoint_prefers_the_finished_epoch(tmp_path):
     import torch
 
-    from clipcurate.train.stage import latest_checkpoint
+    from clipcurate.train import latest_checkpoint
 
     d = tmp_path / "checkpoints"
     d.mkdir()
@@ -105,7 +105,7 @@ def test_latest_checkpoint_prefers_the_finished_epoch(tmp_path):
 
 
 def test_parse_losses(tmp_path):
-    from clipcurate.train.stage import parse_losses
+    from clipcurate.train import parse_losses
 
     log = tmp_path / "out.log"
     log.write_text(
@@ -130,7 +130,7 @@ def test_kill_9_mid_training_then_rerun_resumes_from_the_last_epoch(ws):
 
     import torch
 
-    from clipcurate.curate.stage import curate
+    from clipcurate.curate import curate
 
     make_pool(ws, n=120, shards=2, size=32)
     curate(ws, shard_size=60, decontam=False)

@@ -43,25 +43,19 @@ from PIL import Image, UnidentifiedImageError
 
 from clipcurate.core import config
 from clipcurate.core import manifest
-from clipcurate.core import registry
 from clipcurate.core.console import log, progress, warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.io import read_json, write_json, write_text
 from clipcurate.core.stage import Stage, marker
 from clipcurate.core.uid import make_uid
 from clipcurate.core.workspace import Workspace
-from clipcurate.bench.sources import IMAGE_EXTS, Source, open_source, tar_samples  # noqa: F401  (IMAGE_EXTS: below)
+from clipcurate.bench.sources import Source, open_source
 
 STAGE = "bench"
 FOLDER = "benchmarks"
 STAGING = ".staging"
 KINDS = ("classification", "captions")
 ROW_GROUP = 512
-
-# embed.stage, tests/test_embed.py and benchmarks/embed.py import IMAGE_EXTS and this old private
-# name from this module until they read tars through the package
-# (``from clipcurate.bench import IMAGE_EXTS, tar_samples``); then delete both from here.
-_tar_samples = tar_samples
 
 # A small prompt ensemble in the style of CLIP's (the paper uses 80 for ImageNet; a handful
 # already gives most of the gain).
@@ -98,7 +92,6 @@ config.section(STAGE, {"cache_dir": "", "templates": ""}, {
     "cache_dir": "where torchvision:NAME sources are downloaded (default ~/.cache/clipcurate/torchvision)",
     "templates": "default prompt template file for new benchmarks (empty: the built-in set)",
 })
-registry.register_stage(STAGE, FOLDER, "clipcurate bench add NAME --from SOURCE", ("benchmarks",))
 
 
 @dataclasses.dataclass

@@ -43,12 +43,6 @@ def use_stages(stages: Sequence[StageInfo]) -> None:
     STAGES[:] = stages
 
 
-def register_stage(name: str, folder: str, command: str, manifests: tuple[str, ...] = ()) -> StageInfo:
-    """Kept only so that stage modules which still declare themselves keep importing: the entry is
-    not recorded. The stage list is :data:`clipcurate.stages.STAGES`; add a stage there."""
-    return StageInfo(name, folder, command, tuple(manifests))
-
-
 def producer(manifest_name: str) -> StageInfo | None:
     """The stage that writes a manifest, or None when the stage list does not name one."""
     for info in STAGES:

@@ -66,7 +66,6 @@ config.section("curate", {"shard_size": 10000, "decontam": True}, {
     "decontam": "drop the uids listed in overlap/decontam.parquet (false: keep every successful sample)",
 })
 
-registry.register_stage("curate", "curate", "clipcurate curate", ("curated",))
 
 sql.report("curated-shards", "Samples per curated shard.",
            "select shard, count(*) as samples from curated group by 1 order by 1", ("curated",))

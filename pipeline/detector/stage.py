@@ -49,12 +49,11 @@ import numpy as np
 from PIL import Image
 
 from clipcurate.core import config as cfgmod
-from clipcurate.core import registry
 from clipcurate.core.augment import app_c_copy
 from clipcurate.core.console import log, progress, warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.io import atomic_path, clean_temp, read_json, write_json, write_text
-from clipcurate.core.stage import SUCCESS
+from clipcurate.core.stage import SUCCESS, Stage, marker
 from clipcurate.core.workspace import Workspace
 
 TEMPERATURE = 0.07  # fixed, as in App. C (not learned); see detector_net.info_nce
@@ -95,7 +94,6 @@ cfgmod.section("detector", DEFAULTS, docs={
     "device": "auto, cpu or cuda",
 })
 
-registry.register_stage("detector", "detector", "clipcurate detector train")
 
 
 def resolve_config(options: dict) -> dict:
@@ -366,6 +364,42 @@ def run_dir(ws: Workspace, run: str) -> Path:
     return ws.path("detector", run)
 
 
+class DetectorRun(Stage):
+    """One training run as a shard of ``detector/``, whose shards are the runs (``detector/{run}/``).
+
+    The runner writes ``detector/_plan.json``, ``detector/{run}.done`` once the run's folder is
+    complete (``detector.pt``, then the folder's own ``_SUCCESS``) and ``detector/_SUCCESS`` last. The
+    plan lists the finished runs besides this one; a run left unfinished (killed) is left out: only
+    ``clipcurate detector train --name RUN`` resumes it, from its checkpoint.
+    """
+
+    name = "detector"
+    description = "detector train"
+
+    def __init__(self, ws: Workspace, run: str, cfg: dict):
+        super().__init__(ws.path("detector"))
+        self.ws, self.run_name, self.cfg = ws, run, cfg
+        self.result: TrainResult | None = None
+
+    def shards(self) -> list[str]:
+        finished = sorted(d.name for d in self.folder.iterdir() if d.is_dir() and (d / SUCCESS).exists())
+        return sorted(set(finished) | {self.run_name})
+
+    def run_shard(self, shard: str) -> dict:
+        if shard != self.run_name:
+            raise ClipcurateError(f"detector run {shard!r} is not finished: resume it with "
+                                  f"`clipcurate detector train --name {shard}`")
+        folder = run_dir(self.ws, shard)
+        source = PoolImages.from_workspace(self.ws)
+        log(f"detector: {len(source)} pool images, preset {self.cfg['preset']}, {self.cfg['steps']} steps of "
+            f"{self.cfg['batch_size']} pairs at {self.cfg['image_size']} px")
+        self.result = fit(source, self.cfg, run_dir=folder)
+        save_model(self.result.model, self.cfg, folder / "detector.pt", steps=self.result.steps,
+                   losses=self.result.losses)
+        write_text(folder / SUCCESS, "")  # the run folder is complete (runs() and reruns read it)
+        return {"steps": self.result.steps}
+
+
 def train(ws: Workspace, options: dict, run: str = "default", force: bool = False) -> TrainResult:
     """``clipcurate detector train``: train on ``pool/shards/*.tar``, checkpoint in
     ``detector/{run}/``, finish with ``detector.pt`` and ``_SUCCESS``. Rerunning a finished run is a
@@ -389,16 +423,12 @@ def train(ws: Workspace, options: dict, run: str = "default", force: bool = Fals
             model = build_model(done["config"])
             model.load_state_dict(done["state_dict"])
             return TrainResult(folder, int(done["steps"]), list(done.get("losses", [])), 0, 0.0, model.eval())
+    # a run to (re)do: forget that it finished, then the runner trains it and marks it done
     (folder / SUCCESS).unlink(missing_ok=True)
-    ws.path("detector", SUCCESS).unlink(missing_ok=True)
-    source = PoolImages.from_workspace(ws)
-    log(f"detector: {len(source)} pool images, preset {cfg['preset']}, {cfg['steps']} steps of "
-        f"{cfg['batch_size']} pairs at {cfg['image_size']} px")
-    result = fit(source, cfg, run_dir=folder)
-    save_model(result.model, cfg, final, steps=result.steps, losses=result.losses)
-    write_text(folder / SUCCESS, "")
-    write_text(ws.path("detector", SUCCESS), "")
-    return result
+    stage = DetectorRun(ws, run, cfg)
+    marker(stage.folder, run).unlink(missing_ok=True)
+    stage.run()
+    return stage.result
 
 
 def save_model(model, cfg: dict, path: Path, steps: int = 0, losses: Sequence[float] = ()) -> Path:

@@ -29,7 +29,6 @@ import shutil
 import socket
 from typing import Iterator
 
-from clipcurate.core import registry
 from clipcurate.core import sql
 from clipcurate.core.console import log
 from clipcurate.core.errors import ClipcurateError
@@ -39,11 +38,7 @@ from clipcurate.download.fetch import WORK_DIR, fetch_round
 from clipcurate.download.options import conf_from, policy_from
 from clipcurate.download.plan import plan
 from clipcurate.download.pool import FOLDER, STAGE
-# Still importable from here for callers written before the package API (tests' helpers, benchmarks);
-# new code imports it from clipcurate.download.
-from clipcurate.download.pool import write_pool_shard  # noqa: F401
 
-registry.register_stage(STAGE, FOLDER, "clipcurate download", ("pool",))
 
 sql.report(
     "download-failures",

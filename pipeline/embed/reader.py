@@ -24,9 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 # The webdataset tar reader of the bench stage (the pool is read exactly as `bench add` reads a tar).
-# Until clipcurate.bench exports it under a public name, this is the one private name embed reaches.
-from clipcurate.bench.stage import IMAGE_EXTS
-from clipcurate.bench.stage import _tar_samples as tar_samples
+from clipcurate.bench import IMAGE_EXTS, tar_samples
 
 MAX_BAD_REASONS = 20
 

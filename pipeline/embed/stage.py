@@ -36,7 +36,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from clipcurate.core import config
-from clipcurate.core import registry
 from clipcurate.core.console import log, warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.io import read_json
@@ -45,13 +44,13 @@ from clipcurate.core.stage import PLAN, Stage, done_info, is_done, marker
 from clipcurate.core.workspace import Workspace
 from clipcurate.embed.encoders import ClipEncoder, clip_encoder, device_of, load_encoder, model_spec
 from clipcurate.embed.feed import Acc, Feed
-from clipcurate.embed.layout import FOLDER, STAGE, cat, refresh_status, save_npy, tag_dir, write_model_json, \
+from clipcurate.embed.layout import STAGE, cat, refresh_status, save_npy, tag_dir, write_model_json, \
     write_rows
 from clipcurate.embed.reader import MAX_BAD_REASONS, Part
 
 # The bench stage's readers (benchmark list, samples, class prompts); see embed/reader.py for why
 # the module and not the package.
-from clipcurate.bench import stage as benchmod
+from clipcurate import bench as benchmod
 
 PART_ROWS = 1024
 
@@ -67,7 +66,6 @@ config.section(STAGE, DEFAULTS, {
     "benchmarks": "benchmarks to embed (empty: all of them)",
     "decode": "pil (bit-identical to the model's transform) or torch (torchvision.io on the device: nvJPEG on CUDA)",
 })
-registry.register_stage(STAGE, FOLDER, "clipcurate embed", ("embeddings",))
 
 
 def _summarise(summary: dict | None, accs: list[Acc], n: int) -> tuple[int, list[str]]:

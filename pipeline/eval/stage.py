@@ -44,7 +44,6 @@ from clipcurate.bench import list_benchmarks
 from clipcurate.bench import load as load_benchmark
 from clipcurate.core import config
 from clipcurate.core import manifest as mf
-from clipcurate.core import registry
 from clipcurate.core import sql
 from clipcurate.core.console import log, warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
@@ -52,8 +51,7 @@ from clipcurate.core.io import write_json
 from clipcurate.core.models import ModelSpec
 from clipcurate.core.stage import Stage, is_done, marker
 from clipcurate.core.workspace import Workspace
-
-from clipcurate.embed.stage import embed_benchmarks, load_bench
+from clipcurate.embed import embed_benchmarks, load_bench
 from clipcurate.eval import report
 from clipcurate.eval import stats
 from clipcurate.train import latest_checkpoint, run_model
@@ -119,7 +117,6 @@ config.section("eval", DEFAULTS, {
     "alpha": "family-wise significance level for the Bonferroni correction",
     "benchmarks": "benchmarks to evaluate (empty: all of them)",
 })
-registry.register_stage("eval", FOLDER, "clipcurate eval", ("predictions", "eval"))
 sql.report("eval-table", "The CLIP §5 table of every evaluated model.",
            "select model_tag, benchmark, n, n_overlap, round(overlap_pct, 2) as overlap_pct, "
            "round(acc_all, 2) as acc_all, round(acc_clean, 2) as acc_clean, round(acc_overlap, 2) as acc_overlap, "

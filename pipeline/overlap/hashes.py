@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from clipcurate.core import manifest as mf
-from clipcurate.core import registry
 from clipcurate.core.console import warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.stage import Stage, marker
@@ -44,7 +43,6 @@ mf.register(
         ("phash", pa.int64(), "pHash, 64 bits as a signed integer (null when the image could not be read)"),
         ("dhash", pa.int64(), "dHash, 64 bits as a signed integer (null when the image could not be read)"),
     ])
-registry.register_stage("hashes", HASH_FOLDER, "clipcurate detector hashes", manifests=("hashes",))
 
 
 def _bits_to_int64(bits: np.ndarray) -> int:

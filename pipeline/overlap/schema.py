@@ -18,7 +18,6 @@ import pyarrow as pa
 
 from clipcurate.core import config
 from clipcurate.core import manifest as mf
-from clipcurate.core import registry
 from clipcurate.core import sql
 from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.workspace import Workspace
@@ -83,8 +82,6 @@ mf.register(
              ("pair_id", pa.string(), "decisions.pair_id(pool_uid, benchmark, bench_index)"),
              *PAIR_KEY, *SIGNAL_COLUMNS, RANK])
 
-registry.register_stage("overlap", FOLDER, "clipcurate overlap",
-                        manifests=("pairs", "neighbors", "splits", "decontam", "review_queue"))
 
 sql.report(
     "overlap-rate", "Per benchmark: samples, Overlap, Clean and the overlap percentage (CLIP §5 table).",

@@ -45,7 +45,6 @@ import pyarrow.parquet as pq
 
 from clipcurate.core import config
 from clipcurate.review import decisions
-from clipcurate.core import registry
 from clipcurate.core import sql
 from clipcurate.core import manifest as mf
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
@@ -74,7 +73,6 @@ config.section("review", {"reviewer": "", "images": "halfcell", "sort": "score",
                 "images": "auto | halfcell | sixel | kitty | none (text only)",
                 "sort": "queue order: " + " | ".join(SORTS),
                 "prefetch": "pairs decoded ahead of the one on screen"})
-registry.register_stage("review", "review", "clipcurate review")
 
 
 # --------------------------------------------------------------------------------------------

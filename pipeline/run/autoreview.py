@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 from clipcurate.core.config import Config
 from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.workspace import Workspace
-from clipcurate.overlap import stage as ov
+from clipcurate import overlap as ov
 from clipcurate.review import decisions
-from clipcurate.review.session import mark_progress
+from clipcurate.review import mark_progress
 
 DEMO_REVIEWER = "clipcurate-demo"
 

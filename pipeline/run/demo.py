@@ -29,7 +29,7 @@ from clipcurate.core.console import log
 from clipcurate.core.io import read_json, write_text
 from clipcurate.core.uid import pair_uid
 from clipcurate.core.workspace import Workspace
-from clipcurate.overlap.stage import SIGNALS
+from clipcurate.overlap import SIGNALS
 from clipcurate.run.runner import Pipeline, run_pipeline
 from clipcurate.run.world import build_world
 

@@ -16,22 +16,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from clipcurate.bench import stage as bench
+from clipcurate import bench
 from clipcurate.core.config import Config
 from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.io import atomic_path, read_json
 from clipcurate.core.workspace import Workspace
-from clipcurate.curate import stage as cu
-from clipcurate.detector import stage as det
-from clipcurate.download import stage as dl
-from clipcurate.embed import stage as em
-from clipcurate.eval import stage as ev
+from clipcurate import curate as cu
+from clipcurate import detector as det
+from clipcurate import download as dl
+from clipcurate import embed as em
+from clipcurate import eval as ev
 from clipcurate.overlap import calibrate
-from clipcurate.overlap import stage as ov
-from clipcurate.queries import stage as queries
+from clipcurate import overlap as ov
+from clipcurate import queries
 from clipcurate.run.autoreview import auto_review
 from clipcurate.run.world import PLACEHOLDER, ImageServer, preferred_port
-from clipcurate.train import stage as tr
+from clipcurate import train as tr
 
 # step kind -> (function(ws, **params) -> summary dict, the command a user would type)
 STEPS: dict[str, tuple[Callable[..., dict | None], str]] = {}
@@ -49,14 +49,14 @@ def step(kind: str, command: str):
 
 @step("queries.build", "clipcurate queries build")
 def queries_build(ws, dumps, pageviews=(), wordnet="auto", **options):
-    stats = queries.build(ws, dumps=list(dumps), pageviews=list(pageviews), wordnet=wordnet, **options)
+    stats = queries.build_queries(ws, dumps=list(dumps), pageviews=list(pageviews), wordnet=wordnet, **options)
     return {"queries": stats.get("size"),
             "by_source": {s: v.get("in_list") for s, v in stats.get("sources", {}).items()}}
 
 
 @step("queries.match", "clipcurate queries match")
 def queries_match(ws, input, **options):
-    stats = queries.match(ws, input, **options)
+    stats = queries.match_candidates(ws, input, **options)
     return {k: stats[k] for k in ("rows", "matched", "unmatched", "kept", "keep_rate") if k in stats}
 
 

@@ -40,7 +40,6 @@ import shutil
 from pathlib import Path
 
 from clipcurate.core import config
-from clipcurate.core import registry
 from clipcurate.core.console import console, log
 from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.io import read_json, write_json
@@ -80,7 +79,6 @@ config.section("train", DEFAULTS, {
     "log_every": "log the loss every N steps",
 })
 
-registry.register_stage("train", "train", "clipcurate train")
 
 _LOSS_LINE = re.compile(
     r"Train Epoch: (\d+) \[\s*(\d+)/(\d+).*?\bLoss: ([-+0-9.eEnaif]+)")
