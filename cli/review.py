@@ -77,7 +77,7 @@ def review(
     decided, total = session.progress()
     log(f"{name}: {decided}/{total} pairs decided in this view")
     if changed:
-        from clipcurate.overlap import refresh_after_review
+        from clipcurate.overlap import refresh_after_review  # on use, not at start-up: see cli/__init__.py
 
         log(refresh_after_review(ws))
         rv.mark_progress(ws, session.queue)

@@ -79,3 +79,22 @@ def test_the_wheel_installs_one_package(tmp_path):
     assert any(n.startswith("clipcurate/queries/_fastcount") and n.endswith(".so") for n in names)
     entry = zipfile.ZipFile(wheel).read("clipcurate-0.1.0.dist-info/entry_points.txt").decode()
     assert "clipcurate = clipcurate.cli.app:main" in entry
+
+
+def test_modules_and_functions_stay_small():
+    """No module over ~600 lines; a function over ~80 lines says in its docstring why it is one piece
+    (the phrase "one piece because")."""
+    import ast
+
+    too_long = []
+    for folder in ("pipeline", "queries", "cli"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            src = path.read_text("utf-8")
+            if len(src.splitlines()) > 620:
+                too_long.append(f"{path.relative_to(REPO)}: {len(src.splitlines())} lines")
+            for node in ast.walk(ast.parse(src)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > 85 and "one piece because" not in (ast.get_docstring(node) or ""):
+                        too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}(): {n} lines")
+    assert not too_long, "\n".join(too_long)

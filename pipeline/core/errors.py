@@ -4,6 +4,8 @@ A :class:`ClipcurateError` carries a one-line message that quotes the bad value 
 The CLI prints it as a single line and exits 1; anything else is a bug (shown with ``--debug``).
 """
 
+import importlib
+
 
 class ClipcurateError(Exception):
     """A runtime error with a one-line, user-facing message (exit code 1)."""
@@ -26,8 +28,6 @@ class MissingDependency(ClipcurateError):
 
 def require(module: str, package: str, feature: str):
     """Import an optional module or raise "pip install X to use Y"."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the environment

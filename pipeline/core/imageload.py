@@ -28,6 +28,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -140,8 +141,6 @@ def _read_files(ws: Workspace, name: str, glob: str, columns: list[str]):
     files = sorted(p for p in ws.root.glob(glob) if p.is_file() and not p.name.startswith("."))
     if not files:
         return None
-    import pyarrow as pa
-
     return pa.concat_tables([pq.read_table(p, columns=columns) for p in files])
 
 

@@ -17,7 +17,7 @@ filesystem-safe (docs/design.md): ``ViT-B-32__laion2b_s34b_b79k``, ``clipcurate-
 ``hf__org--name``, and ``ckpt__<first 12 hex of the checkpoint's sha256>`` (the content, not the
 path, names a checkpoint: moving the file keeps the tag, retraining changes it).
 
-The tiny architecture ``clipcurate-tiny`` (pipeline/model_configs/) is registered with open_clip by
+The tiny architecture ``clipcurate-tiny`` (pipeline/core/model_configs/) is registered with open_clip by
 :func:`register_configs`; it trains in minutes on two CPU cores and embeds fast, for tests and the demo.
 """
 
@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
+import pickle
 import re
+import socket
+import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -66,8 +70,8 @@ def _looks_like_path(p: str | None) -> bool:
 
 def register_configs() -> None:
     """Add pipeline/model_configs to open_clip's architectures (idempotent)."""
-    import open_clip
-    from open_clip import factory
+    import open_clip  # open_clip: 6.4 s to import, only where a model is built
+    from open_clip import factory  # open_clip: 6.4 s to import, only where a model is built
 
     if CONFIG_DIR not in factory._MODEL_CONFIG_PATHS:
         open_clip.add_model_config(CONFIG_DIR)
@@ -120,7 +124,7 @@ class LoadedModel:
 
     def autocast(self):
         """Mixed precision for bf16/fp16 (the weights stay fp32); fp32 runs as is."""
-        import torch
+        import torch  # torch: 2.6 s to import, only where a model runs
 
         if self.precision == "fp32":
             return nullcontext()
@@ -129,13 +133,13 @@ class LoadedModel:
 
     def encode_image(self, pixels):
         """float pixels [n, 3, H, W] (already normalised) -> L2-normalised float32 [n, dim]."""
-        import torch
+        import torch  # torch: 2.6 s to import, only where a model runs
 
         with torch.inference_mode(), self.autocast():
             return self.model.encode_image(pixels, normalize=True).float()
 
     def encode_text(self, tokens):
-        import torch
+        import torch  # torch: 2.6 s to import, only where a model runs
 
         with torch.inference_mode(), self.autocast():
             return self.model.encode_text(tokens, normalize=True).float()
@@ -147,7 +151,7 @@ class LoadedModel:
 
 
 def resolve_device(device: str = "auto") -> str:
-    import torch
+    import torch  # torch: 2.6 s to import, only where a model runs
 
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -160,8 +164,8 @@ def resolve_device(device: str = "auto") -> str:
 
 def load(spec: ModelSpec, device: str = "cpu", precision: str = "fp32") -> LoadedModel:
     """Build the model, load its weights, move it to ``device``; errors are one clear line."""
-    import open_clip
-    import torch
+    import open_clip  # open_clip: 6.4 s to import, only where a model is built
+    import torch  # torch: 2.6 s to import, only where a model runs
 
     register_configs()
     device = resolve_device(device)
@@ -211,7 +215,6 @@ def load(spec: ModelSpec, device: str = "cpu", precision: str = "fp32") -> Loade
 def _quiet_open_clip():
     """open_clip logs to the root logger (a warning for every random init, errors before it raises);
     our own error line says it better, so silence it while loading."""
-    import logging
 
     previous = logging.root.manager.disable
     logging.disable(logging.ERROR)
@@ -229,8 +232,6 @@ def _offline_if_unreachable(spec: ModelSpec, host: str = "huggingface.co", timeo
     if spec.is_random or spec.is_checkpoint:
         yield
         return
-    import socket
-    import threading
 
     ok: list[bool] = []
 
@@ -246,7 +247,7 @@ def _offline_if_unreachable(spec: ModelSpec, host: str = "huggingface.co", timeo
     t.join(timeout)
     reachable = bool(ok and ok[0])
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # huggingface_hub: imported by open_clip, only when a hub model is fetched
     except ImportError:  # pragma: no cover
         yield
         return
@@ -260,8 +261,8 @@ def _offline_if_unreachable(spec: ModelSpec, host: str = "huggingface.co", timeo
 
 
 def _embed_dim(model, name: str, size) -> int:
-    import open_clip
-    import torch
+    import open_clip  # open_clip: 6.4 s to import, only where a model is built
+    import torch  # torch: 2.6 s to import, only where a model runs
 
     cfg = open_clip.get_model_config(name) if not name.startswith("hf-hub:") else None
     if cfg and "embed_dim" in cfg:
@@ -273,9 +274,8 @@ def _embed_dim(model, name: str, size) -> int:
 
 def _load_checkpoint(model, path: str, name: str) -> None:
     """open_clip_train's epoch_N.pt (``state_dict``, ``module.`` prefix) or a bare state dict."""
-    import pickle
 
-    from open_clip.factory import load_checkpoint
+    from open_clip.factory import load_checkpoint  # open_clip: 6.4 s to import, only where a model is built
 
     if not os.path.isfile(path):
         raise ClipcurateError(f"checkpoint {path!r} not found: pass an existing file to --pretrained")
@@ -302,7 +302,7 @@ def _load_checkpoint(model, path: str, name: str) -> None:
 
 def _load_error(spec: ModelSpec, exc: Exception) -> ClipcurateError:
     """Turn open_clip's download and lookup failures into one actionable line."""
-    import open_clip
+    import open_clip  # open_clip: 6.4 s to import, only where a model is built
 
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
     if spec.is_hf_hub:

@@ -378,7 +378,7 @@ def _plot(curves: dict, chosen: dict, target: float, bench: str, tag: str, path:
     import matplotlib  # matplotlib: 0.6 s to import; only `overlap calibrate` draws
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: 0.6 s to import, only when a figure is drawn
 
     n = max(1, len(curves))
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)

@@ -134,8 +134,8 @@ def parse_losses(log_file: Path) -> list[dict]:
 def _open_clip_in_process(quiet: bool):
     """Patch the two things that make open_clip_train awkward to call in process; undo after."""
     # open_clip_train imports torch (2.6 s) and open_clip (6.4 s); `clipcurate --help` stays 0.5 s
-    import open_clip_train.data as ocd
-    import open_clip_train.main as ocm
+    import open_clip_train.data as ocd  # open_clip_train: imports torch + open_clip (9 s), only when training
+    import open_clip_train.main as ocm  # open_clip_train: imports torch + open_clip (9 s), only when training
 
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
@@ -297,7 +297,7 @@ class TrainRun(Stage):
         if shard != self.run_name:
             raise ClipcurateError(f"train run {shard!r} is not finished: resume it with `clipcurate train --name {shard}`")
         # open_clip_train imports torch (2.6 s) and open_clip (6.4 s); `clipcurate --help` stays 0.5 s
-        from open_clip_train.main import main as train_main
+        from open_clip_train.main import main as train_main  # open_clip_train: imports torch + open_clip (9 s), only when training
 
         rdir = self.rdir
         with _open_clip_in_process(self.quiet or console.quiet):
