@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 from clipcurate import stages
 from clipcurate.core import sql as sqlmod
-from clipcurate.core.console import out
+from clipcurate.core.console import log, out
 
 from clipcurate.cli.context import workspace
 from clipcurate.cli.options import Format, FormatOption
@@ -38,8 +40,13 @@ def sql(
     query: str = typer.Argument(None, help="SQL, or the name of a canned report (see --list)."),
     fmt: FormatOption = Format.table,
     list_: bool = typer.Option(False, "--list", help="List the views and canned reports, then exit."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Write the result to FILE (.parquet, .csv or .json lines), outside the workspace."),
 ):
-    """Query the workspace's manifests with DuckDB (one view per manifest).
+    """Query the workspace's manifests with DuckDB (one view per manifest); read-only.
+
+    Only reading statements run (SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN, PRAGMA), and only on
+    files inside the workspace: COPY, ATTACH, INSTALL/LOAD, CREATE, SET, ... are refused.
 
     \b
     Example:  clipcurate sql "select status, count(*) from pool group by 1" --format csv
@@ -58,6 +65,11 @@ def sql(
         return
     if not query:
         raise typer.BadParameter("give a SQL query or a report name, or use --list")
+    if output is not None:
+        n = sqlmod.write_result(ws, query, output)
+        log(f"sql: {n} rows -> {output}")
+        sqlmod.refresh_database(ws)
+        return
     cols, rows = sqlmod.query(ws, query)
     sqlmod.refresh_database(ws)
     echo_table(cols, rows, fmt.value)
