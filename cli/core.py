@@ -56,7 +56,7 @@ def sql(
     if list_:
         con = sqlmod.connect(ws)
         views = [r[0] for r in con.execute("select view_name from duckdb_views() where not internal order by 1").fetchall()]
-        rows = [["view", v, ""] for v in views]
+        rows = [["view", v, sqlmod.view_doc(v)] for v in views]
         rows += [["report", r.name, r.doc] for r in sorted(sqlmod.REPORTS.values(), key=lambda r: r.name)
                  if set(r.needs) <= set(views)]
         rows += [["report (no data yet)", r.name, r.doc] for r in sorted(sqlmod.REPORTS.values(), key=lambda r: r.name)

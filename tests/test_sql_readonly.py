@@ -63,3 +63,22 @@ def test_reading_still_works_and_output_files(ws, cli, toy, tmp_path):
     assert r.code == 1 and "inside the workspace" in r.err and pq.read_table(toy).num_rows == 2
     r = cli("-w", ws.root, "sql", "select 1 as a", "-o", tmp_path / "res.xlsx")
     assert r.code == 1 and ".parquet, .csv or .json" in r.err
+
+
+def test_every_view_has_a_description(ws, cli, toy):
+    import csv
+    import io
+
+    r = cli("-w", ws.root, "sql", "--list", "--format", "csv")
+    views = [row for row in csv.DictReader(io.StringIO(r.out)) if row["kind"] == "view"]
+    assert views and all(row["about"].strip() for row in views), views
+    assert {"name": "toyro", "kind": "view", "about": "A test manifest."} in views
+
+
+def test_every_registered_view_has_a_description():
+    from clipcurate import stages
+    from clipcurate.core import sql
+
+    stages.load()
+    for name in list(mf.REGISTRY) + list(sql.EXTRA_VIEWS):
+        assert sql.view_doc(name), name

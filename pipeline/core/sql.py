@@ -51,10 +51,18 @@ REPORTS: dict[str, Report] = {}
 # Views over files that are not Parquet manifests (e.g. the review decision log):
 # name -> function(workspace) returning a SELECT statement, or None when there is no data yet.
 EXTRA_VIEWS: dict = {}
+EXTRA_DOCS: dict[str, str] = {}
 
 
-def extra_view(name: str, fn) -> None:
+def extra_view(name: str, fn, doc: str = "") -> None:
     EXTRA_VIEWS[name] = fn
+    EXTRA_DOCS[name] = doc
+
+
+def view_doc(name: str) -> str:
+    """The one-line description of a view (`clipcurate sql --list`): its manifest's, or the extra view's."""
+    doc = mf.REGISTRY[name].doc if name in mf.REGISTRY else EXTRA_DOCS.get(name, "")
+    return " ".join(doc.split("\n\n")[0].split())  # the first paragraph, on one line
 
 
 def report(name: str, doc: str, sql: str, needs: tuple[str, ...]) -> None:

@@ -524,7 +524,8 @@ def _decisions_view(ws: Workspace) -> str | None:
             f"columns={cols}, ignore_errors=true) WHERE pair_id IS NOT NULL AND decision IS NOT NULL")
 
 
-sql.extra_view("decisions", _decisions_view)
+sql.extra_view("decisions", _decisions_view,
+               "Every review decision logged (review/decisions.jsonl), one row per record.")
 sql.report("review_progress", "review decisions per reviewer, source and decision (undo not applied)",
            "select reviewer, source, decision, count(*) as n, round(median(seconds), 2) as median_seconds "
            "from decisions group by all order by reviewer, source, decision", needs=("decisions",))
