@@ -89,6 +89,9 @@ def test_demo_tiny_end_to_end_then_skips(tmp_path, cli, monkeypatch):
     ws = tmp_path / "demo"
     r = cli("demo", "--workspace", ws, "--size", "tiny")
     assert r.code == 0, r.err[-3000:]
+    # open_clip_train's log stays in its file (train/{run}/out.log); the terminal gets one line per epoch
+    assert "INFO" not in r.err and "Train Epoch" not in r.err and "train: epoch 1" in r.err
+    assert "Train Epoch" in next((ws / "train").glob("*/out.log")).read_text()
     # every stage wrote its manifest
     from clipcurate.core import manifest as mf
 

@@ -181,7 +181,7 @@ def curate(ws, *, cfg: Config, **options):
 
 @step("train", "clipcurate train")
 def train(ws, run_name="default", **options):
-    res = tr.train(ws, run_name, quiet=True, **options)
+    res = tr.train(ws, run_name, **options)  # open_clip_train's log goes to its file; one line per epoch here
     losses = [r["loss"] for r in res.losses]
     return {"epochs": res.epochs_done, "checkpoint": str(res.checkpoint),
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}

@@ -130,6 +130,27 @@ def parse_losses(log_file: Path) -> list[dict]:
     return out
 
 
+class _StepLine(logging.Handler):
+    """open_clip_train's per-step log record ("Train Epoch: 3 [ 64/1216 (5%)] ... Loss: 4.05 ...") as
+    one short line on the console: epoch, samples seen in the epoch, loss. Everything else it logs
+    stays in its file."""
+
+    STEP = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+).*?Loss: ([\d.]+)")
+
+    def __init__(self):
+        super().__init__(level=logging.INFO)
+        self.last_epoch = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = self.STEP.search(record.getMessage())
+        if m is None:
+            return
+        epoch, seen, total, loss = m.groups()
+        if epoch != self.last_epoch:  # one line per epoch: its first step, so the terminal stays short
+            self.last_epoch = epoch
+            log(f"train: epoch {epoch}, {seen}/{total} samples, loss {float(loss):.4f}")
+
+
 @contextlib.contextmanager
 def _open_clip_in_process(quiet: bool):
     """Patch the two things that make open_clip_train awkward to call in process; undo after."""
@@ -139,6 +160,11 @@ def _open_clip_in_process(quiet: bool):
 
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    # a root handler that another library installed (logging.basicConfig: "INFO:root:...") would print
+    # every record once open_clip_train sets the root level to INFO: detached while it runs
+    terminal = [h for h in handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    for h in terminal:
+        root.removeHandler(h)
     # setup_logging sets every existing logger to INFO (torch's included, which then chatter at exit)
     levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items()
               if isinstance(lg, logging.Logger)}
@@ -146,10 +172,13 @@ def _open_clip_in_process(quiet: bool):
 
     def setup_logging(log_file, level, include_host=False):
         orig_setup(log_file, level, include_host)
-        if quiet:  # keep the file log, drop the stderr one
-            for h in list(root.handlers):
-                if h not in handlers and type(h) is logging.StreamHandler:
-                    root.removeHandler(h)
+        # keep open_clip_train's file log (train/{run}/out.log); its stderr lines (the model's repr,
+        # every hyper-parameter, a line per step) never reach the terminal: one status line does
+        for h in list(root.handlers):
+            if h not in handlers and type(h) is logging.StreamHandler:
+                root.removeHandler(h)
+        if not quiet:
+            root.addHandler(_StepLine())
 
     def group_by_keys_nothrow(data, *args, **kwargs):
         # webdataset's end-of-shard marker is an empty dict without "fname": skip it
@@ -164,6 +193,8 @@ def _open_clip_in_process(quiet: bool):
             if h not in handlers:
                 root.removeHandler(h)
                 h.close()
+        for h in terminal:
+            root.addHandler(h)
         root.setLevel(level)
         for name, lg in logging.root.manager.loggerDict.items():
             if isinstance(lg, logging.Logger):
