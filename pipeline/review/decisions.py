@@ -114,11 +114,30 @@ def parse_lines(lines) -> tuple[list[dict], int]:
         except ValueError:
             bad += 1
             continue
-        if isinstance(rec, dict) and rec.get("decision") in DECISIONS and "pair_id" in rec:
+        if valid(rec):
             records.append(rec)
         else:
             bad += 1
     return records, bad
+
+
+# The types a record's fields must have (pair_id and decision are required; any other field may be
+# missing or null). A line that breaks them — `"reviewer": ["x"]`, a dict as pair_id — is skipped and
+# counted like a torn one, instead of failing every reader later with "unhashable type".
+_NONE = type(None)
+FIELDS = {"pair_id": (str,), "decision": (str,), "pool_uid": (str, _NONE), "benchmark": (str, _NONE),
+          "bench_index": (int, _NONE), "reviewer": (str, _NONE), "ts": (int, float, _NONE),
+          "seconds": (int, float, _NONE), "source": (str, _NONE)}
+
+
+def valid(rec) -> bool:
+    """Whether a parsed line is a decision record: the known fields of the right types."""
+    if not isinstance(rec, dict) or rec.get("decision") not in DECISIONS or "pair_id" not in rec:
+        return False
+    for key, types in FIELDS.items():
+        if key in rec and (not isinstance(rec[key], types) or isinstance(rec[key], bool)):
+            return False
+    return True
 
 
 def stacks(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
