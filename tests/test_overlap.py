@@ -295,3 +295,12 @@ def test_unfinished_pool_shard_is_left_out_with_a_warning(ws, cli):
     r = _run(cli, ws)
     assert "1 pool shard(s)" in r.err
     assert json.loads((ws.root / "overlap" / "_plan.json").read_text())["shards"] == data["shards"]
+
+
+def test_error_vectors_not_unit_length(ws, cli):
+    """A pool .npy scaled by 3 is refused, naming the file, before anything is searched."""
+    data = make_workspace(ws.root)
+    write_pool_shard(ws.root, "00001", data["pool"][1] * 3, data["pool_uids"][200:400])
+    line = _err(cli, ws)
+    assert "00001.npy" in line and "not unit length" in line and "norms 3" in line
+    assert not ws.path("overlap", "splits.parquet").exists()

@@ -22,7 +22,7 @@ from clipcurate.core.console import log
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.io import read_json
 from clipcurate.core.workspace import Workspace
-from clipcurate.overlap.search import check_vectors
+from clipcurate.overlap.search import check_unit_norm, check_vectors
 
 model_info = embed.model_info  # embed/{tag}/model.json, through the embed stage's reader
 
@@ -144,6 +144,7 @@ def load_bench(ws: Workspace, tag: str, name: str) -> Bench:
     read_meta(npy.with_suffix(".parquet"), tag, len(image))  # same model, rows 0..n-1
     try:
         check_vectors(image.astype(np.float32), "benchmark embeddings")
+        check_unit_norm(image, "benchmark embeddings")
     except ClipcurateError as exc:
         raise ClipcurateError(f"{npy}: {exc}") from None
     return Bench(name, image, np.asarray(indices, np.int64), np.asarray(uids, dtype=object))

@@ -103,6 +103,24 @@ def check_vectors(x: np.ndarray, what: str, dim: int | None = None) -> None:
             f"rerun `clipcurate embed --force` for it")
 
 
+# float16 rounding moves a unit vector's norm by ~1e-3; an embedding off by more is not L2-normalised
+NORM_TOLERANCE = 0.01
+
+
+def check_unit_norm(x: np.ndarray, what: str) -> None:
+    """Refuse vectors that are not unit length: a cosine search over them scores wrongly without a
+    word (a .npy scaled by 3 gives "cosines" up to 3 and a review queue three times as long). Rows
+    with NaN/inf are left to :func:`check_vectors`, which names them."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32)) if x.ndim == 2 else np.ones(0)
+    bad = np.isfinite(norms) & (np.abs(norms - 1.0) > NORM_TOLERANCE)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ClipcurateError(
+            f"{what}: {len(rows)} vectors are not unit length (norms {float(norms[rows].min()):.3g} to "
+            f"{float(norms[rows].max()):.3g}, first rows {rows[:5].tolist()}); cosine search needs L2-normalised "
+            f"embeddings: rerun `clipcurate embed --force`")
+
+
 @dataclasses.dataclass
 class TopK:
     """Running top-k: ``scores[i, j]`` / ``pos[i, j]`` = j-th best pool position for query i.

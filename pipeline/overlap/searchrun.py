@@ -42,7 +42,7 @@ from clipcurate.core.io import atomic_open, atomic_path, clean_temp, read_json, 
 from clipcurate.core.stage import SUCCESS, Stage, marker
 from clipcurate.core.workspace import Workspace
 from clipcurate.overlap.inputs import Bench, PoolShard
-from clipcurate.overlap.search import Pairs, Searcher, TopK, merge_topk
+from clipcurate.overlap.search import Pairs, Searcher, TopK, check_unit_norm, merge_topk
 
 RUNS_PER_SLOT = 4  # overlap on Ray: about this many runs of consecutive shards per parallel slot
 
@@ -157,6 +157,7 @@ class SearchRun:
                 f"{s.npy}: pool vectors of dimension {x.shape[-1] if x.ndim else '?'} but the benchmark "
                 f"vectors have {searcher.d}; embed both with the same model (`clipcurate embed --force`)")
         try:
+            check_unit_norm(x, "pool embeddings")
             pairs = searcher.add(x, int(self.offsets[i]))
         except ClipcurateError as exc:
             raise ClipcurateError(f"{s.npy}: {exc}") from None
@@ -252,6 +253,7 @@ class RaySearchRuns(Stage):
         for shard, npy, offset in self.runs[name]:
             x = np.load(npy)
             try:
+                check_unit_norm(x, "pool embeddings")
                 part = s.add(x, offset)
             except ClipcurateError as exc:
                 raise ClipcurateError(f"{npy}: {exc}") from None
