@@ -38,7 +38,8 @@ def download(
         None, "--allow-private/--no-allow-private",
         help="Fetch from loopback, private, link-local and reserved addresses (refused by default)."),
     allow_host: Optional[List[str]] = typer.Option(
-        None, "--allow-host", metavar="HOST", help="Host name exempt from the address check (repeatable)."),
+        None, "--allow-host", metavar="HOST[:PORT]",
+        help="Host exempt from the address check, on PORT or on the ports the input's urls use for it (repeatable)."),
     force: force_option("Start the pool over (delete pool/ and download again).") = False,
     executor: ExecutorOption = None,
     ray_address: RayAddressOption = None,

@@ -164,3 +164,23 @@ def test_inspect_image():
     from PIL import Image
 
     assert Image.open(io.BytesIO(jpg)).size == (96, 96)
+
+
+def test_allow_host_is_one_port_after_pinning_and_host_port_entries():
+    """`--allow-host H` exempts H on the ports the input's urls use; `H:PORT` exempts that port only."""
+    bare = us.Policy.make(allow_hosts=["127.0.0.1"]).pin_ports(
+        ["http://127.0.0.1:8000/a.jpg", "https://127.0.0.1/b.jpg", "http://other.test/c.jpg", "not a url"])
+    assert bare.allow_hosts == {"127.0.0.1:8000", "127.0.0.1:443"}
+    assert bare.check_url("http://127.0.0.1:8000/x.jpg") == ("127.0.0.1", 8000)
+    with pytest.raises(us.Refused, match="loopback"):
+        bare.check_url("http://127.0.0.1:9000/secret")  # another service of the allowed host
+    with pytest.raises(us.Refused):
+        bare.addresses("127.0.0.1")  # no port, no exemption
+    pinned = us.Policy.make(allow_hosts=["127.0.0.1:8000", "[::1]:8080", "Cdn.Test.:81"])
+    assert pinned.allow_hosts == {"127.0.0.1:8000", "[::1]:8080", "cdn.test:81"}
+    assert pinned.pin_ports(["http://127.0.0.1:9000/"]) is pinned  # explicit ports stay as given
+    assert pinned.check_url("http://[::1]:8080/a.jpg") == ("::1", 8080)
+    with pytest.raises(us.Refused):
+        pinned.check_url("http://[::1]:8081/a.jpg")
+    # the policy travels to img2dataset's process as JSON, pins included
+    assert us.Policy.from_json(bare.to_json()) == bare

@@ -61,21 +61,21 @@ RUNNER = ("import sys; from clipcurate.download.img2dataset_child import runner_
 
 def precheck(urls: list[str | None], policy: urlsafety.Policy, threads: int = 32) -> list[tuple | None]:
     """For each url: None (fetch it) or (status, reason) decided without sending anything."""
-    hosts: dict[str, object] = {}
+    hosts: dict[tuple[str, int], object] = {}  # (host, port): an allowed host may be allowed on one port only
     split: list = []
     for url in urls:
         try:
-            host, _ = urlsafety.split_url(url)
-            split.append(host)
-            hosts.setdefault(host, None)
+            key = urlsafety.split_url(url)
+            split.append(key)
+            hosts.setdefault(key, None)
         except urlsafety.Refused as exc:
             split.append(("refused", f"refused: {exc.reason}"))
         except urlsafety.FetchError as exc:
             split.append(("failed", exc.reason))
 
-    def check(host):
+    def check(key):
         try:
-            policy.addresses(host)
+            policy.addresses(*key)
             return None
         except urlsafety.Refused as exc:
             return ("refused", f"refused: {exc.reason}")
@@ -86,7 +86,7 @@ def precheck(urls: list[str | None], policy: urlsafety.Policy, threads: int = 32
     with ThreadPoolExecutor(max(1, min(threads, len(names) or 1))) as pool:
         for host, verdict in zip(names, pool.map(check, names)):
             hosts[host] = verdict
-    return [hosts[s] if isinstance(s, str) else s for s in split]
+    return [hosts[s] if s in hosts else s for s in split]
 
 
 # -- 4. convert ------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ DOCS = {
     "min_image_size": "img2dataset min_image_size: smaller images fail",
     "distributor": "img2dataset distributor (multiprocessing)",
     "allow_private": "fetch from loopback/private/link-local/reserved addresses (off: refused)",
-    "allow_hosts": "host names exempt from the address check (e.g. an internal CDN)",
+    "allow_hosts": "hosts exempt from the address check (an internal CDN): host:port, or host = the ports the input's urls use for it",
     "hosts": "static name -> IP address table consulted before DNS (like /etc/hosts)",
     "stall_timeout": "kill img2dataset when no output grows for this many seconds (0 = auto)",
     "user_agent_token": "img2dataset user_agent_token (also matched in X-Robots-Tag)",

@@ -29,6 +29,8 @@ import shutil
 import socket
 from typing import Iterator
 
+import pyarrow.parquet as pq
+
 from clipcurate.core import sql
 from clipcurate.core.console import log
 from clipcurate.core.errors import ClipcurateError
@@ -36,7 +38,7 @@ from clipcurate.core.stage import Stage
 from clipcurate.core.workspace import Workspace
 from clipcurate.download.fetch import WORK_DIR, fetch_round
 from clipcurate.download.options import conf_from, policy_from
-from clipcurate.download.plan import plan
+from clipcurate.download.plan import INPUT_DIR, plan
 from clipcurate.download.pool import FOLDER, STAGE
 
 
@@ -70,6 +72,10 @@ class Download(Stage):
         """Step 1, the plan (reused when the input did not change; ``force`` starts the pool over)."""
         self.planned = plan(self.ws, self.input_path, self.conf, force=self.force)
         shutil.rmtree(self.folder / WORK_DIR, ignore_errors=True)  # leftovers of a killed run
+        # `--allow-host H` exempts H on the ports the input's urls use for it, not every service of H
+        self.policy = self.policy.pin_ports(
+            u for s in self.planned for u in pq.read_table(self.folder / INPUT_DIR / f"{s}.parquet", columns=["url"])
+            .column("url").to_pylist())
         if not self.policy.allow_private:
             log("download: private, loopback and link-local addresses are refused (--allow-private to fetch them)")
         return self.planned

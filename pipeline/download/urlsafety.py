@@ -103,7 +103,30 @@ class Policy:
             for ip in ips:
                 ipaddress.ip_address(ip)  # a bad table entry is an error now, not at fetch time
             table.append((str(name).lower().rstrip("."), tuple(ips)))
-        return cls(bool(allow_private), frozenset(h.lower().rstrip(".") for h in allow_hosts), tuple(sorted(table)))
+        return cls(bool(allow_private), frozenset(_allow_entry(h) for h in allow_hosts), tuple(sorted(table)))
+
+    def exempt(self, host: str, port: int | None = None) -> bool:
+        """Whether ``allow_hosts`` exempts this host (any port: a bare ``host``) or this ``host:port``."""
+        host = host.lower().rstrip(".")
+        return host in self.allow_hosts or (port is not None and _host_port(host, port) in self.allow_hosts)
+
+    def pin_ports(self, urls) -> "Policy":
+        """A bare ``host`` in ``allow_hosts`` becomes ``host:port`` for each port the input's urls use
+        with that host, so that a redirect from the allowed server to another port of the same host
+        (another service) is refused like any private address. ``host:port`` entries stay."""
+        bare = {h for h in self.allow_hosts if _port_of(h) is None}
+        if not bare:
+            return self
+        used = set()
+        for url in urls:
+            try:
+                host, port = split_url(url)
+            except (Refused, FetchError):
+                continue
+            host = host.lower().rstrip(".")
+            if host in bare:
+                used.add(_host_port(host, port))
+        return dataclasses.replace(self, allow_hosts=frozenset((self.allow_hosts - bare) | used))
 
     def to_json(self) -> str:
         return json.dumps({"allow_private": self.allow_private, "allow_hosts": sorted(self.allow_hosts),
@@ -138,10 +161,10 @@ class Policy:
             raise FetchError("DNS lookup failed")
         return out
 
-    def addresses(self, host: str) -> list[str]:
+    def addresses(self, host: str, port: int | None = None) -> list[str]:
         """The addresses to connect to; raises Refused when any of them is not allowed."""
         ips = self.resolve(host)
-        if self.allow_private or host.lower().rstrip(".") in self.allow_hosts:
+        if self.allow_private or self.exempt(host, port):
             return ips
         for ip in ips:  # all of them: a name that resolves to one public and one private address is refused
             problem = address_problem(ip)
@@ -152,8 +175,30 @@ class Policy:
     def check_url(self, url: str) -> tuple[str, int]:
         """Check scheme and host of a url; returns (host, port). Raises Refused or FetchError."""
         host, port = split_url(url)
-        self.addresses(host)
+        self.addresses(host, port)
         return host, port
+
+
+def _port_of(entry: str) -> int | None:
+    """The port of an ``allow_hosts`` entry (``host:port``, ``[v6]:port``), None for a bare host."""
+    if entry.startswith("["):
+        host, _, port = entry.rpartition("]:")
+        return int(port) if host and port.isdigit() else None
+    host, sep, port = entry.rpartition(":")
+    return int(port) if sep and port.isdigit() and ":" not in host else None
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+
+
+def _allow_entry(entry: str) -> str:
+    """``host`` or ``host:port`` (``[v6]:port``), lower case, no trailing dot on the host."""
+    entry = str(entry).strip().lower()
+    port = _port_of(entry)
+    if port is None:
+        return entry.strip("[]").rstrip(".")
+    return _host_port(entry[: entry.rfind(":")].strip("[]").rstrip("."), port)
 
 
 def split_url(url: str) -> tuple[str, int]:
@@ -221,7 +266,7 @@ def _pinned_create_connection(policy: Policy):
     def create(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **_):
         host, port = address
         last: OSError | None = None
-        for ip in policy.addresses(host):  # checked addresses only: no second DNS answer
+        for ip in policy.addresses(host, port):  # checked addresses only: no second DNS answer
             family = socket.AF_INET6 if ":" in ip else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
