@@ -1,7 +1,7 @@
 """Ray on a GPU machine: do GPU actors/tasks get the GPU, and do embed and overlap on Ray give the
 same outputs as the local run, at what speed? One prepared run (< 4 min on one H200).
 
-    PYTHONPATH=. bash benchmarks/ray_gpu.sh        # needs ray importable on that machine
+    bash benchmarks/gpu.sh --parts ray     # its part of the GPU run; needs ray importable there
 
 Prints: CUDA as seen by a Ray actor with num_gpus=1 and by a task with num_gpus=0; embed images/s
 local vs --executor ray (ViT-B-32 random init, bf16, same synthetic pool, outputs compared); overlap
