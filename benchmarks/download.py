@@ -261,7 +261,7 @@ def breakdown(urls: list[str], args) -> None:
             return r.read()
 
     print(f"CPU per image, one at a time in this process ({len(sample)} of the server's images):")
-    timed("plain urllib GET (what the baseline does per image)", plain, sample)
+    timed("plain urllib GET (the bare-GET ceiling's work per image)", plain, sample)
     bodies = timed("urlsafety.fetch (pinned, checked, deadline, body cap)",
                    lambda u: urlsafety.fetch(u, policy)[0], sample)
     timed("inspect_image (header: bombs, non-images, truncation)", lambda b: inspect_image(b, 89_478_485), bodies)
