@@ -56,4 +56,4 @@ if ! "$PY" -c "import clipcurate" 2>/dev/null; then
   ln -s "$(pwd)/cli" "$src/clipcurate/cli"
   export PYTHONPATH="$src:$PYTHONPATH"
 fi
-exec timeout --signal=KILL "${LIMIT_S:-470}" "$PY" benchmarks/gpu.py "$@"
+exec timeout --signal=KILL "${LIMIT_S:-450}" "$PY" benchmarks/gpu.py "$@"
