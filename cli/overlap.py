@@ -33,7 +33,8 @@ BackendOption = Annotated[Optional[Backend], typer.Option(
     "--backend", help="Search backend [config: auto = torch on CUDA, else numpy].")]
 SearchForce = force_option("Search again even if a finished search matches.")
 
-COLUMNS = ["benchmark", "n", "n_overlap", "n_clean", "overlap_pct", "review_pairs", "degenerate_pairs", "class_p"]
+COLUMNS = ["benchmark", "n", "n_overlap", "n_clean", "n_unreviewed", "pending_pairs", "overlap_pct", "review_pairs",
+           "degenerate_pairs", "class_p"]
 
 overlap_app = typer.Typer(
     invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None)
