@@ -20,7 +20,8 @@ from clipcurate.review.decisions import append as append_decisions
 from clipcurate.review.decisions import effective as effective_decisions
 from clipcurate.review.decisions import pair_id
 from clipcurate.review.session import IMAGE_MODES, SIGNALS, SORTS, Queue, ReviewSession, default_reviewer, \
-    export, export_table, load_queue, mark_progress, summary
+    load_queue, mark_progress, summary
+from clipcurate.review.export import export, export_table
 
 __all__ = [
     "IMAGE_MODES", "Queue", "ReviewApp", "ReviewSession", "SIGNALS", "SORTS", "append_decisions",
