@@ -343,3 +343,34 @@ def test_deciding_every_pending_pair_settles_every_sample_and_the_bounds_collaps
     assert ("stl10", 2) not in de and de[("stl10", 1)] == "human: duplicate"
     with pytest.raises(Exception, match="split value 'maybe'"):
         split_bounds({0: "maybe"})
+
+
+def test_refresh_after_a_threshold_edit_changes_the_splits_without_searching(ws, cli, monkeypatch):
+    make_workspace(ws.root, plants=PLANTS)
+    _run(cli, ws)
+    before = {(s["benchmark"], s["bench_index"]): s["split"] for s in _table(ws, "splits")}
+    assert before[("stl10", 1)] == "unreviewed" and before[("cifar10", 17)] == "overlap"
+    r = cli("-w", ws.root, "overlap", "refresh")
+    assert r.code == 0 and "reused the search" in r.err and "(thresholds unchanged, 0 decision(s) changed)" in r.err
+    # a threshold edit in clipcurate.toml: stl10's high comes down to 0.89, cifar10's goes up to 0.96
+    (ws.root / "clipcurate.toml").write_text(
+        "[overlap]\nthresholds = {stl10 = {high = 0.89}, cifar10 = {high = 0.96}}\n")
+    monkeypatch.setattr(overlap, "SearchRun", None)  # a search would fail
+    r = cli("-w", ws.root, "overlap", "refresh", "--format", "json")
+    assert r.code == 0, r.err
+    assert "recomputed the decisions of 6 stored pair(s) with the current thresholds (thresholds changed, " \
+           "2 decision(s) changed)" in r.err
+    after = {(s["benchmark"], s["bench_index"]): s for s in _table(ws, "splits")}
+    assert after[("stl10", 1)]["split"] == "overlap" and after[("stl10", 1)]["decided_by"] == "rule"  # 0.90 >= 0.89
+    assert after[("cifar10", 17)]["split"] == "unreviewed"  # 0.955 < 0.96: in the band now
+    queue = {(q["benchmark"], q["bench_index"]) for q in _table(ws, "review_queue")}
+    assert ("cifar10", 17) in queue and ("stl10", 1) not in queue
+    assert json.loads((ws.root / "overlap" / "run.json").read_text())["thresholds"]["stl10"]["clip"] == [0.89, 0.85]
+    # a lower low than the search floor needs pairs the search never kept: refused, naming the command
+    (ws.root / "clipcurate.toml").write_text("[overlap]\nlow = 0.8\n")
+    r = cli("-w", ws.root, "overlap", "refresh")
+    assert r.code == 1 and "below the search floor 0.85" in r.err and "`clipcurate overlap`" in r.err
+    assert "Traceback" not in r.err
+    (ws.root / "clipcurate.toml").write_text("[overlap]\nk = 5\n")
+    r = cli("-w", ws.root, "overlap", "refresh")
+    assert r.code == 1 and "top 10" in r.err

@@ -5,6 +5,7 @@ The public API (what the CLI, ``clipcurate run`` and other stages call)::
     from clipcurate import overlap
 
     res = overlap.run(ws, {"k": 10}, executor=ex)      # search, decide, split, diagnose
+    overlap.refresh(ws, opts)                          # `overlap refresh`: current thresholds, no search
     overlap.refresh_splits(ws)                         # splits + decontam again from new decisions
     overlap.refresh_after_review(ws)                   # the same, as the review screen wants it
     overlap.split_bounds({i: "unreviewed", ...})       # §5 bounds: unreviewed as overlap / as clean
@@ -30,10 +31,11 @@ from clipcurate.overlap.rules import CONFIRM_ONLY, DECISIONS, SIGNALS, Signal, c
     thresholds_for
 from clipcurate.overlap.splits import SPLITS, refresh_after_review, refresh_splits, split_bounds
 from clipcurate.overlap.stage import OverlapStage, Result, run
+from clipcurate.overlap.refresh import Refreshed, refresh
 from clipcurate.overlap.calibrate import run as run_calibration
 
 __all__ = [
     "CONFIRM_ONLY", "DECISIONS", "FOLDER", "HashStage", "OverlapStage", "Result", "SIGNALS", "Signal", "combine",
-    "compute_hashes", "decide", "detector_rule", "load_hashes", "options", "refresh_after_review",
+    "compute_hashes", "decide", "detector_rule", "load_hashes", "options", "refresh", "Refreshed", "refresh_after_review",
     "refresh_splits", "run", "run_calibration", "SPLITS", "split_bounds", "thresholds_for",
 ]
