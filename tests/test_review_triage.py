@@ -221,3 +221,21 @@ def test_audit_override_flows_into_splits_and_decontam_and_status(tws, cli, monk
     assert audit["clean"]["ci_low"] == round(ci.low, 4) and audit["clean"]["ci_high"] == 1.0
     r = cli("-w", ws.root, "review", "status")
     assert r.code == 0 and "audit: people vs the rule" in r.out
+
+
+def test_cli_sample_and_audit_errors_are_one_line(tws, cli, monkeypatch):
+    import clipcurate.cli.review as cr
+
+    ws, _ = tws
+    monkeypatch.setattr(cr, "_interactive", lambda: True)
+    r = cli("-w", ws.root, "review", "--sample", "cifar10")
+    assert r.code == 2 and "BENCHMARK:INDEX" in r.err
+    seen = {}
+    monkeypatch.setattr(cr, "open_app", lambda ws_, session, images, prefetch: seen.update(
+        n=len(session), sort=session.sort, sample=session.sample) or False)
+    r = cli("-w", ws.root, "review", "--sample", "cifar10:3")
+    assert r.code == 0, r.err
+    assert seen["sample"] == ("cifar10", 3) and seen["sort"] == "triage"  # the default order
+    (ws.root / "overlap" / "pairs.parquet").unlink()
+    r = cli("-w", ws.root, "review", "--audit")
+    assert r.code == 1 and "clipcurate overlap" in r.err and "Traceback" not in r.err

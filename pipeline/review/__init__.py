@@ -5,6 +5,8 @@ The public API (what the CLI, ``clipcurate run`` and other stages call)::
     from clipcurate import review
 
     s = review.ReviewSession(ws, review.default_reviewer())   # the state machine behind the screen
+    s = review.ReviewSession(ws, "ana", sort="triage")         # pairs that can change a split first
+    s = review.ReviewSession(ws, "ana", audit=True)            # audit the rule's own decisions
     review.ReviewApp(s, ...).run()                             # the Textual screen (imports textual)
     review.summary(ws); review.export(ws, "out.csv", "csv")    # `review status` / `review export`
     review.mark_progress(ws)                                   # review/_SUCCESS when all are decided

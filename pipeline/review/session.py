@@ -24,6 +24,11 @@ when a ``duplicate``/``not_duplicate`` vote is on their stack. Keys map to actio
 Opening a session resumes at the first pair (in the view's order) this reviewer has neither
 decided nor skipped; when only skipped pairs are left, at the first of those.
 
+In the ``triage`` order (:mod:`clipcurate.review.triage`) the session knows which pairs can still
+change a benchmark sample's split, resumes at the first of them and, after each vote, goes to the
+next one, skipping the pairs of samples a vote has settled. ``audit=True`` opens the rule's own
+decisions (overlap and clean pairs) instead of the review band; votes there are ordinary records.
+
 Decisions flow back through ``clipcurate.overlap.refresh_after_review`` (the overlap stage reads the
 decision log), so that confirmed pairs count as overlap and rejected ones as clean in the splits.
 """
