@@ -239,3 +239,24 @@ def test_cli_sample_and_audit_errors_are_one_line(tws, cli, monkeypatch):
     (ws.root / "overlap" / "pairs.parquet").unlink()
     r = cli("-w", ws.root, "review", "--audit")
     assert r.code == 1 and "clipcurate overlap" in r.err and "Traceback" not in r.err
+
+
+def test_pairs_that_matter_agree_with_the_unreviewed_splits(tws):
+    """The screen's count and the splits' pending pairs are the same rule: after random votes
+    (including rejections of the rule's overlaps), the samples with pairs that matter are exactly
+    the unreviewed ones, and their counts are the pending_pairs."""
+    ws, _ = tws
+    rng = np.random.default_rng(7)
+    pairs = pq.read_table(ws.root / "overlap" / "pairs.parquet").to_pylist()
+    votes = [{"pair_id": p["pair_id"], "pool_uid": p["pool_uid"], "benchmark": p["benchmark"],
+              "bench_index": p["bench_index"], "reviewer": "ana",
+              "decision": "duplicate" if rng.random() < 0.1 else "not_duplicate"}
+             for p in pairs if rng.random() < 0.5]
+    decisions.append(ws, votes)
+    _splits(ws)
+    rows = pq.read_table(ws.root / "overlap" / "splits.parquet").to_pylist()
+    pending = {(r["benchmark"], r["bench_index"]): r["pending_pairs"] for r in rows if r["split"] == "unreviewed"}
+    s = ReviewSession(ws, "bob", sort="triage")
+    matter = {k: n for k, n in s.triage.matter_of.items() if n}
+    assert matter == pending and 0 < len(pending) < 20
+    assert s.matter() == sum(pending.values())
