@@ -170,15 +170,16 @@ class Triage:
     def order(self, rows: np.ndarray, position: np.ndarray) -> np.ndarray:
         """``rows`` (queue row numbers) in triage order: the pairs that matter grouped by sample, the
         samples by their smallest margin, each sample's pairs by margin; then the rest by position."""
-        ids = self.pair_ids
+        ids, rl = self.pair_ids, rows.tolist()
+        live = [self.matters(ids[r]) for r in rl]
         first: dict[tuple, float] = {}
-        for r in rows.tolist():
-            if self.matters(ids[r]):
+        for r, m in zip(rl, live):
+            if m:
                 key = self.sample_of[ids[r]]
                 first[key] = min(first.get(key, np.inf), self.margin[r])
         rank = {key: i for i, key in enumerate(sorted(first, key=lambda k: (first[k], k)))}
-        group = np.array([rank[self.sample_of[ids[r]]] if self.matters(ids[r]) else len(rank)
-                          for r in rows.tolist()], dtype=np.int64)
+        group = np.array([rank[self.sample_of[ids[r]]] if m else len(rank) for r, m in zip(rl, live)],
+                         dtype=np.int64)
         m = np.where(group < len(rank), self.margin[rows], 0.0)
         return rows[np.lexsort((position[rows], m, group))]
 
