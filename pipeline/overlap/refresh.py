@@ -59,8 +59,9 @@ def _check(run: dict, opts: dict, new: dict, floors: dict) -> None:
         low, floor = th["clip"][1], floors.get(b)
         if floor is not None and low < floor - 1e-9:
             raise ClipcurateError(
-                f"overlap refresh: {b}: CLIP low {low} is below the search floor {floor} the stored pairs were "
-                f"kept with, so the pairs between them were never kept; {redo}")
+                f"overlap refresh: {b}: CLIP low {low} ([overlap] in clipcurate.toml) is below the search floor "
+                f"{floor} the stored pairs were kept with, so the pairs between them were never kept; set "
+                f"[overlap] thresholds.{b}.low to {floor} or more to refresh them, or {redo}")
 
 
 def refresh(ws: Workspace, opts: dict) -> Refreshed:
