@@ -8,7 +8,9 @@ review queue of a finished demo workspace in two orders, each from an empty deci
   are skipped.
 
 Each run counts the decisions until no benchmark sample is left unreviewed (no pair matters any
-more), and the splits that result must be the same. Usage::
+more), and the splits that result must be the same. Then the oracle audits 30 random automatic
+overlaps and 30 random automatic cleans from the audit queue, and the script prints
+`review status`'s agreement rows: the rule's precision measured against the truth. Usage::
 
     clipcurate demo --workspace /tmp/demo --size tiny      # once (minutes)
     python benchmarks/review_triage.py /tmp/demo
@@ -29,7 +31,7 @@ import pyarrow.parquet as pq
 
 from clipcurate.core.uid import pair_uid
 from clipcurate.core.workspace import Workspace
-from clipcurate.review import ReviewSession, decisions
+from clipcurate.review import ReviewSession, decisions, summary
 
 
 def planted_pairs(ws: Path) -> set[tuple[str, str, int]]:
@@ -62,13 +64,30 @@ def settle(ws: Workspace, sort: str, truth: set) -> tuple[int, dict]:
     return n, split
 
 
-def main(src: str) -> None:
+def audit(ws: Workspace, truth: set, per: int) -> list[dict]:
+    """The oracle audits the first ``per`` automatic overlaps and the first ``per`` automatic cleans
+    of the audit queue (its order is a seeded random permutation, so each is a random sample of its
+    kind); `review status`'s agreement rows."""
+    decisions.log_path(ws).unlink(missing_ok=True)
+    s = ReviewSession(ws, "oracle", audit=True)
+    left = {"overlap": per, "clean": per}
+    for i in range(len(s)):
+        p = s.pair(i)
+        if left[p["decision"]]:
+            left[p["decision"]] -= 1
+            s.goto(i)
+            s.decide("duplicate" if (p["pool_uid"], p["benchmark"], int(p["bench_index"])) in truth
+                     else "not_duplicate")
+    return summary(ws)["audit"]
+
+
+def main(src: str, per: int = 30) -> None:
     src_p = Path(src)
     truth = planted_pairs(src_p)
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace(Path(tmp) / "ws").create()
         (ws.root / "overlap").mkdir()
-        for f in ("review_queue.parquet", "pairs.parquet", "run.json"):
+        for f in ("review_queue.parquet", "pairs.parquet", "run.json", "neighbors.parquet"):
             shutil.copy(src_p / "overlap" / f, ws.root / "overlap" / f)
         q = pq.read_table(ws.root / "overlap" / "review_queue.parquet", columns=["benchmark", "bench_index"])
         samples = len(set(zip(q.column("benchmark").to_pylist(), q.column("bench_index").to_pylist())))
@@ -79,6 +98,9 @@ def main(src: str) -> None:
         print(f"queue: {q.num_rows} pairs of {samples} benchmark samples; planted copies: {len(truth)}")
         print(f"decisions to settle every sample: score order {counts['score']}, triage {counts['triage']} "
               f"(ratio {counts['triage'] / counts['score']:.3f})")
+        for a in audit(ws, truth, per):
+            print(f"audit, automatic {a['automatic']}: {a['agreed']}/{a['audited']} agree with the truth "
+                  f"(rate {a['rate']}, 95% Clopper-Pearson [{a['ci_low']}, {a['ci_high']}])")
 
 
 if __name__ == "__main__":
