@@ -160,6 +160,10 @@ def test_sort_keys_jump_and_sample_filter_on_screen(tws):
             assert all(app.session.pair(i)["bench_index"] == pair["bench_index"] for i in range(len(app.session)))
             await pilot.press("g")
             assert app.session.sample is None and len(app.session) == app.session.queue.n
+            await pilot.press("a")  # audit mode and back: the triage order again
+            assert app.session.audit and app.session.sort == "score"
+            await pilot.press("a")
+            assert not app.session.audit and app.session.sort == "triage"
 
     asyncio.run(run())
 

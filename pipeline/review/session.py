@@ -452,12 +452,14 @@ class ReviewSession:
         """Switch between the review queue and the audit queue (the rule's own decisions)."""
         if audit == self.audit:
             return
-        self.audit = audit
-        self.queue = load_queue(self.ws, audit)
+        queue = load_queue(self.ws, audit)  # raises (nothing changed) when overlap has not run
+        if audit:
+            self.review_sort = self.sort  # back to it when the audit ends
+        self.audit, self.queue = audit, queue
         self.triage = self._triage()
         for pid in {p for p, _ in self.stacks}:
             self.triage.set_verdict(pid, self.verdict(pid))
-        self.set_view("score" if audit else self.sort, [], None, sample=None)
+        self.set_view("score" if audit else getattr(self, "review_sort", "triage"), [], None, sample=None)
 
 
 # --------------------------------------------------------------------------------------------
