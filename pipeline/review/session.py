@@ -208,6 +208,7 @@ class ReviewSession:
         self.source = source
         self.clock = clock
         self.audit = audit
+        self.review_sort = "triage" if audit else sort  # the review queue's order, kept through an audit
         self.queue = queue if queue is not None else load_queue(ws, audit)
         self.triage = self._triage()
         self.sample = sample
@@ -459,7 +460,7 @@ class ReviewSession:
         self.triage = self._triage()
         for pid in {p for p, _ in self.stacks}:
             self.triage.set_verdict(pid, self.verdict(pid))
-        self.set_view("score" if audit else getattr(self, "review_sort", "triage"), [], None, sample=None)
+        self.set_view("score" if audit else self.review_sort, [], None, sample=None)
 
 
 # --------------------------------------------------------------------------------------------
