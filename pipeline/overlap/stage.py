@@ -43,7 +43,7 @@ from clipcurate.core.workspace import Workspace
 from clipcurate.overlap.inputs import Bench, PoolShard, bench_names, load_bench, npy_shape, pick_tag, pool_shards
 from clipcurate.overlap.pairs import write_outputs
 from clipcurate.overlap.rules import thresholds_for
-from clipcurate.overlap.schema import FOLDER, options
+from clipcurate.overlap.schema import FOLDER, options, publish_outputs
 from clipcurate.overlap.searchrun import SearchRun
 from clipcurate.overlap.splits import refresh_splits
 
@@ -81,9 +81,12 @@ class OverlapStage(Stage):
 
     def finish(self, result: StageResult) -> None:
         top, pairs, stats = self.srun.close()
-        files = write_outputs(self.ws, self.opts, self.tag, self.benches, self.pool, self.srun.offsets,
-                              self.srun.q_off, top, pairs, self.ths)
-        per = refresh_splits(self.ws, self.opts)
+        # every output into a new generation, published as one set at the end of the block: a kill
+        # before that leaves the previous set whole (clipcurate.core.io.publish)
+        with publish_outputs(self.ws) as out:
+            files = write_outputs(self.ws, self.opts, self.tag, self.benches, self.pool, self.srun.offsets,
+                                  self.srun.q_off, top, pairs, self.ths, out)
+            per = refresh_splits(self.ws, self.opts, out)
         self.result = Result(self.tag, stats, per, files)
 
 
