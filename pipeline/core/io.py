@@ -9,12 +9,35 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
 TMP_PREFIX = ".tmp-"
+
+# The fault hook of the fault suite (tests/test_faults.py): CLIPCURATE_KILL_AFTER=POINT:N makes this
+# process SIGKILL itself at the N-th time it passes POINT — "write" (a file renamed into place),
+# "shard" (a shard's marker written), "publish" (a new set complete, before it is switched in),
+# "decision" (a review decision appended). A real kill -9, at a reproducible place.
+# Only the process that was started with the variable counts: it notes its pid in the environment,
+# so the processes it starts (img2dataset, DataLoader workers) inherit the pid and never fire.
+KILL_ENV = "CLIPCURATE_KILL_AFTER"
+KILL_PID_ENV = "CLIPCURATE_KILL_PID"
+if os.environ.get(KILL_ENV) and not os.environ.get(KILL_PID_ENV):
+    os.environ[KILL_PID_ENV] = str(os.getpid())
+_passed: dict[str, int] = {}
+
+
+def fault_point(point: str) -> None:
+    """SIGKILL this process here when CLIPCURATE_KILL_AFTER asks for it (see above); else nothing."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec or spec.partition(":")[0] != point or os.environ.get(KILL_PID_ENV) != str(os.getpid()):
+        return
+    _passed[point] = _passed.get(point, 0) + 1
+    if _passed[point] >= int(spec.partition(":")[2] or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask() -> int:
@@ -43,6 +66,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+        fault_point("write")
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -228,6 +252,7 @@ def publish(folder: str | os.PathLike, names: Sequence[str], keep: Sequence[str]
             _fsync_file(p)
         _fsync_dir(staging)
         gen = _promote(folder, staging)
+        fault_point("publish")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

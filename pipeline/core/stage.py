@@ -56,7 +56,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from clipcurate.core.console import log, progress, set_quiet
 from clipcurate.core.errors import ClipcurateError
-from clipcurate.core.io import CURRENT, clean_temp, read_json, write_json, write_text
+from clipcurate.core.io import CURRENT, clean_temp, fault_point, read_json, write_json, write_text
+from clipcurate.core.workspace import Workspace
 
 SUCCESS = "_SUCCESS"
 PLAN = "_plan.json"
@@ -289,6 +290,7 @@ def run_here(stage: Stage, todo: Sequence[str], folder: Path | None, *, advance:
     for shard, result in stage.run_batch(list(todo)):
         if folder is not None:
             mark_done(folder, shard, result if isinstance(result, dict) else {})
+            fault_point("shard")
         out[shard] = result
         advance(shard)
     return out
@@ -368,7 +370,23 @@ def run_stage(stage: Stage, executor: Any = None, *, actors: bool = False, gpu: 
     result.shards_done = len(shards)
     stage.finish(result)
     write_text(folder / SUCCESS, json.dumps({"inputs": inputs}, sort_keys=True) + "\n" if inputs else "")
+    refresh_catalogue(stage)
     return result
+
+
+def refresh_catalogue(stage: Stage) -> None:
+    """Bring the workspace's ``clipcurate.duckdb`` up to date with what the stage just wrote (its
+    views list the manifests' files). Never fails the stage: a catalogue held open elsewhere, or
+    any DuckDB error, is a warning; ``clipcurate sql`` makes its own views anyway."""
+    root = getattr(stage, "root", None)
+    if isinstance(stage, FnStage) or root is None or Path(root) not in stage.folder.parents:
+        return
+    from clipcurate.core import sql  # duckdb: 0.2 s to import (0.6 s cold); only once a stage has finished
+
+    try:
+        sql.refresh_database(Workspace(root))
+    except Exception as exc:  # noqa: BLE001 - the stage's outputs are complete; the catalogue is a convenience
+        log(f"{stage.name}: clipcurate.duckdb not refreshed ({exc.__class__.__name__}: {str(exc)[:80]})")
 
 
 def run_shards(folder: Path, shards: Iterable[str], fn: Callable[[str], dict | None], *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from clipcurate.core import config
 from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.imageload import MAX_PIXELS
 from clipcurate.download import urlsafety
 from clipcurate.download.pool import STAGE
 
@@ -23,7 +24,7 @@ DEFAULTS = {
     "retries": 0,
     "fetch_deadline": 30.0,
     "max_body_bytes": 32 * 1024 * 1024,
-    "max_image_area": 89_478_485,
+    "max_image_area": MAX_PIXELS,  # the pixel rule bench add and embed apply too (core.imageload)
     "min_image_size": 0,
     "distributor": "multiprocessing",
     "allow_private": False,
