@@ -20,7 +20,8 @@ TMP_PREFIX = ".tmp-"
 # The fault hook of the fault suite (tests/test_faults.py): CLIPCURATE_KILL_AFTER=POINT:N makes this
 # process SIGKILL itself at the N-th time it passes POINT — "write" (a file renamed into place),
 # "shard" (a shard's marker written), "publish" (a new set complete, before it is switched in),
-# "decision" (a review decision appended). A real kill -9, at a reproducible place.
+# "decision" (a review decision appended) — or, with POINT@NAME, right after the first write of a
+# file called NAME (write@splits.parquet). A real kill -9, at a reproducible place.
 # Only the process that was started with the variable counts: it notes its pid in the environment,
 # so the processes it starts (img2dataset, DataLoader workers) inherit the pid and never fire.
 KILL_ENV = "CLIPCURATE_KILL_AFTER"
@@ -30,10 +31,14 @@ if os.environ.get(KILL_ENV) and not os.environ.get(KILL_PID_ENV):
 _passed: dict[str, int] = {}
 
 
-def fault_point(point: str) -> None:
+def fault_point(point: str, name: str = "") -> None:
     """SIGKILL this process here when CLIPCURATE_KILL_AFTER asks for it (see above); else nothing."""
     spec = os.environ.get(KILL_ENV)
-    if not spec or spec.partition(":")[0] != point or os.environ.get(KILL_PID_ENV) != str(os.getpid()):
+    if not spec or os.environ.get(KILL_PID_ENV) != str(os.getpid()):
+        return
+    if spec == f"{point}@{name}":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if spec.partition(":")[0] != point:
         return
     _passed[point] = _passed.get(point, 0) + 1
     if _passed[point] >= int(spec.partition(":")[2] or 1):
@@ -66,7 +71,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
-        fault_point("write")
+        fault_point("write", path.name)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
