@@ -22,6 +22,7 @@ import tarfile
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -142,6 +143,29 @@ def test_stale_or_partial_upstream_is_refused_in_one_line(tmp_path):
     ok(clip(ws, "overlap", "--force"))
     (tag_pool / "00000.done").write_text('{"n": 150, "finished_at": 2}')  # shard 00000 embedded again
     one_line_error(clip(ws, "review"), "overlap", "out of date", "embed/", "clipcurate overlap")
+
+
+def test_bad_inputs_are_one_line_errors_and_leave_the_outputs(tmp_path):
+    """Issue 19's cases 1, 3 and 6 on a finished overlap: a writing `sql`, badly typed decision
+    lines, embeddings that are not unit length."""
+    ws = overlap_ws(tmp_path / "ws")
+    old = published(ws)
+    target = ws / "overlap" / "decontam.parquet"
+    one_line_error(clip(ws, "sql", f"copy (select 'x' as a) to '{target}' (format parquet)"), "read-only")
+    one_line_error(clip(ws, "sql", "select * from read_csv('/etc/passwd')"))
+    # badly typed decision lines are counted skips for every reader
+    log = ws / "review" / "decisions.jsonl"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text('{"pair_id": "p1", "decision": "duplicate", "reviewer": ["x"]}\n'
+                   '{"pair_id": {"a": 1}, "decision": "duplicate", "reviewer": "x"}\n')
+    ok(clip(ws, "overlap", "refresh"))
+    ok(clip(ws, "review", "status"))
+    assert published(ws) == old  # nothing decided: the refreshed set is the same
+    # a pool shard scaled x3: refused, naming the file, before anything is replaced
+    npy = ws / "embed" / OH.TAG / "pool" / "00001.npy"
+    np.save(npy, np.load(npy).astype(np.float32) * 3)
+    one_line_error(clip(ws, "overlap", "--force"), "00001.npy")
+    assert published(ws) == old
 
 
 # -- review ----------------------------------------------------------------------------------------
