@@ -6,6 +6,7 @@ A reader never sees a partial file; a crash (even kill -9) leaves at most a ``.t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -150,6 +151,7 @@ def _fsync_dir(path: Path) -> None:
 CURRENT = "current"
 GEN_PREFIX = "gen-"
 STAGING_PREFIX = ".staging-"
+PUBLISH_LOCK = ".publish.lock"
 
 
 def _link_atomically(target: str, path: Path) -> None:
@@ -245,6 +247,16 @@ def publish(folder: str | os.PathLike, names: Sequence[str], keep: Sequence[str]
     A kill or an error inside the block leaves the published set as it was."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    # One writer at a time (two reviewers refreshing at once): each builds on the set the previous
+    # one published, so the last switch carries every change. The lock dies with its process.
+    with open(folder / PUBLISH_LOCK, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with _publish_locked(folder, names, keep) as staging:
+            yield staging
+
+
+@contextmanager
+def _publish_locked(folder: Path, names: Sequence[str], keep: Sequence[str]) -> Iterator[Path]:
     _adopt_flat(folder, names)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
     try:
