@@ -325,6 +325,7 @@ def test_decompression_bomb_and_13000px_are_counted_skips_everywhere(tmp_path, w
     for data in (bomb, big):
         with pytest.raises(ImageTooLarge):
             open_image(data)
+    one_line_error(clip(ws.root, "download", "--max-image-area", MAX_PIXELS + 1), "max_image_area")  # no 2nd rule
     # bench add: a folder with both among good images; an earlier benchmark stays as it was
     src = EH.folder_tree(tmp_path / "src", broken=False)
     ok(clip(ws.root, "bench", "add", "first", "--from", src))
