@@ -26,6 +26,7 @@ A stage is a list of shards and what to do with one of them::
 
 Stages never write the bookkeeping files themselves; :func:`run_stage` — the one runner — does:
 
+0. refuses to start while a folder the stage ``reads`` is partial or out of date (:func:`check_upstream`);
 1. makes the folder, removes the temp files of a killed run, asks ``shards()``, and with ``force``
    deletes every marker and ``_SUCCESS``; then writes the plan ``_plan.json`` (what ``status`` counts);
 2. skips every shard whose marker ``<shard>.done`` exists; if any shard is left, deletes ``_SUCCESS``;
@@ -33,8 +34,10 @@ Stages never write the bookkeeping files themselves; :func:`run_stage` — the o
    over ``run_shard``), or one ``run_shard`` per Ray task or actor. Each shard's marker is written
    right after its outputs, where the shard ran — so a kill -9 at any moment (of a worker or of
    the driver) leaves either a finished shard (data + marker) or an unfinished one the rerun redoes;
-4. sums the numbers in every marker into the result, calls ``finish``, and writes ``_SUCCESS`` last,
-   so ``status`` can tell done / partial / missing.
+4. sums the numbers in every marker into the result, calls ``finish``, and writes ``_SUCCESS`` last
+   (holding the fingerprints of what the stage read), so ``status`` can tell done / partial /
+   missing and a later stage can tell whether this one is current; then refreshes the workspace's
+   ``clipcurate.duckdb``.
 
 :func:`map_shards` is the same shard loop for a plain function (no plan, no ``_SUCCESS``): what
 ``Executor.map_shards`` runs. The executors decide only *where* a shard runs; everything about
