@@ -90,19 +90,21 @@ def status_rows(ws: Workspace) -> list[dict]:
 # The checks are the stages' declared `reads` (clipcurate.core.stage.check_upstream): refused when
 # partial (planned, no _SUCCESS) or out of date (a folder it read changed since it ran).
 GUARANTEES = (
+    ("queries match", "whole files, old or new; the stage stays partial (so download refuses it) until a rerun",
+     "`queries` (when it reads the workspace's query list)"),
     ("download", "finished shards (tar, manifest, marker); a rerun redoes the others",
-     "`candidates` complete (when it reads them, not `--input`)"),
+     "`candidates` (when it reads them, not `--input`)"),
     ("bench", "each benchmark whole or absent (staged, then renamed into place)", "—"),
     ("embed", "finished shards (vectors, rows, marker); a rerun redoes the others",
-     "`pool` and `benchmarks` complete"),
+     "`pool`, `benchmarks`"),
+    ("detector hashes", "finished shards; a rerun redoes the others", "`pool`, `benchmarks`"),
     ("overlap", "the previous set of its seven files or the new one, whole (one `current` link switches "
-     "them); the search resumes from its checkpoint", "`embed/{tag}/pool` and `embed/{tag}/bench` complete"),
+     "them); the search resumes from its checkpoint", "`embed/{tag}/pool`, `embed/{tag}/bench`"),
     ("review", "every decision already appended (one locked write + fsync); a write-back of splits and "
-     "decontam publishes a whole new overlap set", "`overlap` complete and current"),
-    ("curate", "finished shards; a rerun redoes the others", "`pool` and `overlap` (not with `--no-decontam`) "
-     "complete and current"),
-    ("train", "its checkpoints; a rerun continues at the last finished epoch", "`curate` complete and current"),
-    ("eval", "the models already evaluated", "`overlap` complete and current"),
+     "decontam publishes a whole new overlap set", "`overlap`"),
+    ("curate", "finished shards; a rerun redoes the others", "`pool`, `overlap` (not with `--no-decontam`)"),
+    ("train", "its checkpoints; a rerun continues at the last finished epoch", "`curate`"),
+    ("eval", "the models already evaluated", "`overlap`"),
 )
 
 
@@ -114,7 +116,7 @@ def render_guarantees() -> str:
              "last and stores the fingerprints of the folders it read. A stage refuses to start, in one line "
              "naming the command to rerun, while a folder it reads is partial (planned, no `_SUCCESS`: a run "
              "was killed or failed) or out of date (a folder *it* read changed since it ran).", "",
-             "| stage | a kill -9 leaves | checked before it runs |", "| --- | --- | --- |"]
+             "| stage | a kill -9 leaves | reads (checked complete and current before it runs) |", "| --- | --- | --- |"]
     lines += [f"| {name} | {kill} | {checks} |" for name, kill, checks in GUARANTEES]
     lines += ["", "`clipcurate sql` reads only: SELECT, EXPLAIN and PRAGMA statements, on files inside the "
               "workspace (DuckDB's `allowed_directories`, no external access, locked configuration); COPY, "
