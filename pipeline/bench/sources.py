@@ -289,7 +289,7 @@ def tar_samples(path: Path, on_error: Callable[[str, str], None] | None = None
                     key, files = k, {}
                 files[ext.lower()] = tf.extractfile(m).read()
             except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-                reason = f"the tar ends inside this sample ({exc.__class__.__name__}: {exc}; truncated?)"
+                reason = f"the tar is cut short inside this sample ({exc.__class__.__name__}: {exc})"
                 if on_error is None:
                     raise ClipcurateError(f"{path}: unreadable after {key or 'the start'}: {reason}") from None
                 on_error(key, reason)

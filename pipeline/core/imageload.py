@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import tarfile
 import threading
 import warnings
@@ -65,8 +66,10 @@ def open_image(data: bytes) -> Image.Image:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             im = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLarge(f"image too large ({exc})") from None
+        except Image.DecompressionBombError as exc:  # Pillow's own refusal (past twice its limit)
+            pixels = re.search(r"\((\d+) pixels\)", str(exc))
+            raise ImageTooLarge(f"image too large ({int(pixels.group(1)):,} pixels > {MAX_PIXELS:,})" if pixels
+                                else f"image too large ({exc})") from None
     reason = pixel_reason(*im.size)
     if reason:
         im.close()

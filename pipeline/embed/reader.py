@@ -59,7 +59,7 @@ def pool_records(path: str) -> Iterator[tuple[str, str | None, bytes | None, str
     expected = expected_uids(Path(path))
     cut: list[str] = []
     seen: set[str] = set()
-    for key, files in tar_samples(Path(path), on_error=lambda k, why: cut.append(f"{k}: {why}" if k else why)):
+    for key, files in tar_samples(Path(path), on_error=lambda k, why: cut.append(k or "the first")):
         ext = next((e for e in files if "." + e in IMAGE_EXTS), None)
         uid = None
         if "json" in files:
@@ -72,9 +72,9 @@ def pool_records(path: str) -> Iterator[tuple[str, str | None, bytes | None, str
         yield key, uid, files.get(ext) if ext else None, caption, None
     if expected is None:
         if cut:  # no manifest to name the samples: one skip for the cut
-            yield "(end)", None, None, "", cut[0]
+            yield cut[0], None, None, "", "the tar is cut short inside this sample"
         return
-    why = (f"in the pool manifest, not readable: the tar is cut short (at sample {cut[0]})" if cut else
+    why = (f"in the pool manifest, not readable: the tar is cut short (inside sample {cut[0]})" if cut else
            "in the pool manifest but not in the tar (the tar ends early: truncated?)")
     for uid in sorted(set(expected) - seen, key=lambda u: expected[u]):
         yield expected[uid], uid, None, "", why
