@@ -32,7 +32,7 @@ def download(
     fetch_deadline: Optional[float] = typer.Option(
         None, "--fetch-deadline", help="Seconds a whole fetch may take (stops tricklers) [30]."),
     max_image_area: Optional[int] = typer.Option(
-        None, "--max-image-area", help="Largest width*height, checked before decoding [89478485]."),
+        None, "--max-image-area", help="Largest width*height, checked before decoding; at most 89478485 [89478485]."),
     distributor: Optional[str] = typer.Option(None, "--distributor", help="img2dataset distributor [multiprocessing]."),
     allow_private: Optional[bool] = typer.Option(
         None, "--allow-private/--no-allow-private",

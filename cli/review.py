@@ -11,6 +11,7 @@ import typer
 
 from clipcurate.core.console import log, out
 from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.stage import check_upstream
 
 from clipcurate.cli.context import resolve, workspace
 from clipcurate.cli.options import TableOrJson, TableOrJsonOption
@@ -63,6 +64,7 @@ def review(
     from clipcurate.review import session as rv  # on use, not at start-up: see cli/__init__.py
 
     ws, config = resolve(ctx, must_exist=True)
+    check_upstream(ws.root, ("overlap",), "review")  # never review pairs of a partial or stale overlap
     cfg = config.get("review", {"reviewer": reviewer, "sort": sort, "prefetch": prefetch,
                                           "images": images.value if images else None})
     if cfg["images"] not in rv.IMAGE_MODES:

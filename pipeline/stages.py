@@ -86,10 +86,53 @@ def status_rows(ws: Workspace) -> list[dict]:
     return [registry.status_row(ws, s) for s in STAGES]
 
 
+# What a kill -9 leaves and what each stage checks upstream before it runs (docs/workspace.md).
+# The checks are the stages' declared `reads` (clipcurate.core.stage.check_upstream): refused when
+# partial (planned, no _SUCCESS) or out of date (a folder it read changed since it ran).
+GUARANTEES = (
+    ("queries match", "whole files, old or new; the stage stays partial (so download refuses it) until a rerun",
+     "`queries` (when it reads the workspace's query list)"),
+    ("download", "finished shards (tar, manifest, marker); a rerun redoes the others",
+     "`candidates` (when it reads them, not `--input`)"),
+    ("bench", "each benchmark whole or absent (staged, then renamed into place)", "—"),
+    ("embed", "finished shards (vectors, rows, marker); a rerun redoes the others",
+     "`pool`, `benchmarks`"),
+    ("detector hashes", "finished shards; a rerun redoes the others", "`pool`, `benchmarks`"),
+    ("overlap", "the previous set of its seven files or the new one, whole (one `current` link switches "
+     "them); the search resumes from its checkpoint", "`embed/{tag}/pool`, `embed/{tag}/bench`"),
+    ("review", "every decision already appended (one locked write + fsync); a write-back of splits and "
+     "decontam publishes a whole new overlap set", "`overlap`"),
+    ("curate", "finished shards; a rerun redoes the others", "`pool`, `overlap` (not with `--no-decontam`)"),
+    ("train", "its checkpoints; a rerun continues at the last finished epoch", "`curate`"),
+    ("eval", "the models already evaluated", "`overlap`"),
+)
+
+
+def render_guarantees() -> str:
+    """The guarantees section of docs/workspace.md: what a kill leaves, what `sql` may touch, what
+    each stage checks upstream."""
+    lines = ["## Guarantees", "",
+             "Every file is written to a temporary name and renamed into place; a stage's `_SUCCESS` is written "
+             "last and stores the fingerprints of the folders it read. A stage refuses to start, in one line "
+             "naming the command to rerun, while a folder it reads is partial (planned, no `_SUCCESS`: a run "
+             "was killed or failed) or out of date (a folder *it* read changed since it ran).", "",
+             "| stage | a kill -9 leaves | reads (checked complete and current before it runs) |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {kill} | {checks} |" for name, kill, checks in GUARANTEES]
+    lines += ["", "`clipcurate sql` reads only: SELECT, EXPLAIN and PRAGMA statements, on files inside the "
+              "workspace (DuckDB's `allowed_directories`, no external access, locked configuration); COPY, "
+              "ATTACH, INSTALL/LOAD, SET and every write are refused. Results leave through `--format` or "
+              "`--output FILE` outside the workspace. `clipcurate.duckdb` is refreshed each time a stage "
+              "finishes; its views read the published files (`overlap/*.parquet` follow `overlap/current`).",
+              "", ""]
+    return "\n".join(lines)
+
+
 def render_markdown() -> str:
-    """docs/workspace.md: every manifest, stage by stage in pipeline order."""
+    """docs/workspace.md: the guarantees, then every manifest, stage by stage in pipeline order."""
     load()
-    return mf.render_markdown([s.name for s in STAGES])
+    doc = mf.render_markdown([s.name for s in STAGES])
+    head, sep, rest = doc.partition("\n## ")
+    return head + "\n" + render_guarantees() + sep.lstrip("\n") + rest
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,7 +36,7 @@ from clipcurate.core import sql
 from clipcurate.core.console import log
 from clipcurate.core.errors import ClipcurateError, require
 from clipcurate.core.io import clean_temp, read_json
-from clipcurate.core.stage import SUCCESS, done_info, is_done
+from clipcurate.core.stage import SUCCESS, check_upstream, done_info, is_done
 from clipcurate.core.workspace import Workspace
 from clipcurate.queries import build as _build
 from clipcurate.queries import candidates as _candidates
@@ -143,6 +143,8 @@ def match(ws: Workspace, candidates: str | os.PathLike, queries_file: str | os.P
     """
     opts = _match_options(options)
     src = Path(candidates).expanduser().absolute()
+    reads = ("queries",) if queries_file is None else ()
+    check_upstream(ws.root, reads, "candidates")  # the query list is complete (not a killed build)
     entries = load_query_list(ws, queries_file)
     names, batches = read_candidates(src, opts["url_column"], opts["caption_column"], int(opts["batch_rows"]))
 
@@ -172,6 +174,7 @@ def match(ws: Workspace, candidates: str | os.PathLike, queries_file: str | os.P
     times = {"t1": t1, "automaton": t_build, "matching": time.time() - t1}
     # Pass 2: balance and write, as the stage's one shard (the runner writes the marker last).
     stage = _candidates.Candidates(folder, entries, matched, opts, fingerprint, str(src), times)
+    stage.reads = reads
     stage.run()
     stats, t, kept = stage.stats, int(opts["max_per_query"]), stage.stats["kept"]
     log(f"candidates: {stats['rows']:,} rows, {stats['matched']:,} matched, {kept:,} kept after balancing "

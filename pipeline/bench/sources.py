@@ -23,8 +23,9 @@ import io
 import json
 import os
 import tarfile
+import zlib
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -255,27 +256,44 @@ def _tar_source(paths: list[Path], kind, class_names, desc) -> Source:
     return Source(kind, classes, gen(), None, desc)
 
 
-def tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) in tar order; the key is the member name up to the first dot of its basename."""
+def tar_samples(path: Path, on_error: Callable[[str, str], None] | None = None
+                ) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) in tar order; the key is the member name up to the first dot of its basename.
+
+    A tar that ends inside a member (truncated, or corrupt past some point) stops the walk there: the
+    samples before it are yielded, the one being read is not. ``on_error(key, reason)`` is told which
+    (key None when no sample was being read); without it, a one-line error is raised.
+    """
     key, files = None, {}
     try:
         tf = tarfile.open(path)
     except (tarfile.TarError, OSError) as exc:
         raise ClipcurateError(f"{path}: not a readable tar file ({exc})") from None
     with tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            d, base = os.path.split(m.name)
-            if base.startswith("."):
-                continue
-            k, _, ext = base.partition(".")
-            k = os.path.join(d, k)
-            if k != key:
-                if key is not None:
-                    yield key, files
-                key, files = k, {}
-            files[ext.lower()] = tf.extractfile(m).read()
+        members = iter(tf)
+        while True:
+            try:
+                m = next(members, None)
+                if m is None:
+                    break
+                if not m.isfile():
+                    continue
+                d, base = os.path.split(m.name)
+                if base.startswith("."):
+                    continue
+                k, _, ext = base.partition(".")
+                k = os.path.join(d, k)
+                if k != key:
+                    if key is not None:
+                        yield key, files
+                    key, files = k, {}
+                files[ext.lower()] = tf.extractfile(m).read()
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+                reason = f"the tar is cut short inside this sample ({exc.__class__.__name__}: {exc})"
+                if on_error is None:
+                    raise ClipcurateError(f"{path}: unreadable after {key or 'the start'}: {reason}") from None
+                on_error(key, reason)
+                return
         if key is not None:
             yield key, files
 

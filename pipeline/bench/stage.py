@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import re
@@ -39,12 +38,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from clipcurate.core import config
 from clipcurate.core import manifest
 from clipcurate.core.console import log, progress, warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
+from clipcurate.core.imageload import ImageTooLarge, open_image
 from clipcurate.core.io import read_json, write_json, write_text
 from clipcurate.core.stage import Stage, marker
 from clipcurate.core.uid import make_uid
@@ -262,9 +262,11 @@ def _write_samples(path: Path, name: str, src: Source) -> dict:
                     err = f"sample {raw.index}: label {raw.label} outside the {n_classes} classes"
                 if err is None:
                     try:
-                        with Image.open(io.BytesIO(raw.data)) as im:
+                        with open_image(raw.data) as im:  # the one pixel rule: a bomb is a counted skip
                             im.load()
                             w, h = im.size
+                    except ImageTooLarge as exc:
+                        err = f"sample {raw.index}: {exc}"
                     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
                         err = f"sample {raw.index}: undecodable image ({exc.__class__.__name__})"
                 if err is not None:

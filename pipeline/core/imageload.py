@@ -22,8 +22,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import tarfile
 import threading
+import warnings
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +38,43 @@ from clipcurate.core import manifest as mf
 from clipcurate.core.workspace import Workspace
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+
+# The one pixel-count rule of download, bench add, embed and the review screen: an image whose
+# header declares more pixels than this is skipped (counted, with its reason) and never decoded.
+# A decompression bomb is a small file declaring a huge canvas (a 30000x30000 1-bit PNG is ~100 KB)
+# that a decoder would allocate in full. The figure is Pillow's own default MAX_IMAGE_PIXELS
+# (2**30 bytes / 4 bytes per pixel / 3, ~89.5 Mpx, e.g. 9459x9459), past which Pillow only warns:
+# here it is the limit.
+MAX_PIXELS = 89_478_485
+
+
+class ImageTooLarge(ValueError):
+    """An image past :data:`MAX_PIXELS` (its message is the skip reason)."""
+
+
+def pixel_reason(width: int, height: int, limit: float = MAX_PIXELS) -> str | None:
+    """Why an image of this size is refused, or None."""
+    if width * height > limit:
+        return f"image too large ({width}x{height} = {width * height:,} pixels > {int(limit):,})"
+    return None
+
+
+def open_image(data: bytes) -> Image.Image:
+    """``Image.open`` (the header only) under the pixel rule: raises :class:`ImageTooLarge` for an
+    image past :data:`MAX_PIXELS` (Pillow's own bomb error included), before any pixel is decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:  # Pillow's own refusal (past twice its limit)
+            pixels = re.search(r"\((\d+) pixels\)", str(exc))
+            raise ImageTooLarge(f"image too large ({int(pixels.group(1)):,} pixels > {MAX_PIXELS:,})" if pixels
+                                else f"image too large ({exc})") from None
+    reason = pixel_reason(*im.size)
+    if reason:
+        im.close()
+        raise ImageTooLarge(reason)
+    return im
 
 
 @dataclasses.dataclass
@@ -60,7 +99,7 @@ class PairMedia:
 def decode(data: bytes, max_side: int) -> tuple[Image.Image | None, tuple[int, int], str]:
     """Bytes → (RGB thumbnail, original size, format). JPEG draft mode decodes at reduced scale;
     ``max_side <= 0`` reads only the header (no thumbnail)."""
-    img = Image.open(io.BytesIO(data))
+    img = open_image(data)
     size, fmt = img.size, img.format or ""
     if max_side <= 0:  # text-only mode: the header's size is enough
         return None, size, fmt

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from clipcurate.core import manifest as mf
 from clipcurate.core.errors import MissingUpstream
-from clipcurate.core.stage import stage_state
+from clipcurate.core.stage import COMMANDS, stage_state
 from clipcurate.core.workspace import Workspace
 
 
@@ -51,6 +51,7 @@ def status_note(stage: str, fn: Callable[[Workspace], str]) -> None:
 def use_stages(stages: Sequence[StageInfo]) -> None:
     """Hand the stage list down to core (clipcurate.stages does this when it is imported)."""
     STAGES[:] = stages
+    COMMANDS.update({s.folder: s.command for s in stages})
 
 
 def producer(manifest_name: str) -> StageInfo | None:

@@ -26,6 +26,7 @@ A stage is a list of shards and what to do with one of them::
 
 Stages never write the bookkeeping files themselves; :func:`run_stage` — the one runner — does:
 
+0. refuses to start while a folder the stage ``reads`` is partial or out of date (:func:`check_upstream`);
 1. makes the folder, removes the temp files of a killed run, asks ``shards()``, and with ``force``
    deletes every marker and ``_SUCCESS``; then writes the plan ``_plan.json`` (what ``status`` counts);
 2. skips every shard whose marker ``<shard>.done`` exists; if any shard is left, deletes ``_SUCCESS``;
@@ -33,8 +34,10 @@ Stages never write the bookkeeping files themselves; :func:`run_stage` — the o
    over ``run_shard``), or one ``run_shard`` per Ray task or actor. Each shard's marker is written
    right after its outputs, where the shard ran — so a kill -9 at any moment (of a worker or of
    the driver) leaves either a finished shard (data + marker) or an unfinished one the rerun redoes;
-4. sums the numbers in every marker into the result, calls ``finish``, and writes ``_SUCCESS`` last,
-   so ``status`` can tell done / partial / missing.
+4. sums the numbers in every marker into the result, calls ``finish``, and writes ``_SUCCESS`` last
+   (holding the fingerprints of what the stage read), so ``status`` can tell done / partial /
+   missing and a later stage can tell whether this one is current; then refreshes the workspace's
+   ``clipcurate.duckdb``.
 
 :func:`map_shards` is the same shard loop for a plain function (no plan, no ``_SUCCESS``): what
 ``Executor.map_shards`` runs. The executors decide only *where* a shard runs; everything about
@@ -45,6 +48,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
+import os
 import shutil
 import sys
 import time
@@ -53,10 +59,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from clipcurate.core.console import log, progress, set_quiet
 from clipcurate.core.errors import ClipcurateError
-from clipcurate.core.io import clean_temp, read_json, write_json, write_text
+from clipcurate.core.io import CURRENT, clean_temp, fault_point, read_json, write_json, write_text
+from clipcurate.core.workspace import Workspace
 
 SUCCESS = "_SUCCESS"
 PLAN = "_plan.json"
+
+# The command that remakes each stage folder (workspace-relative, e.g. "overlap": "clipcurate overlap"),
+# handed down by clipcurate.core.registry.use_stages (core may not import the stage list).
+COMMANDS: dict[str, str] = {}
 
 
 # -- the bookkeeping files ------------------------------------------------------------------------
@@ -110,6 +121,71 @@ def stage_state(folder: Path) -> tuple[str, int, int]:
     return state, done, total
 
 
+# -- upstream checks --------------------------------------------------------------------------------
+#
+# A stage declares the folders it reads (``reads = ("pool", "overlap")``, relative to the workspace).
+# Before it runs, each of them must be complete and current:
+#
+# - complete: a folder the runner planned (``_plan.json``) has its ``_SUCCESS``; a killed or failed
+#   run leaves the plan without it, so "partial" is refused. A folder without a plan was not made by
+#   a stage run (hand-made inputs, test fixtures): its own stage's file checks apply instead;
+# - current: the runner stores in a stage's ``_SUCCESS`` the fingerprints of the folders it read; when
+#   one of those has changed since (an upstream rerun), the stage that read it is out of date.
+#
+# A folder's fingerprint hashes its shard markers (each carries its shard's counts and finishing
+# time, so a redone shard changes it), its ``_SUCCESS`` (hence its own inputs: staleness travels
+# down) and the generation its published set points at (core.io.publish: a refresh changes it).
+# A rerun that skips every shard leaves it unchanged.
+
+def fingerprint(folder: Path) -> str:
+    """The fingerprint of a stage folder (see above); "" when it has no ``_SUCCESS``."""
+    folder = Path(folder)
+    if not (folder / SUCCESS).is_file():
+        return ""
+    h = hashlib.sha256((folder / SUCCESS).read_bytes())
+    for p in sorted(folder.glob("*.done")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    cur = folder / CURRENT
+    if cur.is_symlink():
+        h.update(os.readlink(cur).encode())
+    return h.hexdigest()[:20]
+
+
+def _command(rel: str) -> str:
+    top = rel.split("/")[0]
+    return COMMANDS.get(top, f"the {top} stage")
+
+
+def check_upstream(root: Path, reads: Sequence[str], who: str) -> dict[str, str]:
+    """Refuse, in one line naming the stage to rerun, when a folder ``who`` reads is partial or out of
+    date; returns their fingerprints (what the runner stores in ``who``'s ``_SUCCESS``)."""
+    root, fps = Path(root), {}
+    for rel in reads:
+        folder = root / rel
+        if (folder / PLAN).is_file() and not (folder / SUCCESS).is_file():
+            _, done, total = stage_state(folder)
+            raise ClipcurateError(
+                f"{who}: the upstream stage {rel} is partial ({done}/{total} shards; a run was killed or failed): "
+                f"rerun `{_command(rel)}` first")
+        for up, fp in _stored_inputs(folder).items():
+            if fingerprint(root / up) != fp:
+                raise ClipcurateError(
+                    f"{who}: the upstream stage {rel} is out of date ({up} changed since it ran): "
+                    f"rerun `{_command(rel)}` first")
+        fps[rel] = fingerprint(folder)
+    return fps
+
+
+def _stored_inputs(folder: Path) -> dict[str, str]:
+    """The fingerprints a finished stage stored of what it read ({} for an empty ``_SUCCESS``)."""
+    try:
+        text = (folder / SUCCESS).read_text("utf-8").strip()
+        inputs = json.loads(text).get("inputs", {}) if text else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return inputs if isinstance(inputs, dict) else {}
+
+
 def reset(folder: Path) -> None:
     """Remove a stage's folder entirely (used by --force on stages that are not sharded)."""
     if Path(folder).exists():
@@ -136,10 +212,19 @@ class Stage:
 
     name: str = "stage"
     description: str = ""
+    # the folders this stage reads, relative to the workspace ``root`` (default: the folder's parent);
+    # the runner refuses to start while one is partial or out of date (:func:`check_upstream`)
+    reads: Sequence[str] = ()
 
-    def __init__(self, folder: Path, force: bool = False):
+    def __init__(self, folder: Path, force: bool = False, root: Path | None = None):
         self.folder = Path(folder)
         self.force = force
+        self.root = Path(root) if root is not None else self.folder.parent
+
+    def check_upstream(self) -> dict[str, str]:
+        """:func:`check_upstream` for this stage; a stage that does work before :meth:`run` (reads
+        its inputs, deletes old outputs) calls it first, and the runner calls it again."""
+        return check_upstream(self.root, self.reads, self.name)
 
     # -- to implement ---------------------------------------------------------------------
     def shards(self) -> Sequence[str]:
@@ -208,6 +293,7 @@ def run_here(stage: Stage, todo: Sequence[str], folder: Path | None, *, advance:
     for shard, result in stage.run_batch(list(todo)):
         if folder is not None:
             mark_done(folder, shard, result if isinstance(result, dict) else {})
+            fault_point("shard")
         out[shard] = result
         advance(shard)
     return out
@@ -257,6 +343,7 @@ def run_stage(stage: Stage, executor: Any = None, *, actors: bool = False, gpu: 
     ``actors=True`` (Ray) hands each actor its own copy of the stage, set up once, and runs its
     shards through it; otherwise a Ray task per shard. ``gpu`` asks for a GPU per task or actor.
     """
+    inputs = stage.check_upstream() if stage.reads else {}
     folder = stage.folder
     folder.mkdir(parents=True, exist_ok=True)
     clean_temp(folder)  # temp files of a killed attempt: never read, removed here
@@ -285,8 +372,24 @@ def run_stage(stage: Stage, executor: Any = None, *, actors: bool = False, gpu: 
                 result.counts[k] = result.counts.get(k, 0) + v
     result.shards_done = len(shards)
     stage.finish(result)
-    write_text(folder / SUCCESS, "")
+    write_text(folder / SUCCESS, json.dumps({"inputs": inputs}, sort_keys=True) + "\n" if inputs else "")
+    refresh_catalogue(stage)
     return result
+
+
+def refresh_catalogue(stage: Stage) -> None:
+    """Bring the workspace's ``clipcurate.duckdb`` up to date with what the stage just wrote (its
+    views list the manifests' files). Never fails the stage: a catalogue held open elsewhere, or
+    any DuckDB error, is a warning; ``clipcurate sql`` makes its own views anyway."""
+    root = getattr(stage, "root", None)
+    if isinstance(stage, FnStage) or root is None or Path(root) not in stage.folder.parents:
+        return
+    from clipcurate.core import sql  # duckdb: 0.2 s to import (0.6 s cold); only once a stage has finished
+
+    try:
+        sql.refresh_database(Workspace(root))
+    except Exception as exc:  # noqa: BLE001 - the stage's outputs are complete; the catalogue is a convenience
+        log(f"{stage.name}: clipcurate.duckdb not refreshed ({exc.__class__.__name__}: {str(exc)[:80]})")
 
 
 def run_shards(folder: Path, shards: Iterable[str], fn: Callable[[str], dict | None], *,

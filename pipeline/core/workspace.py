@@ -2,7 +2,7 @@
 
     workspace/
       clipcurate.toml      optional config (see clipcurate.core.config)
-      clipcurate.duckdb    DuckDB views over every manifest (refreshed by `clipcurate sql`)
+      clipcurate.duckdb    DuckDB views over every manifest (refreshed as each stage finishes)
       queries/ candidates/ pool/ benchmarks/ embed/ overlap/ review/ curate/ train/ eval/
 
 Resolution order for the folder: ``--workspace/-w`` > ``CLIPCURATE_WORKSPACE`` > ``./workspace``.

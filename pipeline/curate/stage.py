@@ -198,8 +198,9 @@ class Curate(Stage):
     name = "curate"
     description = "curate"
 
-    def __init__(self, ws: Workspace, plan: dict, force: bool = False):
+    def __init__(self, ws: Workspace, plan: dict, force: bool = False, decontam: bool = True):
         super().__init__(ws.stage_dir("curate"), force=force)
+        self.reads = ("pool", "overlap") if decontam else ("pool",)  # the runner checks them
         self.ws = ws
         self.plan = plan
 
@@ -283,6 +284,7 @@ def curate(ws: Workspace, *, decontam: bool = True, shard_size: int = 10000, for
     """Write curate/shards/*.tar + sizes.json + the curated manifest; see the module docstring."""
     if shard_size < 1:
         raise ClipcurateError(f"shard_size {shard_size!r} must be at least 1")
+    Curate(ws, {}, decontam=decontam).check_upstream()  # before reading them (and --force deleting anything)
     plan, counts = _plan(ws, decontam, shard_size)
     if not plan:
         raise ClipcurateError(
@@ -302,7 +304,7 @@ def curate(ws: Workspace, *, decontam: bool = True, shard_size: int = 10000, for
                 f"shard_size changed); pass --force to replace it")
     write_json(meta_path, {"fingerprint": fingerprint, "decontam": decontam, "shard_size": shard_size,
                            "plan_counts": counts})
-    stage = Curate(ws, plan)
+    stage = Curate(ws, plan, decontam=decontam)
     result = stage.run()
     totals = {**counts, **result.counts}
     write_json(folder / "stats.json", {"totals": totals, "shards": stage.per_shard})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from clipcurate.core import config
 from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.imageload import MAX_PIXELS
 from clipcurate.download import urlsafety
 from clipcurate.download.pool import STAGE
 
@@ -23,7 +24,7 @@ DEFAULTS = {
     "retries": 0,
     "fetch_deadline": 30.0,
     "max_body_bytes": 32 * 1024 * 1024,
-    "max_image_area": 89_478_485,
+    "max_image_area": MAX_PIXELS,  # the pixel rule bench add and embed apply too (core.imageload)
     "min_image_size": 0,
     "distributor": "multiprocessing",
     "allow_private": False,
@@ -48,7 +49,8 @@ DOCS = {
     "retries": "img2dataset retries per url",
     "fetch_deadline": "seconds a whole fetch (headers + body) may take; stops servers that trickle",
     "max_body_bytes": "largest body accepted (by Content-Length and while reading)",
-    "max_image_area": "largest width*height accepted, checked on the header before decoding (bombs)",
+    "max_image_area": "largest width*height accepted, checked on the header before decoding (bombs); at most "
+                      "the pixel rule of bench add and embed (89478485)",
     "min_image_size": "img2dataset min_image_size: smaller images fail",
     "distributor": "img2dataset distributor (multiprocessing)",
     "allow_private": "fetch from loopback/private/link-local/reserved addresses (off: refused)",
@@ -71,6 +73,9 @@ def conf_from(cfg: dict | None) -> dict:
             conf[k] = v
     if conf["samples_per_shard"] < 1:
         raise ClipcurateError(f"samples_per_shard {conf['samples_per_shard']!r} must be at least 1")
+    if not 0 < float(conf["max_image_area"]) <= MAX_PIXELS:  # one pixel rule: bench add and embed skip larger
+        raise ClipcurateError(f"max_image_area {conf['max_image_area']!r}: give 1 to {MAX_PIXELS} (larger images are "
+                              f"skipped by bench add and embed too, so the pool never holds them)")
     if conf["distributor"] not in ("multiprocessing", "ray"):
         raise ClipcurateError(f"distributor {conf['distributor']!r} is not supported; use multiprocessing")
     modes = ("no", "keep_ratio", "center_crop", "border", "keep_ratio_largest")

@@ -65,6 +65,7 @@ class Download(Stage):
                  force: bool = False):
         super().__init__(ws.path(FOLDER), force=force)
         self.ws, self.input_path = ws, input_path
+        self.reads = ("candidates",) if input_path is None else ()  # the runner checks it is complete
         self.conf = conf_from(cfg)
         self.policy = policy_from(self.conf)
         self.planned: list[str] = []

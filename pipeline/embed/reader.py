@@ -14,17 +14,16 @@ item with those counts.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
 
 # The webdataset tar reader of the bench stage (the pool is read exactly as `bench add` reads a tar).
 from clipcurate.bench import IMAGE_EXTS, tar_samples
+from clipcurate.core.imageload import ImageTooLarge, open_image
 
 MAX_BAD_REASONS = 20
 
@@ -39,9 +38,28 @@ class Part:
     stop: int = 0
 
 
-def pool_records(path: str) -> Iterator[tuple[str, str | None, bytes | None, str]]:
-    """(key, uid, image bytes, caption) per sample of a pool tar, in tar order."""
-    for key, files in tar_samples(Path(path)):
+def expected_uids(tar: Path) -> dict[str, str] | None:
+    """uid -> key of the samples the pool manifest says a pool tar holds (status ``success``), read
+    from ``pool/manifest/{shard}.parquet`` beside ``pool/shards/{shard}.tar``; None without one."""
+    path = tar.parent.parent / "manifest" / f"{tar.stem}.parquet"
+    try:
+        t = pq.read_table(path, columns=["uid", "key", "status"])
+    except (OSError, ValueError, KeyError):  # no manifest (a tar made by hand), or not ours: no check
+        return None
+    return {u: k for u, k, s in zip(*(t.column(c).to_pylist() for c in ("uid", "key", "status")))
+            if s == "success" and u}
+
+
+def pool_records(path: str) -> Iterator[tuple[str, str | None, bytes | None, str, str | None]]:
+    """(key, uid, image bytes, caption, why unreadable or None) per sample of a pool tar, in tar order.
+
+    The tar is checked against the pool manifest: a tar cut short (inside a member or between two)
+    ends the walk, and every sample the manifest lists that was not read comes last, with no bytes
+    and its reason, so that it is counted as a skip rather than lost silently."""
+    expected = expected_uids(Path(path))
+    cut: list[str] = []
+    seen: set[str] = set()
+    for key, files in tar_samples(Path(path), on_error=lambda k, why: cut.append(k or "the first")):
         ext = next((e for e in files if "." + e in IMAGE_EXTS), None)
         uid = None
         if "json" in files:
@@ -49,8 +67,17 @@ def pool_records(path: str) -> Iterator[tuple[str, str | None, bytes | None, str
                 uid = json.loads(files["json"]).get("uid")
             except (ValueError, AttributeError):
                 uid = None
+        seen.add(uid)
         caption = files["txt"].decode("utf-8", "replace") if "txt" in files else ""
-        yield key, uid, files.get(ext) if ext else None, caption
+        yield key, uid, files.get(ext) if ext else None, caption, None
+    if expected is None:
+        if cut:  # no manifest to name the samples: one skip for the cut
+            yield cut[0], None, None, "", "the tar is cut short inside this sample"
+        return
+    why = (f"in the pool manifest, not readable: the tar is cut short (inside sample {cut[0]})" if cut else
+           "in the pool manifest but not in the tar (the tar ends early: truncated?)")
+    for uid in sorted(set(expected) - seen, key=lambda u: expected[u]):
+        yield expected[uid], uid, None, "", why
 
 
 def bench_records(path: str, start: int, stop: int) -> Iterator[tuple[str, str, bytes | None, list[str], int]]:
@@ -94,7 +121,7 @@ class _PartsDataset:
         """Decode + the PIL half of the transform -> uint8 CHW tensor (or the full float transform)."""
         import torch  # torch: 2.6 s to import (see __iter__)
 
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data) as im:  # the one pixel rule (ImageTooLarge: a counted skip)
             im.load()
             if self.split is None:
                 return self.preprocess(im)
@@ -137,16 +164,26 @@ class _PartsDataset:
 
         for rec in records:
             key, uid, data = rec[0], rec[1], rec[2]
-            reason = None
-            if data is None:
+            reason = rec[4] if pool else None  # a sample the pool manifest lists that the tar lacks
+            if reason is not None:
+                pass
+            elif data is None:
                 reason = "no image"
             elif not uid:
                 reason = "no uid in its .json"
             elif self.decode == "torch":
-                px = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                try:  # the header only, for the pixel rule; the device decodes the bytes
+                    open_image(data).close()
+                    px = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                except ImageTooLarge as exc:
+                    reason = str(exc)
+                except Exception:  # noqa: BLE001 - not an image: let the device's decoder count it
+                    px = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             else:
                 try:
                     px = self._pixels(data)
+                except ImageTooLarge as exc:
+                    reason = str(exc)
                 except Exception as exc:  # any decoder failure: count it, keep going
                     reason = f"undecodable image ({exc.__class__.__name__}: {str(exc)[:80]})"
             if reason is not None:

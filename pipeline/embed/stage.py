@@ -124,7 +124,8 @@ class PoolEmbed(Stage):
 
     def __init__(self, folder: Path, tars: dict[str, Path], enc, *, device: str, batch_size: int, workers: int,
                  force: bool = False, encoder_factory=None):
-        super().__init__(folder)
+        super().__init__(folder, root=folder.parents[2])  # embed/{tag}/pool: the workspace is three up
+        self.reads = ("pool",)  # the runner checks it is complete
         self.tars, self.enc, self.device = tars, enc, device
         self.batch_size, self.workers, self.redo = batch_size, workers, force
         if encoder_factory is None and isinstance(enc, ClipEncoder):  # the same model, on the actor's device
@@ -210,7 +211,8 @@ class BenchEmbed(Stage):
 
     def __init__(self, folder: Path, ws: Workspace, names: Sequence[str], enc, *, device: str, batch_size: int,
                  force: bool = False):
-        super().__init__(folder)
+        super().__init__(folder, root=ws.root)
+        self.reads = ("benchmarks",)  # the runner checks it is complete
         self.ws, self.names, self.enc, self.device = ws, list(names), enc, device
         self.batch_size, self.redo = batch_size, force
         self.description = f"embed {enc.tag} benchmarks"

@@ -282,6 +282,7 @@ class EvalModel(Stage):
     def __init__(self, ws: Workspace, tag: str, names: list[str], spec: ModelSpec, checkpoint: Path | None,
                  alpha: float):
         super().__init__(ws.path(FOLDER))
+        self.reads = ("overlap",)  # the runner checks it is complete and current (the splits)
         self.ws, self.tag, self.names, self.spec, self.checkpoint, self.alpha = ws, tag, names, spec, checkpoint, alpha
         self.rows: list[dict] = []
         self.summary: dict = {}

@@ -204,6 +204,7 @@ def compute_hashes(ws: Workspace, force: bool = False, benchmarks: Sequence[str]
         raise MissingUpstream(f"pool shards or benchmarks in {ws.root}", "clipcurate download` or `clipcurate bench add")
     sources = {f"pool/{k}": v for k, v in tars.items()} | {f"bench/{k}": v for k, v in benches.items()}
     stage = HashStage(ws.path(HASH_FOLDER), sources, force=force)
+    stage.reads = ("pool", "benchmarks")  # the runner checks they are complete
     stage.forget_changed()
     result = stage.run() if executor is None else executor.run_stage(stage)
     if result.counts.get("unreadable"):

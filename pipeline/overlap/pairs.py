@@ -14,6 +14,8 @@ global pool position (shards in name order, rows in file order). Here they becom
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from clipcurate.core import manifest as mf
@@ -51,7 +53,7 @@ class Queries:
         self.names = np.array([b.name for b in benches], dtype=object)
 
 
-def write_neighbors(ws: Workspace, qs: Queries, top: TopK, shards: list[PoolShard], offsets: np.ndarray,
+def write_neighbors(out: Path, qs: Queries, top: TopK, shards: list[PoolShard], offsets: np.ndarray,
                     tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """neighbors.parquet: every benchmark sample × its top-k. Returns (query, rank, pool position)
     of the entries, for the ranks of the pairs."""
@@ -63,7 +65,7 @@ def write_neighbors(ws: Workspace, qs: Queries, top: TopK, shards: list[PoolShar
     nuid = uids_at(shards, offsets, npos, tag)
     mf.write("neighbors", {"benchmark": qs.names[qs.bench_of[qq]], "bench_index": qs.index[qq], "bench_uid": qs.uid[qq],
                            "rank": rank.astype(np.int32), "pool_uid": nuid, "score": nsc},
-             ws.root / FOLDER / "neighbors.parquet")
+             out / "neighbors.parquet")
     return qq, rank, npos
 
 
@@ -114,11 +116,12 @@ def decide_pairs(ws: Workspace, rows: list[dict], benches: list[Bench], opts: di
 
 
 def write_outputs(ws: Workspace, opts: dict, tag: str, benches: list[Bench], shards: list[PoolShard],
-                  offsets: np.ndarray, q_off: np.ndarray, top: TopK, pairs: Pairs, ths: dict) -> dict:
-    """neighbors, pairs (with every signal and the decision), review_queue and run.json."""
+                  offsets: np.ndarray, q_off: np.ndarray, top: TopK, pairs: Pairs, ths: dict, out: Path) -> dict:
+    """neighbors, pairs (with every signal and the decision), review_queue and run.json, into ``out``
+    (the generation being published, :func:`clipcurate.overlap.schema.publish_outputs`)."""
     folder = ws.root / FOLDER
     qs = Queries(benches, q_off)
-    top_entries = write_neighbors(ws, qs, top, shards, offsets, tag)
+    top_entries = write_neighbors(out, qs, top, shards, offsets, tag)
     rows = pair_rows(qs, pairs, top_entries, shards, offsets, tag)
     # the other signals (detector, hashes, keypoints, captions) and the pairs only the detector or
     # the captions propose (clipcurate.overlap.signals)
@@ -128,20 +131,20 @@ def write_outputs(ws: Workspace, opts: dict, tag: str, benches: list[Bench], sha
         rows.sort(key=lambda r: (r["benchmark"], r["bench_index"], -(r["score_clip"] if r["score_clip"] is not None
                                                                      else -9.0), r["pool_uid"]))
     decide_pairs(ws, rows, benches, opts, ths)
-    mf.write("pairs", rows, folder / "pairs.parquet")
-    write_review_queue(ws, rows)
-    write_json(folder / "run.json", {"model_tag": tag, "k": int(opts["k"]),
+    mf.write("pairs", rows, out / "pairs.parquet")
+    write_review_queue(out, rows)
+    write_json(out / "run.json", {"model_tag": tag, "k": int(opts["k"]),
                                      "thresholds": {b: {s: list(v) for s, v in t.items()} for b, t in ths.items()},
                                      "benchmarks": [b.name for b in benches]})
     return {"pairs": str(folder / "pairs.parquet"), "neighbors": str(folder / "neighbors.parquet")}
 
 
-def write_review_queue(ws: Workspace, rows: list[dict]) -> int:
+def write_review_queue(out: Path, rows: list[dict]) -> int:
     """Band pairs and degenerate matches, highest CLIP score first (ties: benchmark, index, pool uid)."""
     band = [r for r in rows if r["decision"] in ("review", "degenerate")]
     band.sort(key=lambda r: (-(r["score_clip"] if r["score_clip"] is not None else -9), r["benchmark"],
                              r["bench_index"], r["pool_uid"]))
     cols = [c.name for c in mf.get("review_queue").columns]
-    out = [{**{c: r.get(c) for c in cols}, "position": i} for i, r in enumerate(band)]
-    mf.write("review_queue", out, ws.root / FOLDER / "review_queue.parquet")
-    return len(out)
+    queue = [{**{c: r.get(c) for c in cols}, "position": i} for i, r in enumerate(band)]
+    mf.write("review_queue", queue, out / "review_queue.parquet")
+    return len(queue)

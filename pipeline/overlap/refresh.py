@@ -31,7 +31,7 @@ from clipcurate.core.io import write_json
 from clipcurate.core.workspace import Workspace
 from clipcurate.overlap.pairs import decide_pairs, write_review_queue
 from clipcurate.overlap.rules import thresholds_for
-from clipcurate.overlap.schema import FOLDER
+from clipcurate.overlap.schema import FOLDER, publish_outputs
 from clipcurate.overlap.splits import refresh_splits
 
 
@@ -84,12 +84,15 @@ def refresh(ws: Workspace, opts: dict) -> Refreshed:
     # changed too); decide_pairs needs only each benchmark's name
     decide_pairs(ws, pairs, [SimpleNamespace(name=b) for b in benches], opts, new)
     changed = sum(before[r["pair_id"]] != r["decision"] for r in pairs)
-    mf.write("pairs", pairs, folder / "pairs.parquet")
-    n_queue = write_review_queue(ws, pairs)
-    write_json(run_p, {**run, "thresholds": _as_lists(new), "floors": floors})
+    # the new pairs, queue, run.json, splits, decontam list and diagnostics become visible together
+    # (one published generation, as the search publishes them): a kill leaves the old set whole
+    with publish_outputs(ws, keep=("neighbors.parquet",)) as gen:
+        mf.write("pairs", pairs, gen / "pairs.parquet")
+        n_queue = write_review_queue(gen, pairs)
+        write_json(gen / "run.json", {**run, "thresholds": _as_lists(new), "floors": floors})
+        per = refresh_splits(ws, opts, gen)
     moved = "thresholds unchanged" if _as_lists(new) == _as_lists(old) else "thresholds changed"
     recomputed = [f"the decisions of {len(pairs)} stored pair(s) with the current thresholds ({moved}, "
                   f"{changed} decision(s) changed), the review queue ({n_queue} pairs)"]
-    per = refresh_splits(ws, opts)
     recomputed.append("splits, decontamination list and diagnostics from the pairs and the review decisions")
     return Refreshed(per, reused, recomputed)

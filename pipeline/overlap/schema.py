@@ -20,9 +20,15 @@ from clipcurate.core import config
 from clipcurate.core import manifest as mf
 from clipcurate.core import sql
 from clipcurate.core.errors import ClipcurateError
+from clipcurate.core.io import publish
 from clipcurate.core.workspace import Workspace
 
 FOLDER = "overlap"
+# The files the stage publishes as one set (clipcurate.core.io.publish): a kill leaves the old set or
+# the new one. SEARCH_OUTPUTS are what only a search remakes; a refresh (new review decisions) keeps
+# them and writes the splits, decontam list and diagnostics again.
+SEARCH_OUTPUTS = ("pairs.parquet", "neighbors.parquet", "review_queue.parquet", "run.json")
+PUBLISHED = (*SEARCH_OUTPUTS, "splits.parquet", "decontam.parquet", "diagnostics.json")
 
 SIGNAL_COLUMNS = [
     ("score_clip", pa.float32(), "CLIP image-image cosine similarity (higher = more alike)"),
@@ -138,3 +144,9 @@ def options(ws: Workspace, overrides: dict | None = None, cfg: config.Config | N
     if int(opts["k"]) < 1:
         raise ClipcurateError(f"--k {opts['k']}: must be at least 1")
     return opts
+
+
+def publish_outputs(ws: Workspace, keep: tuple[str, ...] = ()):
+    """``with publish_outputs(ws) as out:`` write the overlap files into ``out``; they replace the
+    published set together when the block ends (:func:`clipcurate.core.io.publish`)."""
+    return publish(ws.root / FOLDER, PUBLISHED, keep=keep)

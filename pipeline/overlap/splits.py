@@ -27,6 +27,7 @@ benchmark, the class distribution Overlap vs Clean (chi-square) and simple image
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, TypeVar
 
 import numpy as np
@@ -39,16 +40,15 @@ from clipcurate.core.io import write_json
 from clipcurate.core.workspace import Workspace
 from clipcurate.overlap.images import bench_image_stats, bench_samples
 from clipcurate.overlap.rules import DECISIONS
-from clipcurate.overlap.schema import FOLDER, options
+from clipcurate.overlap.schema import FOLDER, SEARCH_OUTPUTS, options, publish_outputs
 from clipcurate.review import effective_decisions
 
 K = TypeVar("K")
 
 
-def _samples(ws: Workspace, pairs: list[dict], eff: dict) -> dict[tuple[str, int], dict]:
+def _samples(folder: Path, pairs: list[dict], eff: dict) -> dict[tuple[str, int], dict]:
     """Every benchmark sample, with its nearest neighbour (rank 1) and its pairs — those of
     pairs.parquet and those a human decided that are no longer there (e.g. thresholds raised)."""
-    folder = ws.root / FOLDER
     nb = mf.read("neighbors", folder / "neighbors.parquet",
                  columns=["benchmark", "bench_index", "bench_uid", "rank", "pool_uid", "score"])
     nb = nb.filter(pc.equal(nb.column("rank"), 1))  # the nearest neighbour of every benchmark sample
@@ -152,17 +152,25 @@ def split_bounds(split: Mapping[K, str]) -> dict[str, dict[K, str]]:
             for end in ("overlap", "clean")}
 
 
-def refresh_splits(ws: Workspace, opts: dict | None = None) -> list[dict]:
+def refresh_splits(ws: Workspace, opts: dict | None = None, out: Path | None = None) -> list[dict]:
     """Recompute splits.parquet + decontam.parquet + diagnostics.json from pairs, neighbors and the
-    review decisions, without searching again. Returns one summary row per benchmark."""
-    folder = ws.root / FOLDER
+    review decisions, without searching again. Returns one summary row per benchmark.
+
+    ``out``: the generation being published (the stage's run); None: publish a new generation that
+    keeps the search's files and replaces these three, all at once (``overlap refresh``, review)."""
+    if out is None:
+        if not (ws.root / FOLDER / "pairs.parquet").is_file():
+            raise MissingUpstream(f"overlap pairs ({ws.root / FOLDER / 'pairs.parquet'})", "clipcurate overlap")
+        with publish_outputs(ws, keep=SEARCH_OUTPUTS) as gen:
+            return refresh_splits(ws, opts, gen)
+    folder = out
     for name in ("pairs", "neighbors"):
         if not (folder / f"{name}.parquet").is_file():
             raise MissingUpstream(f"overlap {name} ({folder / (name + '.parquet')})", "clipcurate overlap")
     opts = opts or options(ws)
     pairs = mf.read("pairs", folder / "pairs.parquet").to_pylist()
     eff = effective_decisions(ws)
-    samples = _samples(ws, pairs, eff)
+    samples = _samples(folder, pairs, eff)
     split_rows, decontam = [], []
     for (bench, index), s in sorted(samples.items()):
         split_rows.append(_split_sample(bench, index, s, eff, opts["unreviewed_pool"], decontam))
@@ -175,7 +183,7 @@ def refresh_splits(ws: Workspace, opts: dict | None = None) -> list[dict]:
     drows.sort(key=lambda r: (r["benchmark"], r["bench_index"], r["pool_uid"]))
     mf.write("splits", split_rows, folder / "splits.parquet")
     mf.write("decontam", drows, folder / "decontam.parquet")
-    per = diagnostics(ws, split_rows, pairs, opts)
+    per = diagnostics(ws, split_rows, pairs, opts, folder)
     return per
 
 
@@ -245,14 +253,14 @@ def _class_chi2(ws: Workspace, bench: str, ov: list[int], cl: list[int]) -> dict
     return d
 
 
-def diagnostics(ws: Workspace, split_rows: list[dict], pairs: list[dict], opts: dict) -> list[dict]:
+def diagnostics(ws: Workspace, split_rows: list[dict], pairs: list[dict], opts: dict, out: Path) -> list[dict]:
     """Per benchmark: counts, chi-square of the class distribution Overlap vs Clean, image statistics
     of both splits, degenerate matches. Written to overlap/diagnostics.json; returns the summary."""
     rng = np.random.default_rng(0)
     by_bench: dict[str, list[dict]] = {}
     for r in split_rows:
         by_bench.setdefault(r["benchmark"], []).append(r)
-    out, summary = {}, []
+    diag, summary = {}, []
     for bench, rows in sorted(by_bench.items()):
         n = len(rows)
         ov = [r["bench_index"] for r in rows if r["split"] == "overlap"]
@@ -276,11 +284,11 @@ def diagnostics(ws: Workspace, split_rows: list[dict], pairs: list[dict], opts: 
             if vals:
                 d[f"images_{split}"] = {"measured": len(vals), **{
                     f"{k}_mean": round(float(np.mean([v[k] for v in vals])), 3) for k in ("mean", "std", "width", "height")}}
-        out[bench] = d
+        diag[bench] = d
         summary.append({"benchmark": bench, "n": n, "n_overlap": len(ov), "n_clean": len(cl), "n_unreviewed": len(un),
                         "pending_pairs": d["pending_pairs"],
                         "overlap_pct": d["overlap_pct"], "review_pairs": dec_counts["review"],
                         "degenerate_pairs": dec_counts["degenerate"],
                         "class_p": d.get("class_chi2", {}).get("p_value")})
-    write_json(ws.root / FOLDER / "diagnostics.json", out)
+    write_json(out / "diagnostics.json", diag)
     return summary

@@ -38,12 +38,12 @@ import dataclasses
 from clipcurate.core import config
 from clipcurate.core.console import log, warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
-from clipcurate.core.stage import Stage, StageResult
+from clipcurate.core.stage import Stage, StageResult, check_upstream
 from clipcurate.core.workspace import Workspace
 from clipcurate.overlap.inputs import Bench, PoolShard, bench_names, load_bench, npy_shape, pick_tag, pool_shards
 from clipcurate.overlap.pairs import write_outputs
 from clipcurate.overlap.rules import thresholds_for
-from clipcurate.overlap.schema import FOLDER, options
+from clipcurate.overlap.schema import FOLDER, options, publish_outputs
 from clipcurate.overlap.searchrun import SearchRun
 from clipcurate.overlap.splits import refresh_splits
 
@@ -65,6 +65,7 @@ class OverlapStage(Stage):
                  ths: dict, srun: SearchRun):
         # `force` is the SearchRun's: a forced or incompatible search is redone from scratch there.
         super().__init__(ws.root / FOLDER)
+        self.reads = reads(tag)  # the runner checks they are complete and current
         self.ws, self.opts, self.tag, self.benches, self.pool, self.ths, self.srun = \
             ws, opts, tag, benches, shards, ths, srun
         self.result: Result | None = None
@@ -81,10 +82,18 @@ class OverlapStage(Stage):
 
     def finish(self, result: StageResult) -> None:
         top, pairs, stats = self.srun.close()
-        files = write_outputs(self.ws, self.opts, self.tag, self.benches, self.pool, self.srun.offsets,
-                              self.srun.q_off, top, pairs, self.ths)
-        per = refresh_splits(self.ws, self.opts)
+        # every output into a new generation, published as one set at the end of the block: a kill
+        # before that leaves the previous set whole (clipcurate.core.io.publish)
+        with publish_outputs(self.ws) as out:
+            files = write_outputs(self.ws, self.opts, self.tag, self.benches, self.pool, self.srun.offsets,
+                                  self.srun.q_off, top, pairs, self.ths, out)
+            per = refresh_splits(self.ws, self.opts, out)
         self.result = Result(self.tag, stats, per, files)
+
+
+def reads(tag: str) -> tuple[str, ...]:
+    """The folders the stage reads: the pool and benchmark embeddings of one model."""
+    return (f"embed/{tag}/pool", f"embed/{tag}/bench")
 
 
 def _inputs(ws: Workspace, opts: dict) -> tuple[str, list[Bench], list[PoolShard]]:
@@ -122,6 +131,7 @@ def run(ws: Workspace, overrides: dict | None = None, force: bool = False,
     ``executor``: where the pool shards are searched (``--executor ray``: runs of shards on Ray tasks)."""
     ws.require()
     opts = options(ws, overrides, cfg)
+    check_upstream(ws.root, reads(pick_tag(ws, opts["model_tag"] or None)), "overlap")
     tag, benches, shards = _inputs(ws, opts)
     ths = {b.name: thresholds_for(opts, b.name) for b in benches}
     floors = {b.name: ths[b.name]["clip"][1] for b in benches}

@@ -9,7 +9,8 @@ A record::
 
     {"pair_id": "...", "pool_uid": "...", "benchmark": "cifar10", "bench_index": 12,
      "decision": "duplicate" | "not_duplicate" | "skip" | "flag" | "undo",
-     "reviewer": "ana", "ts": 1764350000.1, "seconds": 2.4, "source": "human" | "auto-demo"}
+     "reviewer": "ana", "ts": 1764350000.1, "seconds": 2.4, "source": "human" | "auto-demo",
+     "session": "3f2a..."}   # which review session wrote it (its undo acts on its own records only)
 
 Each reviewer's records for a pair form a stack: an ``undo`` pops that reviewer's previous record
 for the pair (whatever it was). A reviewer's vote is the latest ``duplicate``/``not_duplicate`` left
@@ -30,6 +31,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from clipcurate.core.io import fault_point
 from clipcurate.core.uid import make_uid
 from clipcurate.core.workspace import Workspace
 
@@ -78,6 +80,7 @@ def append(ws: Workspace, records: list[dict], fsync: bool = True) -> None:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+    fault_point("decision")  # the fault suite's kill -9 (CLIPCURATE_KILL_AFTER=decision:N)
 
 
 def flush(ws: Workspace) -> None:
@@ -127,7 +130,7 @@ def parse_lines(lines) -> tuple[list[dict], int]:
 _NONE = type(None)
 FIELDS = {"pair_id": (str,), "decision": (str,), "pool_uid": (str, _NONE), "benchmark": (str, _NONE),
           "bench_index": (int, _NONE), "reviewer": (str, _NONE), "ts": (int, float, _NONE),
-          "seconds": (int, float, _NONE), "source": (str, _NONE)}
+          "seconds": (int, float, _NONE), "source": (str, _NONE), "session": (str, _NONE)}
 
 
 def valid(rec) -> bool:
@@ -149,12 +152,18 @@ def stacks(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 
 def push(stacks_: dict, r: dict) -> tuple[str, str]:
-    """Apply one record to the stacks (an undo pops); returns its (pair_id, reviewer) key."""
+    """Apply one record to the stacks (an undo pops); returns its (pair_id, reviewer) key.
+
+    An undo that names its ``session`` removes that session's latest record for the pair, so two
+    sessions under one reviewer name never undo each other's votes; one without (older logs) pops
+    the reviewer's latest record."""
     key = (r["pair_id"], r.get("reviewer") or "unknown")
     stack = stacks_.setdefault(key, [])
     if r["decision"] == "undo":
-        if stack:
-            stack.pop()
+        session = r.get("session")
+        mine = [i for i, s in enumerate(stack) if session is None or s.get("session") == session]
+        if mine:
+            stack.pop(mine[-1])
     else:
         stack.append(r)
     return key

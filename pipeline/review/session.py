@@ -39,6 +39,7 @@ import getpass
 import os
 import statistics
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
@@ -217,6 +218,7 @@ class ReviewSession:
         self.reviewers_of: dict[str, set[str]] = {}
         self.mine: set[str] = set()  # pair_ids this reviewer has a vote on
         self.history: list[str] = []  # pair_ids of this session's actions, for undo
+        self.session_id = uuid.uuid4().hex  # in each record: an undo removes this session's records only
         self.changed = False  # did this session write anything
         self.message = ""
         self.order = np.zeros(0, dtype=np.int64)
@@ -275,7 +277,8 @@ class ReviewSession:
 
     def _append(self, decision: str, pid: str) -> dict:
         row = self.queue.row(self.order[self.view_pos[pid]]) if pid in self.view_pos else None
-        rec = {"pair_id": pid, "decision": decision, "reviewer": self.reviewer, "source": self.source}
+        rec = {"pair_id": pid, "decision": decision, "reviewer": self.reviewer, "source": self.source,
+               "session": self.session_id}
         if row is not None:
             rec.update(pool_uid=row["pool_uid"], benchmark=row["benchmark"], bench_index=int(row["bench_index"]))
         if decision != "undo":

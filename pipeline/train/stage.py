@@ -314,6 +314,7 @@ class TrainRun(Stage):
 
     def __init__(self, ws: Workspace, run: str, argv: list[str], quiet: bool):
         super().__init__(ws.path("train"))
+        self.reads = ("curate",)  # the runner checks it is complete and current
         self.run_name, self.argv, self.quiet = run, argv, quiet
         self.rdir = ws.path("train", run)
         self.losses: list[dict] = []
