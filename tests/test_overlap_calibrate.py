@@ -81,25 +81,78 @@ def test_calibrate_with_an_injected_embedder(ws):
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
 
     res = cal.run(ws, {"copies": 12, "distractors": 30, "target_precision": 0.9}, embed=embed)
-    assert res["pool"] == "synthetic" and res["copies"] == 12 and res["pairs"] == 40 * 42  # queries: 12 sources + the 28 other images
+    # 12 sources + 12 other benchmark images as queries, against 30 distractors + 12 copies
+    assert res["pool"] == "synthetic" and res["copies"] == 12 and res["pairs"] == 24 * 42
+    assert res["copy_kinds"]["app_c"] == 6 and sum(res["copy_kinds"].values()) == 12
+    # the halves: every planted copy is either choosing or measuring, never both
+    assert res["held_apart"]["copies"] + res["chosen_on"]["copies"] == 12 and res["held_apart"]["copies"] == 6
     tbl = pq.read_table(ws.root / "overlap" / "calibration" / "curve.parquet")
     assert tbl.schema.names == [c.name for c in mf.get("calibration").columns]
     rows = tbl.to_pylist()
-    # + keypoints on candidate pairs (clipcurate.overlap.signals); no detector: no embed/detector__* here
-    assert {r["signal"] for r in rows} == {"clip", "phash", "dhash", "keypoints"}
-    for sig in ("clip", "phash", "dhash"):
+    # + PDQ and the verified keypoints (clipcurate.overlap.signals); no detector: no embed/detector__* here
+    assert {r["signal"] for r in rows} == {"clip", "phash", "dhash", "pdq", "keypoints", "kp_ncc"}
+    for sig in ("clip", "phash", "dhash", "pdq"):
         rs = [r for r in rows if r["signal"] == sig]
         rec = [r["recall"] for r in rs]
-        assert all(r["tp"] + r["fn"] == 12 for r in rs)
+        assert all(r["tp"] + r["fn"] == 6 for r in rs)  # the curve is drawn on the held-apart copies
         assert rec == sorted(rec, reverse=SIGNALS[sig].higher_is_better)  # recall moves one way
-    assert max(r["recall"] for r in rows if r["signal"] == "clip") == 1.0
     assert (ws.root / "overlap" / "calibration" / "curve.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((ws.root / "overlap" / "calibration" / "thresholds.json").read_text())
-    assert set(saved["combined"]) == {"configured", "chosen"}
-    assert saved["combined"]["chosen"]["overlap"]["tp"] + saved["combined"]["chosen"]["overlap"]["fn"] == 12
-    # reproducible: same seed, same curve
+    c = saved["combined"]
+    assert c["tp"] + c["fn"] == 6 and saved["rule"]["target"] == 0.9 and saved["verdict"]
+    for name, ch in saved["chosen"].items():
+        if ch["precision"] is not None:
+            lo, hi = ch["precision_ci"]
+            assert lo <= ch["precision"] <= hi
+    # reproducible: same seed, same figures
     again = cal.run(ws, {"copies": 12, "distractors": 30, "target_precision": 0.9}, embed=embed)
-    assert again["chosen"] == res["chosen"]
+    assert again["chosen"] == res["chosen"] and again["rule"] == res["rule"]
+
+
+def test_out_of_sample_report_is_not_flattered_by_the_choice():
+    """Copies whose scores flatter an in-sample choice: on the choose half the signal separates
+    copies perfectly at 0.9; on the held-apart half half the copies score 0.5 and some other pairs
+    0.95. The report must give the held-apart figures (a loop counts them), not the in-sample 1.0 / 1.0."""
+    rng = np.random.default_rng(0)
+    nq, npool = 40, 60
+    held = np.arange(nq) % 2 == 1
+    q, p = np.repeat(np.arange(nq), npool), np.tile(np.arange(npool), nq)
+    truth = (p == q)  # pool image j < 40 copies benchmark image j
+    score = rng.uniform(0.0, 0.6, len(q))
+    score[truth] = 0.95
+    flat_held = held[q]
+    score[truth & flat_held & (q % 4 == 1)] = 0.5  # half the held-apart copies are missed
+    fp = np.flatnonzero(~truth & flat_held)[:3]
+    score[fp] = 0.97  # and three held-apart non-copies look like copies
+    rep = cal.choose_and_report({"clip": score}, truth, q, held, 0.95)
+    # in-sample the choice looks perfect (every copy, precision >= 0.95) ...
+    ch = ~flat_held
+    chosen_t = rep["signals"]["clip"]["threshold"]
+    assert (score[ch & truth] >= chosen_t).all() and truth[ch & (score >= chosen_t)].mean() >= 0.95
+    # ... but the report is the held-apart loop count
+    pred = [(s >= chosen_t) for s, h in zip(score, flat_held) if h]
+    tr = [t for t, h in zip(truth, flat_held) if h]
+    tp = sum(a and b for a, b in zip(pred, tr))
+    fpn = sum(a and not b for a, b in zip(pred, tr))
+    assert rep["signals"]["clip"]["tp"] == tp == 10 and rep["signals"]["clip"]["fp"] == fpn >= 3
+    assert rep["signals"]["clip"]["recall"] == pytest.approx(0.5) and rep["combined"]["recall"] == pytest.approx(0.5)
+    assert rep["combined"]["precision"] == pytest.approx(10 / (10 + fpn)) and 10 / (10 + fpn) < 0.95
+    lo, hi = rep["combined"]["recall_ci"]
+    assert lo < 0.5 < hi and hi - lo > 0.3  # 20 copies: a wide Clopper-Pearson interval, said so
+    assert rep["held_apart"]["copies"] == 20 and rep["chosen_on"]["copies"] == 20
+
+
+def test_strong_distractors_are_reported_apart_not_counted_as_false_positives():
+    nq, npool = 10, 20
+    q, p = np.repeat(np.arange(nq), npool), np.tile(np.arange(npool), nq)
+    truth = p == q
+    pdq = np.full(len(q), 120.0)
+    pdq[truth] = 10
+    real = (q == 1) & (p == 15)  # an unplanted real copy in the pool
+    pdq[real] = 5
+    rep = cal.choose_and_report({"pdq": pdq}, truth, q, np.arange(nq) % 2 == 1, 0.95)
+    assert rep["suspected_real_copies"] == 1
+    assert rep["combined"]["fp"] == 0 and rep["combined"]["precision"] == 1.0
 
 
 @pytest.mark.slow
@@ -112,9 +165,9 @@ def test_calibrate_command_with_the_tiny_model(ws, cli):
          "kind": "clip"}))
     r = cli("-w", ws.root, "overlap", "calibrate", "--copies", "8", "--distractors", "16", "--device", "cpu")
     assert r.code == 0, r.err
-    assert "clip" in r.out and "phash" in r.out
+    assert "clip" in r.out and "phash" in r.out and "combined" in r.out and "held-apart" in r.err
     saved = json.loads((ws.root / "overlap" / "calibration" / "thresholds.json").read_text())
-    assert saved["model_tag"] == "clipcurate-tiny__random" and saved["queries"] == 24
+    assert saved["model_tag"] == "clipcurate-tiny__random" and saved["queries"] == 16
 
 
 def test_calibrate_errors(ws, cli):

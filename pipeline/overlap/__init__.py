@@ -7,7 +7,8 @@ The public API (what the CLI, ``clipcurate run`` and other stages call)::
     res = overlap.run(ws, {"k": 10}, executor=ex)      # search, decide, split, diagnose
     overlap.refresh_splits(ws)                         # splits + decontam again from new decisions
     overlap.refresh_after_review(ws)                   # the same, as the review screen wants it
-    overlap.run_calibration(ws, {"copies": 64})        # `overlap calibrate`: precision and recall
+    overlap.run_calibration(ws, {"copies": 200})       # `overlap calibrate`: rule chosen on half, measured on half
+    overlap.decision_policy(ws, opts, tag)             # which rule decides overlap (calibrated or thresholds)
     overlap.compute_hashes(ws, executor=ex)            # `detector hashes`: the pHash/dHash cache
     opts = overlap.options(ws)                         # the [overlap] options
     overlap.thresholds_for(opts, "cifar10")            # signal -> (overlap, review) thresholds
@@ -30,9 +31,11 @@ from clipcurate.overlap.rules import CONFIRM_ONLY, DECISIONS, SIGNALS, Signal, c
 from clipcurate.overlap.splits import refresh_after_review, refresh_splits
 from clipcurate.overlap.stage import OverlapStage, Result, run
 from clipcurate.overlap.calibrate import run as run_calibration
+from clipcurate.overlap.policy import Policy, decision_policy, flag_implausible
 
 __all__ = [
-    "CONFIRM_ONLY", "DECISIONS", "FOLDER", "HashStage", "OverlapStage", "Result", "SIGNALS", "Signal", "combine",
-    "compute_hashes", "decide", "detector_rule", "load_hashes", "options", "refresh_after_review",
+    "CONFIRM_ONLY", "DECISIONS", "FOLDER", "HashStage", "OverlapStage", "Policy", "Result", "SIGNALS", "Signal",
+    "combine", "compute_hashes", "decide", "decision_policy", "detector_rule", "flag_implausible", "load_hashes",
+    "options", "refresh_after_review",
     "refresh_splits", "run", "run_calibration", "thresholds_for",
 ]

@@ -8,7 +8,9 @@
 2. adds the pairs whose **captions** nearly match a caption benchmark's text (MinHash LSH,
    :mod:`clipcurate.overlap.captions`), and gives every pair of a caption benchmark its ``text_sim``;
 3. fills the **perceptual hash** distances from the cache (:mod:`clipcurate.overlap.hashes`);
-4. verifies the most promising pairs with **keypoints** (:mod:`clipcurate.overlap.keypoints`).
+4. verifies the most promising pairs with their images (:mod:`clipcurate.overlap.verify`): the
+   edit-tolerant **PDQ** distance (mirror and border-trim variants) and **keypoints** with a
+   guarded affine fit, checked by alignment (``kp_inliers``, ``kp_ncc``).
 
 Each signal that cannot be computed (no detector embeddings, no images) stays null, with a log
 line — never an error. The ``[signals]`` options switch each one on or off. The same signals score
@@ -31,10 +33,11 @@ from clipcurate.core.io import read_json
 from clipcurate.core.workspace import Workspace
 from clipcurate.detector import load_descriptor
 from clipcurate.overlap.captions import text_matches, text_similarity
-from clipcurate.overlap.hashes import hamming_matrix, image_hashes, iter_pool_tar, open_image, pair_hash_distances, \
+from clipcurate.overlap.hashes import iter_pool_tar, open_image, pair_hash_distances, \
     read_bench
 from clipcurate.overlap.inputs import load_bench, model_tags, pool_shards, pool_uids
 from clipcurate.overlap.keypoints import KeypointCache
+from clipcurate.overlap.verify import PairVerifier, pack, pdq_distance_matrix, pdq_variants
 from clipcurate.overlap.search import Searcher
 from clipcurate.review import pair_id
 
@@ -49,9 +52,10 @@ config.section("signals", {
 }, {
     "detector_tag": "detector descriptors to use (embed/{tag} with kind detector); default: the only/first one",
     "hashes": "fill phash_dist / dhash_dist (hashes computed once per image, cached in hashes/)",
-    "keypoints": "fill kp_inliers (SIFT/ORB + RANSAC) on the candidate pairs",
-    "keypoint_method": "sift or orb",
-    "keypoint_max_pairs": "verify at most this many pairs with keypoints (highest detector/CLIP score first)",
+    "keypoints": "fill pdq_dist, kp_inliers and kp_ncc (PDQ variants; SIFT + guarded affine fit + alignment) on the "
+                 "candidate pairs",
+    "keypoint_method": "sift (guarded affine fit + alignment) or orb (the plain homography inlier count)",
+    "keypoint_max_pairs": "verify at most this many pairs with their images (highest detector/CLIP score first)",
     "text": "fill text_sim for caption benchmarks and add pairs whose captions nearly match (MinHash LSH)",
     "text_threshold": "exact shingle Jaccard at or above which a caption match becomes a candidate pair",
 })
@@ -235,7 +239,8 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
             rows.append({"pair_id": pair_id(e["pool_uid"], e["benchmark"], e["bench_index"]), "pool_uid": e["pool_uid"],
                          "benchmark": e["benchmark"], "bench_index": e["bench_index"], "bench_uid": e["bench_uid"],
                          "score_clip": c, "score_detector": e.get("score_detector"), "phash_dist": None,
-                         "dhash_dist": None, "kp_inliers": None, "text_sim": None, "rank": None})
+                         "dhash_dist": None, "kp_inliers": None, "text_sim": None, "pdq_dist": None,
+                         "kp_ncc": None, "rank": None})
     if not rows:
         return rows
     if dtag:
@@ -260,28 +265,45 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
 
 
 def _fill_keypoints(ws: Workspace, rows: list[dict], opts: dict) -> None:
-    """Keypoint inliers for the most promising pairs (detector score, else CLIP score, first)."""
+    """PDQ distance, keypoint inliers and alignment for the most promising pairs (detector score,
+    else CLIP score, first); features computed once per image."""
     order = sorted(range(len(rows)), key=lambda i: -(rows[i]["score_detector"] if rows[i]["score_detector"]
                                                      is not None else (rows[i]["score_clip"] or -9)))
     todo = order[: int(opts["keypoint_max_pairs"])]
     if len(todo) < len(rows):
-        log(f"signals: keypoints on the first {len(todo)} of {len(rows)} pairs ([signals] keypoint_max_pairs)")
+        log(f"signals: images verified for the first {len(todo)} of {len(rows)} pairs ([signals] keypoint_max_pairs)")
     pool_img = _images_by_uid(ws, {rows[i]["pool_uid"] for i in todo})
     bench_img: dict[str, dict[int, bytes]] = {}
     for n in {rows[i]["benchmark"] for i in todo}:
         bench_img[n] = _bench_images(ws, n, {int(rows[i]["bench_index"]) for i in todo if rows[i]["benchmark"] == n})
+    sift = opts["keypoint_method"] == "sift"
     cache = KeypointCache(opts["keypoint_method"])
+    verifier, decoded, pdq = PairVerifier(), {}, {}
+
+    def image(key, data):  # decoded once per image
+        if key not in decoded:
+            decoded[key] = open_image(data)
+        return decoded[key]
+
     for i in todo:
         r = rows[i]
         a, b = pool_img.get(r["pool_uid"]), bench_img[r["benchmark"]].get(int(r["bench_index"]))
         if a is None or b is None:
             continue
+        ka, kb = ("p", r["pool_uid"]), ("b", r["benchmark"], r["bench_index"])
         try:
-            ka, kb = ("p", r["pool_uid"]), ("b", r["benchmark"], r["bench_index"])
-            r["kp_inliers"] = cache.inliers(ka, None if ka in cache.features else open_image(a),
-                                            kb, None if kb in cache.features else open_image(b))
-        except Exception:  # an undecodable image: no keypoint signal for this pair
-            r["kp_inliers"] = None
+            ia, ib = image(ka, a), image(kb, b)
+            if ka not in pdq:
+                pdq[ka] = pack(pdq_variants(ia))
+            if kb not in pdq:
+                pdq[kb] = pack(pdq_variants(ib)[:1])
+            r["pdq_dist"] = int(pdq_distance_matrix(pdq[kb], pdq[ka][None])[0, 0])
+            if sift:
+                r["kp_inliers"], r["kp_ncc"] = verifier.verify(kb, ib, ka, ia)
+            else:
+                r["kp_inliers"] = cache.inliers(ka, ia, kb, ib)
+        except Exception:  # an undecodable image: no image signal for this pair
+            r["kp_inliers"] = r["pdq_dist"] = r["kp_ncc"] = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,26 +330,48 @@ def _calib_detector(cs, q: np.ndarray, p: np.ndarray) -> np.ndarray:
     return full[q, p]
 
 
-def _calib_keypoints(cs, q: np.ndarray, p: np.ndarray, k: int = 3, method: str = "sift") -> np.ndarray:
-    """Inliers on candidate pairs only, as in the stage: the top-k pool images of each benchmark
-    image by the detector (when it ran), CLIP and pHash; every other pair stays NaN (not computed)."""
+def _pdq_full(cs) -> np.ndarray:
+    if getattr(cs, "_pdq_full", None) is None:
+        b = pack(np.stack([pdq_variants(im)[0] for im in cs.bench_images]))
+        p = pack(np.stack([pdq_variants(im) for im in cs.pool_images]))
+        cs._pdq_full = pdq_distance_matrix(b, p).astype(np.float64)
+    return cs._pdq_full
+
+
+def _calib_pdq(cs, q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return _pdq_full(cs)[q, p]
+
+
+def _verified(cs, k: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Inliers and alignment NCC on candidate pairs only, as in the stage: the top-k pool images of
+    each benchmark image by the detector (when it ran), CLIP and PDQ; other pairs: NaN (not computed)."""
+    if getattr(cs, "_verified", None) is not None:
+        return cs._verified
     nq, npool = len(cs.bench_images), len(cs.pool_images)
-    scores = [np.asarray(cs.bench_emb, np.float32) @ np.asarray(cs.pool_emb, np.float32).T]
+    scores = [np.asarray(cs.bench_emb, np.float32) @ np.asarray(cs.pool_emb, np.float32).T, -_pdq_full(cs)]
     if getattr(cs, "_detector_full", None) is not None:
         scores.append(cs._detector_full)
-    hb = np.array([image_hashes(im)[0] for im in cs.bench_images])
-    hp = np.array([image_hashes(im)[0] for im in cs.pool_images])
-    scores.append(-hamming_matrix(hb, hp).astype(np.float32))
     cand = np.zeros((nq, npool), bool)
     for s in scores:
-        top = np.argsort(-s, axis=1)[:, :k]
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
         cand[np.arange(nq)[:, None], top] = True
-    full = np.full((nq, npool), np.nan)
-    cache = KeypointCache(method)
+    inl, ncc = np.full((nq, npool), np.nan), np.full((nq, npool), np.nan)
+    v = PairVerifier()
     for i, j in zip(*np.nonzero(cand)):
-        full[i, j] = cache.inliers(("b", i), cs.bench_images[i], ("p", j), cs.pool_images[j])
-    return full[q, p]
+        n, c = v.verify(("b", i), cs.bench_images[i], ("p", j), cs.pool_images[j])
+        inl[i, j], ncc[i, j] = n, (np.nan if c is None else c)
+    cs._verified = (inl, ncc)
+    return cs._verified
+
+
+def _calib_keypoints(cs, q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return _verified(cs)[0][q, p]
+
+
+def _calib_ncc(cs, q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return _verified(cs)[1][q, p]
 
 
 def calibration_scorers() -> dict:
-    return {"detector": _calib_detector, "keypoints": _calib_keypoints}
+    """name → scorer (order matters: the detector first, so keypoint candidates can use it)."""
+    return {"detector": _calib_detector, "pdq": _calib_pdq, "keypoints": _calib_keypoints, "kp_ncc": _calib_ncc}

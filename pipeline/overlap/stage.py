@@ -42,6 +42,7 @@ from clipcurate.core.stage import Stage, StageResult
 from clipcurate.core.workspace import Workspace
 from clipcurate.overlap.inputs import Bench, PoolShard, bench_names, load_bench, npy_shape, pick_tag, pool_shards
 from clipcurate.overlap.pairs import write_outputs
+from clipcurate.overlap.policy import decision_policy, flag_implausible
 from clipcurate.overlap.rules import thresholds_for
 from clipcurate.overlap.schema import FOLDER, options
 from clipcurate.overlap.searchrun import SearchRun
@@ -62,11 +63,12 @@ class OverlapStage(Stage):
     name = "overlap"
 
     def __init__(self, ws: Workspace, opts: dict, tag: str, benches: list[Bench], shards: list[PoolShard],
-                 ths: dict, srun: SearchRun):
+                 ths: dict, srun: SearchRun, policy=None):
         # `force` is the SearchRun's: a forced or incompatible search is redone from scratch there.
         super().__init__(ws.root / FOLDER)
         self.ws, self.opts, self.tag, self.benches, self.pool, self.ths, self.srun = \
             ws, opts, tag, benches, shards, ths, srun
+        self.policy = policy
         self.result: Result | None = None
 
     @property
@@ -82,8 +84,9 @@ class OverlapStage(Stage):
     def finish(self, result: StageResult) -> None:
         top, pairs, stats = self.srun.close()
         files = write_outputs(self.ws, self.opts, self.tag, self.benches, self.pool, self.srun.offsets,
-                              self.srun.q_off, top, pairs, self.ths)
+                              self.srun.q_off, top, pairs, self.ths, self.policy)
         per = refresh_splits(self.ws, self.opts)
+        flag_implausible(self.ws, per)
         self.result = Result(self.tag, stats, per, files)
 
 
@@ -124,6 +127,8 @@ def run(ws: Workspace, overrides: dict | None = None, force: bool = False,
     opts = options(ws, overrides, cfg)
     tag, benches, shards = _inputs(ws, opts)
     ths = {b.name: thresholds_for(opts, b.name) for b in benches}
+    policy = decision_policy(ws, opts, tag, overrides)
+    log(f"overlap: overlap decided by {policy.source}")
     floors = {b.name: ths[b.name]["clip"][1] for b in benches}
     log(f"overlap: {len(benches)} benchmark(s), {sum(len(b.vectors) for b in benches)} samples × "
         f"{sum(s.rows for s in shards)} pool samples in {len(shards)} shard(s), model {tag}")
@@ -132,6 +137,6 @@ def run(ws: Workspace, overrides: dict | None = None, force: bool = False,
     srun.open()
     if executor is not None and executor.kind != "local":  # --executor ray: runs of pool shards as Ray tasks
         srun.search_on_ray(executor)
-    stage = OverlapStage(ws, opts, tag, benches, shards, ths, srun)
+    stage = OverlapStage(ws, opts, tag, benches, shards, ths, srun, policy)
     stage.run()
     return stage.result
