@@ -42,9 +42,12 @@ from clipcurate.overlap.verify import PairVerifier, grey_frame, features, pack, 
 log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
 
 
-def keypoint_votes(bench, pool, ratio: float = 0.8) -> np.ndarray:
-    """[nb, np] ratio-test matches of each benchmark image's SIFT descriptors into all pool
-    descriptors at once (FLANN kd-trees): how keypoints propose candidates without a pair loop."""
+def keypoint_votes(bench, pool, k: int = 8, ratio: float = 0.8) -> np.ndarray:
+    """[nb, np] keypoint votes of each benchmark image's SIFT descriptors into all pool descriptors
+    at once (FLANN kd-trees): how keypoints propose candidates without a pair loop. Lowe's ratio
+    test against the second neighbour fails when the pool holds several copies of one image (their
+    descriptors are each other's second neighbour), so the reference is the k-th neighbour: every
+    pool image among the k nearest with a distance under ``ratio`` times the k-th's gets one vote."""
     import cv2
 
     fb = [features(grey_frame(im)) for im in bench]
@@ -56,9 +59,13 @@ def keypoint_votes(bench, pool, ratio: float = 0.8) -> np.ndarray:
     for i, (_, d) in enumerate(fb):
         if d is None or len(d) < 2:
             continue
-        for m in flann.knnMatch(d.astype(np.float32), desc, k=2):
-            if len(m) == 2 and m[0].distance < ratio * m[1].distance:
-                votes[i, owner[m[0].trainIdx]] += 1
+        for ms in flann.knnMatch(d.astype(np.float32), desc, k=k):
+            if len(ms) < k:
+                continue
+            ref = ms[-1].distance
+            hit = {owner[m.trainIdx] for m in ms[:-1] if m.distance < ratio * ref}
+            for j in hit:
+                votes[i, j] += 1
     return votes
 
 

@@ -7,10 +7,11 @@
    reaches the benchmark's detector review threshold; then every pair gets its detector cosine;
 2. adds the pairs whose **captions** nearly match a caption benchmark's text (MinHash LSH,
    :mod:`clipcurate.overlap.captions`), and gives every pair of a caption benchmark its ``text_sim``;
-3. fills the **perceptual hash** distances from the cache (:mod:`clipcurate.overlap.hashes`);
-4. verifies the most promising pairs with their images (:mod:`clipcurate.overlap.verify`): the
-   edit-tolerant **PDQ** distance (mirror and border-trim variants) and **keypoints** with a
-   guarded affine fit, checked by alignment (``kp_inliers``, ``kp_ncc``).
+3. adds the pairs whose edit-tolerant **PDQ** distance (mirror and border-trim variants) is within
+   the review threshold, and fills the **perceptual hash** distances (pHash, dHash, PDQ) from the
+   cache (:mod:`clipcurate.overlap.hashes`);
+4. verifies the most promising pairs with their images (:mod:`clipcurate.overlap.verify`):
+   **keypoints** with a guarded affine fit, checked by alignment (``kp_inliers``, ``kp_ncc``).
 
 Each signal that cannot be computed (no detector embeddings, no images) stays null, with a log
 line — never an error. The ``[signals]`` options switch each one on or off. The same signals score
@@ -33,8 +34,7 @@ from clipcurate.core.io import read_json
 from clipcurate.core.workspace import Workspace
 from clipcurate.detector import load_descriptor
 from clipcurate.overlap.captions import text_matches, text_similarity
-from clipcurate.overlap.hashes import iter_pool_tar, open_image, pair_hash_distances, \
-    read_bench
+from clipcurate.overlap.hashes import iter_pool_tar, open_image, pair_hash_distances, pdq_table, read_bench
 from clipcurate.overlap.inputs import load_bench, model_tags, pool_shards, pool_uids
 from clipcurate.overlap.keypoints import KeypointCache
 from clipcurate.overlap.verify import PairVerifier, pack, pdq_distance_matrix, pdq_variants
@@ -51,9 +51,9 @@ config.section("signals", {
     "text_threshold": 0.6,
 }, {
     "detector_tag": "detector descriptors to use (embed/{tag} with kind detector); default: the only/first one",
-    "hashes": "fill phash_dist / dhash_dist (hashes computed once per image, cached in hashes/)",
-    "keypoints": "fill pdq_dist, kp_inliers and kp_ncc (PDQ variants; SIFT + guarded affine fit + alignment) on the "
-                 "candidate pairs",
+    "hashes": "fill phash_dist / dhash_dist / pdq_dist (hashes computed once per image, cached in hashes/) and add "
+              "the pairs within the PDQ review threshold (a search over all pool hashes)",
+    "keypoints": "fill kp_inliers and kp_ncc (SIFT + guarded affine fit + alignment) on the candidate pairs",
     "keypoint_method": "sift (guarded affine fit + alignment) or orb (the plain homography inlier count)",
     "keypoint_max_pairs": "verify at most this many pairs with their images (highest detector/CLIP score first)",
     "text": "fill text_sim for caption benchmarks and add pairs whose captions nearly match (MinHash LSH)",
@@ -148,6 +148,33 @@ def _detector_candidates(ws: Workspace, tag: str, ths: Mapping[str, Mapping], ex
     return out
 
 
+def _pdq_candidates(ws: Workspace, ths: Mapping[str, Mapping], existing: set, chunk: int = 4096) -> list[dict]:
+    """Pairs whose PDQ distance (the benchmark image against any of the pool image's four variants)
+    is within the benchmark's PDQ review threshold and that no other search proposed: a recompressed,
+    resized, mirrored or letterboxed copy is found whatever the embeddings say. All pool hashes
+    against all benchmark hashes, a chunk of pool images at a time (XOR + popcount)."""
+    try:
+        p_uid, _, p_arr = pdq_table(ws, "pool")
+    except ClipcurateError as exc:
+        log(f"signals: no PDQ search ({exc})")
+        return []
+    out = []
+    for name in ths:
+        b_uid, b_idx, b_arr = pdq_table(ws, "bench", name)
+        if not len(b_arr) or not len(p_arr):
+            continue
+        floor = int(ths[name]["pdq"][1])
+        for start in range(0, len(p_arr), chunk):
+            d = pdq_distance_matrix(b_arr[:, 0], p_arr[start:start + chunk])
+            for bi, pj in zip(*np.nonzero(d <= floor)):
+                key = (p_uid[start + pj], name, int(b_idx[bi]))
+                if key not in existing:
+                    existing.add(key)
+                    out.append({"pool_uid": key[0], "benchmark": name, "bench_index": key[2], "bench_uid": b_uid[bi],
+                                "origin": "pdq"})
+    return out
+
+
 def _pool_captions(ws: Workspace) -> dict[str, str]:
     out = {}
     for f in sorted(ws.path("pool", "manifest").glob("*.parquet")):
@@ -220,6 +247,9 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
     dtag = detector_tag(ws, opts["detector_tag"])
     if dtag:
         extra += _detector_candidates(ws, dtag, ths, existing)
+    # PDQ: near-identical files, mirrored or framed, whatever the embeddings say.
+    if opts["hashes"]:
+        extra += _pdq_candidates(ws, ths, existing)
     # Captions: near-identical pool captions of caption-benchmark texts (MinHash LSH).
     caps = {n: _bench_captions(ws, n) for n in ths} if opts["text"] else {}
     pool_caps = _pool_captions(ws) if any(caps.values()) else {}
@@ -232,7 +262,8 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
                               "origin": "text"})
     if extra:
         log(f"signals: {len(extra)} candidate pairs beyond the CLIP search "
-            f"({sum(e['origin'] == 'detector' for e in extra)} detector, {sum(e['origin'] == 'text' for e in extra)} text)")
+            f"({sum(e['origin'] == 'detector' for e in extra)} detector, {sum(e['origin'] == 'pdq' for e in extra)} "
+            f"PDQ, {sum(e['origin'] == 'text' for e in extra)} text)")
         clip = _pair_cosines(ws, clip_tag, extra)
         for e, c in zip(extra, clip):
             e.pop("origin")
@@ -251,6 +282,7 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
             ph, dh = pair_hash_distances(ws, [r["pool_uid"] for r in rows], [r["bench_uid"] for r in rows])
             for r, a, b in zip(rows, ph, dh):
                 r["phash_dist"], r["dhash_dist"] = a, b
+            _fill_pdq(ws, rows)
         except ClipcurateError as exc:
             log(f"signals: no perceptual hashes ({exc})")
     if caps and pool_caps:
@@ -264,9 +296,22 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
     return rows
 
 
+def _fill_pdq(ws: Workspace, rows: list[dict]) -> None:
+    """``pdq_dist`` of every pair from the hash cache (None where a hash is missing)."""
+    p_uid, _, p_arr = pdq_table(ws, "pool")
+    pool = dict(zip(p_uid, p_arr))
+    bench = {}
+    for n in {r["benchmark"] for r in rows}:
+        u, _, a = pdq_table(ws, "bench", n)
+        bench.update(zip(u, a))
+    for r in rows:
+        a, b = bench.get(r["bench_uid"]), pool.get(r["pool_uid"])
+        r["pdq_dist"] = None if a is None or b is None else int(pdq_distance_matrix(a[:1], b[None])[0, 0])
+
+
 def _fill_keypoints(ws: Workspace, rows: list[dict], opts: dict) -> None:
-    """PDQ distance, keypoint inliers and alignment for the most promising pairs (detector score,
-    else CLIP score, first); features computed once per image."""
+    """Keypoint inliers and alignment for the most promising pairs (detector score, else CLIP
+    score, first); features computed once per image."""
     order = sorted(range(len(rows)), key=lambda i: -(rows[i]["score_detector"] if rows[i]["score_detector"]
                                                      is not None else (rows[i]["score_clip"] or -9)))
     todo = order[: int(opts["keypoint_max_pairs"])]
@@ -278,7 +323,7 @@ def _fill_keypoints(ws: Workspace, rows: list[dict], opts: dict) -> None:
         bench_img[n] = _bench_images(ws, n, {int(rows[i]["bench_index"]) for i in todo if rows[i]["benchmark"] == n})
     sift = opts["keypoint_method"] == "sift"
     cache = KeypointCache(opts["keypoint_method"])
-    verifier, decoded, pdq = PairVerifier(), {}, {}
+    verifier, decoded = PairVerifier(), {}
 
     def image(key, data):  # decoded once per image
         if key not in decoded:
@@ -293,17 +338,12 @@ def _fill_keypoints(ws: Workspace, rows: list[dict], opts: dict) -> None:
         ka, kb = ("p", r["pool_uid"]), ("b", r["benchmark"], r["bench_index"])
         try:
             ia, ib = image(ka, a), image(kb, b)
-            if ka not in pdq:
-                pdq[ka] = pack(pdq_variants(ia))
-            if kb not in pdq:
-                pdq[kb] = pack(pdq_variants(ib)[:1])
-            r["pdq_dist"] = int(pdq_distance_matrix(pdq[kb], pdq[ka][None])[0, 0])
             if sift:
                 r["kp_inliers"], r["kp_ncc"] = verifier.verify(kb, ib, ka, ia)
             else:
                 r["kp_inliers"] = cache.inliers(ka, ia, kb, ib)
-        except Exception:  # an undecodable image: no image signal for this pair
-            r["kp_inliers"] = r["pdq_dist"] = r["kp_ncc"] = None
+        except Exception:  # an undecodable image: no keypoint signal for this pair
+            r["kp_inliers"] = r["kp_ncc"] = None
 
 
 # ----------------------------------------------------------------------------------------------
