@@ -9,7 +9,8 @@ of neighbouring tiles). Every (benchmark, pool) pair is scored by every signal:
 - ``pdq_tolerant``: PDQ with mirror and border-trim variants (``clipcurate.overlap.verify``);
 - ``kp_inliers`` / ``kp_ncc``: SIFT + guarded affine RANSAC, then alignment by NCC, on the
   candidate pairs only (the ``--kp-topk`` nearest pool images of each benchmark image by PDQ and by
-  keypoint votes); other pairs: 0 inliers, no NCC;
+  keypoint votes — ``--no-votes``: by PDQ only); other pairs: 0 inliers, no NCC. The votes only
+  propose candidates; they are not a decision signal;
 - ``detector`` (``--detector``): the tiny App. C detector trained on the pool (CPU, minutes).
 
 Thresholds and the combined rule are **chosen on the choose half** of the benchmark images and
@@ -69,7 +70,7 @@ def keypoint_votes(bench, pool, k: int = 8, ratio: float = 0.8) -> np.ndarray:
     return votes
 
 
-def score_all(ds, kp_topk: int) -> tuple[dict, dict]:
+def score_all(ds, kp_topk: int, votes_on: bool = True) -> tuple[dict, dict]:
     """Every signal on every (benchmark, pool) pair, as [nb, np] matrices; and seconds per signal."""
     s, t = {}, {}
     t0 = time.time()
@@ -84,13 +85,14 @@ def score_all(ds, kp_topk: int) -> tuple[dict, dict]:
     s["pdq_tolerant"] = pdq_distance_matrix(vb, vp)
     t["pdq (4 variants)"] = time.time() - t0
     t0 = time.time()
-    votes = keypoint_votes(ds.bench, ds.pool)
+    votes = keypoint_votes(ds.bench, ds.pool) if votes_on else np.zeros(s["pdq"].shape, np.int32)
     t["keypoint votes"] = time.time() - t0
     t0 = time.time()
     cand = np.zeros(votes.shape, bool)
     rows = np.arange(len(ds.bench))[:, None]
     cand[rows, np.argsort(s["pdq_tolerant"], axis=1, kind="stable")[:, :kp_topk]] = True
-    cand[rows, np.argsort(-votes, axis=1, kind="stable")[:, :kp_topk]] = True
+    if votes_on:
+        cand[rows, np.argsort(-votes, axis=1, kind="stable")[:, :kp_topk]] = True
     inl, ncc = np.zeros(votes.shape, np.float64), np.full(votes.shape, np.nan)
     pv = PairVerifier()
     for i, j in zip(*np.nonzero(cand)):
@@ -117,7 +119,9 @@ def detector_scores(ds, steps: int) -> np.ndarray:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--kp-topk", type=int, default=4)
+    ap.add_argument("--kp-topk", type=int, default=6)
+    ap.add_argument("--no-votes", action="store_true",
+                    help="keypoint candidates from PDQ only, as in the overlap stage without a keypoint search")
     ap.add_argument("--detector", action="store_true", help="also train and score the tiny App. C detector")
     ap.add_argument("--detector-steps", type=int, default=400)
     ap.add_argument("--json", default="")
@@ -132,7 +136,7 @@ def main(argv=None) -> dict:
         with np.load(args.from_scores) as z:
             scores, times = {k: z[k] for k in z.files}, {}
     else:
-        scores, times = score_all(ds, args.kp_topk)
+        scores, times = score_all(ds, args.kp_topk, not args.no_votes)
     if args.save_scores:
         np.savez_compressed(args.save_scores, **scores)
     if args.detector:
@@ -150,7 +154,8 @@ def report(ds, scores: dict, times: dict) -> dict:
     kind = np.array(ds.kind)
     pool_kind = np.broadcast_to(kind[None, :], truth.shape)
     choose_rows, held_rows = ~ds.held_apart, ds.held_apart
-    feats = {k: comb.as_feature(k, v) for k, v in scores.items()}
+    # kp_votes only proposes keypoint candidates (the stage has no such column): not a decision signal
+    feats = {k: comb.as_feature(k, v) for k, v in scores.items() if k != "kp_votes"}
     out = {"n_bench": len(ds.bench), "n_pool": len(ds.pool), "held_apart_copies": int(truth[held_rows].sum()),
            "times_s": times, "targets": {}}
     print(f"# copy detection on real photographs: {len(ds.bench)} benchmark tiles × {len(ds.pool)} pool images; "

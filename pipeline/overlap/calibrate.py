@@ -343,7 +343,12 @@ def run(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None 
     copy_of[len(dist_bytes):] = [qpos[s] for s in src]
     truth = copy_of[p] == q
     values = {}
+    sig_opts = cfg.get("signals")
+    off = ({"pdq", "phash", "dhash"} if not sig_opts["hashes"] else set()) | \
+          ({"keypoints", "kp_ncc"} if not sig_opts["keypoints"] else set())
     for sname, fn in SCORERS.items():
+        if sname in off:  # as in the stage: a signal switched off in [signals] is not calibrated
+            continue
         try:
             values[sname] = np.asarray(fn(cs, q, p), np.float64)
         except ClipcurateError as exc:
