@@ -80,7 +80,7 @@ config.section("overlap_calibrate", {
     "strength": 1.0, "device": "auto", "batch_size": 64, "min_decisions": 20, "use_decisions": True,
 }, {
     "model_tag": "model to calibrate (embed/{tag}); default: as for `overlap`",
-    "benchmark": "benchmark whose images are planted; default: the first with samples.parquet",
+    "benchmark": "benchmark whose images are planted; default: all of them together (one rule decides for all)",
     "copies": "planted copies, half App. C, half everyday edits (one per sampled benchmark image; two when "
               "the benchmark is smaller); half of them choose the rule, half measure it",
     "distractors": "pool images mixed with the copies",
@@ -300,12 +300,11 @@ def run(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None 
     opts = cfg.get("overlap_calibrate", overrides or {})
     ov = cfg.get("overlap")
     tag = pick_tag(ws, opts["model_tag"] or ov["model_tag"] or None) if embed is None else (opts["model_tag"] or "custom")
-    name = opts["benchmark"]
-    if not name:
-        found = sorted(p.parent.name for p in (ws.root / "benchmarks").glob("*/samples.parquet"))
-        if not found:
-            raise MissingUpstream(f"benchmarks ({ws.root / 'benchmarks'}/*/samples.parquet)", "clipcurate bench add")
-        name = found[0]
+    names = [opts["benchmark"]] if opts["benchmark"] else \
+        sorted(p.parent.name for p in (ws.root / "benchmarks").glob("*/samples.parquet"))
+    if not names:
+        raise MissingUpstream(f"benchmarks ({ws.root / 'benchmarks'}/*/samples.parquet)", "clipcurate bench add")
+    name = "+".join(names)
     if int(opts["copies"]) < 2 or int(opts["distractors"]) < 0:
         raise ClipcurateError(f"--copies {opts['copies']} / --distractors {opts['distractors']}: need copies >= 2 "
                               f"(half choose the rule, half measure it)")
@@ -313,7 +312,8 @@ def run(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None 
     if not 0 < target <= 1:
         raise ClipcurateError(f"--target-precision {target}: must be in (0, 1]")
     rng = np.random.default_rng(int(opts["seed"]))
-    idx, raw = bench_images(ws, name)
+    # every benchmark's images together (the rule decides for all of them), unless one is named
+    raw = [b for n in names for b in bench_images(ws, n)[1]]
     b_imgs = [_open(b) for b in raw]
     src, copies, kinds = _plant(b_imgs, int(opts["copies"]), rng, float(opts["strength"]))
     n_copies = len(copies)
@@ -354,10 +354,12 @@ def run(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None 
         except ClipcurateError as exc:
             warn(f"calibrate: signal {sname} skipped ({exc})")
     extra_pairs, n_dec = _decisions(ws, values, opts)
-    rep = choose_and_report(values, truth, q, held, target)
+    # a random-init CLIP is reported, never part of the rule (it is no copy detector)
+    never = frozenset({"clip"}) if embed_random(ws, tag) else frozenset()
+    rep = choose_and_report(values, truth, q, held, target, never_decide=never)
     result = _result(name, tag, pool_kind, n_copies, kinds, dist_bytes, nq, npool, target, rep)
     if extra_pairs is not None:
-        with_dec = choose_and_report(values, truth, q, held, target, extra=extra_pairs)
+        with_dec = choose_and_report(values, truth, q, held, target, extra=extra_pairs, never_decide=never)
         result["with_decisions"] = {"decisions": n_dec, "rule": with_dec["rule"].to_json(),
                                     "combined": with_dec["combined"], "chosen_on": with_dec["chosen_on"]}
         result["decisions_note"] = _decisions_note(rep, with_dec, n_dec)
@@ -436,6 +438,12 @@ def _write(ws, name, tag, values, truth, q, held, rep, target, result) -> None:
     mf.write("calibration", rows, folder / "curve.parquet")
     _plot(curves, result["chosen"], target, name, tag, folder / "curve.png")
     write_json(folder / "thresholds.json", result)
+
+
+def embed_random(ws: Workspace, tag: str) -> bool:
+    """Whether embed/{tag}/model.json names a randomly initialised model (``pretrained = random``)."""
+    p = ws.root / "embed" / tag / "model.json"
+    return p.is_file() and str(read_json(p).get("pretrained") or "").lower() == "random"
 
 
 def load_rule(ws: Workspace):

@@ -18,7 +18,8 @@ signal not computed for a pair gets its worst value). Then, for a target precisi
    scipy's L-BFGS-B), thresholded the same way;
 4. the rule kept is the one whose recall at the target is best **out of fold**: the labelled
    pairs are split in two by benchmark image, each candidate is chosen on one half and measured on
-   the other, both ways. So the combination replaces the best single signal only when it wins on
+   the other, both ways (a candidate whose out-of-fold precision is significantly below the target
+   — the upper end of its 95 % interval under it — is out). So the combination replaces the best single signal only when it wins on
    pairs it was not fitted to; the kept rule is then refitted on all the labelled pairs.
 
 Figures (:func:`measure`) carry 95 % Clopper-Pearson intervals (``scipy.stats.binomtest``).
@@ -206,10 +207,11 @@ def fit(feats: dict[str, np.ndarray], truth: np.ndarray, target: float, groups: 
             tp[k] = tp.get(k, 0) + int((pred & truth[b]).sum())
             fp[k] = fp.get(k, 0) + int((pred & ~truth[b]).sum())
     final = _candidates(feats, truth, target)
-    # out-of-fold: recall counts only when the precision also held out of fold; when no candidate
-    # holds it, the most precise one out of fold
+    # out-of-fold: recall counts only when the precision held out of fold — is not significantly
+    # below the target (the upper end of its 95 % interval reaches it: with few copies a single
+    # false positive must not disqualify the best rule); when none holds, the most precise one
     seen = [k for k in final if k in tp and tp[k] + fp[k]]
-    ok = [k for k in seen if tp[k] / (tp[k] + fp[k]) >= target]
+    ok = [k for k in seen if clopper_pearson(tp[k], tp[k] + fp[k])[1] >= target]
     if ok:
         best = max(ok, key=lambda k: (tp[k], -fp[k], k in ("max", "logistic")))
     elif seen:

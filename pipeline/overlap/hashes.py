@@ -221,9 +221,11 @@ def compute_hashes(ws: Workspace, force: bool = False, benchmarks: Sequence[str]
     return result.counts
 
 
-def load_hashes(ws: Workspace, source: str | None = None, name: str | None = None) -> pa.Table:
-    """The cached hashes (computing missing ones first), optionally for one source / name."""
-    compute_hashes(ws)
+def load_hashes(ws: Workspace, source: str | None = None, name: str | None = None, ensure: bool = True) -> pa.Table:
+    """The cached hashes (computing missing ones first unless ``ensure`` is False), optionally for
+    one source / name."""
+    if ensure:
+        compute_hashes(ws)
     files = mf.get("hashes").files(ws.root)
     if source:
         files = [f for f in files if f.parent.name == source and (name is None or f.stem == name)]
@@ -231,16 +233,17 @@ def load_hashes(ws: Workspace, source: str | None = None, name: str | None = Non
     return pa.concat_tables(parts) if parts else mf.get("hashes").schema.empty_table()
 
 
-def hash_lookup(ws: Workspace, source: str | None = None) -> dict[str, tuple[int | None, int | None]]:
+def hash_lookup(ws: Workspace, source: str | None = None, ensure: bool = True
+                ) -> dict[str, tuple[int | None, int | None]]:
     """uid → (phash, dhash) from the cache."""
-    t = load_hashes(ws, source).to_pydict()
+    t = load_hashes(ws, source, ensure=ensure).to_pydict()
     return {u: (p, d) for u, p, d in zip(t["uid"], t["phash"], t["dhash"])}
 
 
-def pair_hash_distances(ws: Workspace, pool_uids: Sequence[str], bench_uids: Sequence[str]
+def pair_hash_distances(ws: Workspace, pool_uids: Sequence[str], bench_uids: Sequence[str], ensure: bool = True
                         ) -> tuple[list[int | None], list[int | None]]:
     """(phash_dist, dhash_dist) for aligned pool/benchmark uid lists; None where a hash is missing."""
-    table = hash_lookup(ws)
+    table = hash_lookup(ws, ensure=ensure)
     ph, dh = [], []
     for a, b in zip(pool_uids, bench_uids):
         ha, hb = table.get(a, (None, None)), table.get(b, (None, None))
@@ -249,10 +252,11 @@ def pair_hash_distances(ws: Workspace, pool_uids: Sequence[str], bench_uids: Seq
     return ph, dh
 
 
-def pdq_table(ws: Workspace, source: str, name: str | None = None) -> tuple[list[str], list, np.ndarray]:
+def pdq_table(ws: Workspace, source: str, name: str | None = None, ensure: bool = True
+              ) -> tuple[list[str], list, np.ndarray]:
     """(uids, benchmark indices, [n, 4, 4] uint64 PDQ variants) of the cached hashes of ``source``
     (``pool`` or ``bench``; optionally one name); images without a PDQ are left out."""
-    t = load_hashes(ws, source, name).to_pydict()
+    t = load_hashes(ws, source, name, ensure=ensure).to_pydict()
     keep = [i for i, b in enumerate(t["pdq"]) if b]
     arr = np.stack([np.frombuffer(t["pdq"][i], np.uint64).reshape(4, 4) for i in keep]) if keep else \
         np.zeros((0, 4, 4), np.uint64)

@@ -69,13 +69,15 @@ def _r(v):
 
 
 def choose_and_report(values: dict[str, np.ndarray], truth: np.ndarray, query: np.ndarray, held: np.ndarray,
-                      target: float, extra: tuple | None = None) -> dict:
+                      target: float, extra: tuple | None = None, never_decide: frozenset = frozenset()) -> dict:
     """Choose on the pairs whose query is not ``held``, report on those whose query is.
 
     ``values``: signal → flat array over pairs; ``truth``: planted copy or not; ``query``: each
     pair's benchmark row (the group of :func:`clipcurate.overlap.combined.fit`); ``held``: per
     query row. ``extra``: (features, truth, groups) of more labelled pairs for the choice (human
-    decisions). Strong candidates among distractor pairs are left out of both halves."""
+    decisions). Strong candidates among distractor pairs are left out of both halves.
+    ``never_decide``: signals reported but kept out of the rule (a random-init CLIP is no copy
+    detector, whatever a sample of copies says)."""
     strong = strong_candidates(values, truth)
     keep = ~strong
     feats = features(values)
@@ -93,7 +95,7 @@ def choose_and_report(values: dict[str, np.ndarray], truth: np.ndarray, query: n
         rule = comb.fit_single(k, f_ch[k], t_ch, target)
         signals[k] = {**_report_rule(rule, {k: f_ho[k]}, truth[ho]), "decisive": rule.threshold is not None,
                       "threshold": _native_threshold(k, rule.threshold)}
-    rule = comb.fit(f_ch, t_ch, target, groups=g_ch)
+    rule = comb.fit({k: v for k, v in f_ch.items() if k not in never_decide}, t_ch, target, groups=g_ch)
     return {"rule": rule, "signals": signals, "combined": _report_rule(rule, f_ho, truth[ho]),
             "held_apart": {"copies": int(truth[ho].sum()), "pairs": int(ho.sum())},
             "chosen_on": {"copies": int(t_ch.sum()), "pairs": int(len(t_ch))},

@@ -28,9 +28,8 @@ from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.io import read_json, write_json
 from clipcurate.core.workspace import Workspace
 from clipcurate.overlap.calibrate import FOLDER as CAL_FOLDER
-from clipcurate.overlap.calibrate import load_rule
+from clipcurate.overlap.calibrate import embed_random, load_rule
 from clipcurate.overlap.combined import Rule
-from clipcurate.overlap.inputs import model_info
 from clipcurate.overlap.schema import FOLDER
 
 MODES = ("auto", "on", "off")
@@ -61,8 +60,7 @@ def decision_policy(ws: Workspace, opts: dict, tag: str, overrides: dict | None 
     if rule is not None and mode == "auto" and explicit:
         log(f"overlap: explicit {', '.join(explicit)} given: the calibrated rule of {path} is not used")
         rule = None
-    info = model_info(ws, tag) if (ws.root / "embed" / tag / "model.json").is_file() else {}
-    random_clip = str(info.get("pretrained") or "").lower() == "random"
+    random_clip = embed_random(ws, tag)
     if rule is not None:
         src = read_json(path)
         c = src.get("combined") or {}

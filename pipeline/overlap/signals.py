@@ -34,7 +34,8 @@ from clipcurate.core.io import read_json
 from clipcurate.core.workspace import Workspace
 from clipcurate.detector import load_descriptor
 from clipcurate.overlap.captions import text_matches, text_similarity
-from clipcurate.overlap.hashes import iter_pool_tar, open_image, pair_hash_distances, pdq_table, read_bench
+from clipcurate.overlap.hashes import compute_hashes, iter_pool_tar, open_image, pair_hash_distances, pdq_table, \
+    read_bench
 from clipcurate.overlap.inputs import load_bench, model_tags, pool_shards, pool_uids
 from clipcurate.overlap.keypoints import KeypointCache
 from clipcurate.overlap.verify import PairVerifier, pack, pdq_distance_matrix, pdq_variants
@@ -47,6 +48,7 @@ config.section("signals", {
     "keypoints": True,
     "keypoint_method": "sift",
     "keypoint_max_pairs": 20000,
+    "keypoint_topk": 4,
     "text": True,
     "text_threshold": 0.6,
 }, {
@@ -56,6 +58,7 @@ config.section("signals", {
     "keypoints": "fill kp_inliers and kp_ncc (SIFT + guarded affine fit + alignment) on the candidate pairs",
     "keypoint_method": "sift (guarded affine fit + alignment) or orb (the plain homography inlier count)",
     "keypoint_max_pairs": "verify at most this many pairs with their images (highest detector/CLIP score first)",
+    "keypoint_topk": "pairs verified per benchmark sample: its k best by detector, by CLIP and by PDQ (as calibrate does)",
     "text": "fill text_sim for caption benchmarks and add pairs whose captions nearly match (MinHash LSH)",
     "text_threshold": "exact shingle Jaccard at or above which a caption match becomes a candidate pair",
 })
@@ -153,14 +156,10 @@ def _pdq_candidates(ws: Workspace, ths: Mapping[str, Mapping], existing: set, ch
     is within the benchmark's PDQ review threshold and that no other search proposed: a recompressed,
     resized, mirrored or letterboxed copy is found whatever the embeddings say. All pool hashes
     against all benchmark hashes, a chunk of pool images at a time (XOR + popcount)."""
-    try:
-        p_uid, _, p_arr = pdq_table(ws, "pool")
-    except ClipcurateError as exc:
-        log(f"signals: no PDQ search ({exc})")
-        return []
+    p_uid, _, p_arr = pdq_table(ws, "pool", ensure=False)
     out = []
     for name in ths:
-        b_uid, b_idx, b_arr = pdq_table(ws, "bench", name)
+        b_uid, b_idx, b_arr = pdq_table(ws, "bench", name, ensure=False)
         if not len(b_arr) or not len(p_arr):
             continue
         floor = int(ths[name]["pdq"][1])
@@ -248,7 +247,14 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
     if dtag:
         extra += _detector_candidates(ws, dtag, ths, existing)
     # PDQ: near-identical files, mirrored or framed, whatever the embeddings say.
+    hashed = False
     if opts["hashes"]:
+        try:
+            compute_hashes(ws)  # once; every read below uses the cache as it is
+            hashed = True
+        except ClipcurateError as exc:
+            log(f"signals: no perceptual hashes ({exc})")
+    if hashed:
         extra += _pdq_candidates(ws, ths, existing)
     # Captions: near-identical pool captions of caption-benchmark texts (MinHash LSH).
     caps = {n: _bench_captions(ws, n) for n in ths} if opts["text"] else {}
@@ -277,14 +283,11 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
     if dtag:
         for r, v in zip(rows, _pair_cosines(ws, dtag, rows)):
             r["score_detector"] = v
-    if opts["hashes"]:
-        try:
-            ph, dh = pair_hash_distances(ws, [r["pool_uid"] for r in rows], [r["bench_uid"] for r in rows])
-            for r, a, b in zip(rows, ph, dh):
-                r["phash_dist"], r["dhash_dist"] = a, b
-            _fill_pdq(ws, rows)
-        except ClipcurateError as exc:
-            log(f"signals: no perceptual hashes ({exc})")
+    if hashed:
+        ph, dh = pair_hash_distances(ws, [r["pool_uid"] for r in rows], [r["bench_uid"] for r in rows], ensure=False)
+        for r, a, b in zip(rows, ph, dh):
+            r["phash_dist"], r["dhash_dist"] = a, b
+        _fill_pdq(ws, rows)
     if caps and pool_caps:
         for r in rows:
             bc = caps.get(r["benchmark"], {}).get(int(r["bench_index"]))
@@ -298,25 +301,41 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
 
 def _fill_pdq(ws: Workspace, rows: list[dict]) -> None:
     """``pdq_dist`` of every pair from the hash cache (None where a hash is missing)."""
-    p_uid, _, p_arr = pdq_table(ws, "pool")
+    p_uid, _, p_arr = pdq_table(ws, "pool", ensure=False)
     pool = dict(zip(p_uid, p_arr))
     bench = {}
     for n in {r["benchmark"] for r in rows}:
-        u, _, a = pdq_table(ws, "bench", n)
+        u, _, a = pdq_table(ws, "bench", n, ensure=False)
         bench.update(zip(u, a))
     for r in rows:
         a, b = bench.get(r["bench_uid"]), pool.get(r["pool_uid"])
         r["pdq_dist"] = None if a is None or b is None else int(pdq_distance_matrix(a[:1], b[None])[0, 0])
 
 
+def _verify_candidates(rows: list[dict], k: int) -> list[int]:
+    """Row indices to verify with keypoints: for each benchmark sample, its ``k`` best pairs by the
+    detector, by CLIP and by PDQ — the same candidates ``overlap calibrate`` verifies, so the
+    calibrated rule sees the pairs it was measured on. Ordered by detector, else CLIP, score."""
+    by: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        by.setdefault((r["benchmark"], int(r["bench_index"])), []).append(i)
+    keys = [lambda r: r["score_detector"], lambda r: r["score_clip"],
+            lambda r: None if r["pdq_dist"] is None else -r["pdq_dist"]]
+    pick: set[int] = set()
+    for idx in by.values():
+        for key in keys:
+            scored = [i for i in idx if key(rows[i]) is not None]
+            pick.update(sorted(scored, key=lambda i: -key(rows[i]))[:k])
+    return sorted(pick, key=lambda i: -(rows[i]["score_detector"] if rows[i]["score_detector"] is not None
+                                        else (rows[i]["score_clip"] or -9)))
+
+
 def _fill_keypoints(ws: Workspace, rows: list[dict], opts: dict) -> None:
-    """Keypoint inliers and alignment for the most promising pairs (detector score, else CLIP
-    score, first); features computed once per image."""
-    order = sorted(range(len(rows)), key=lambda i: -(rows[i]["score_detector"] if rows[i]["score_detector"]
-                                                     is not None else (rows[i]["score_clip"] or -9)))
-    todo = order[: int(opts["keypoint_max_pairs"])]
-    if len(todo) < len(rows):
-        log(f"signals: images verified for the first {len(todo)} of {len(rows)} pairs ([signals] keypoint_max_pairs)")
+    """Keypoint inliers and alignment for the candidate pairs (:func:`_verify_candidates`);
+    features computed once per image."""
+    todo = _verify_candidates(rows, int(opts["keypoint_topk"]))[: int(opts["keypoint_max_pairs"])]
+    log(f"signals: keypoints verify {len(todo)} of {len(rows)} pairs (the best {opts['keypoint_topk']} per benchmark "
+        f"sample by detector, CLIP and PDQ; at most signals.keypoint_max_pairs)")
     pool_img = _images_by_uid(ws, {rows[i]["pool_uid"] for i in todo})
     bench_img: dict[str, dict[int, bytes]] = {}
     for n in {rows[i]["benchmark"] for i in todo}:

@@ -19,7 +19,7 @@ two different pictures of one scene. So a fit only counts when it passes guards,
 1. matches: Lowe's ratio test, each keypoint of B used once;
 2. RANSAC on a 6-parameter affine map (crop, zoom, aspect change, small rotation — what copies
    undergo; a full homography fits too much);
-3. guards: the map's two singular values in [1/6, 6] and their ratio at most 2.5 (no collapse,
+3. guards: at least 8 inliers; the map's two singular values in [1/6, 6] and their ratio at most 2.5 (no collapse,
    no wild shear); the inliers spread over at least 4 % of each image's area (a cluster in one
    corner is a shared logo or texture patch);
 4. alignment: B is warped onto A with the map, both are blurred and compared by normalised
@@ -133,15 +133,15 @@ def align_ncc(ga: np.ndarray, gb: np.ndarray, m: np.ndarray, min_cover: float = 
     mask = cover > 0.99
     if mask.mean() < min_cover:
         return None
-    a = cv2.GaussianBlur(ga, (0, 0), 1.5)[mask]
-    b = cv2.GaussianBlur(np.where(warped < 0, 0, warped), (0, 0), 1.5)[mask]
+    a = cv2.GaussianBlur(ga, (0, 0), 1.0)[mask]
+    b = cv2.GaussianBlur(np.where(warped < 0, 0, warped), (0, 0), 1.0)[mask]
     a, b = a - a.mean(), b - b.mean()
     den = float(np.sqrt((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / den) if den > 1e-6 else None
 
 
 def verify_pair(fa, fb, ga: np.ndarray, gb: np.ndarray, ratio: float = 0.8, reproj_px: float = 5.0,
-                min_matches: int = 6) -> tuple[int, float | None]:
+                min_matches: int = 8) -> tuple[int, float | None]:
     """(inliers, ncc) for one pair: features ``fa``/``fb`` (:func:`features`) and grey
     frames ``ga``/``gb`` (:func:`grey_frame`). (0, None) when no guarded affine fit exists."""
     import cv2  # OpenCV: 0.2 s to import (see grey_frame)
