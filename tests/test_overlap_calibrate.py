@@ -176,3 +176,51 @@ def test_calibrate_errors(ws, cli):
     write_model(ws.root)
     r = cli("-w", ws.root, "overlap", "calibrate", "--target-precision", "1.5")
     assert r.code == 1 and "clipcurate bench add" in r.err
+
+
+def test_human_decisions_join_the_choice_and_the_report_says_how_figures_moved(ws):
+    """Reviewed pairs (human verdicts only) become labelled pairs beside the planted copies; the
+    automatic demo decisions are no labels; fewer than min_decisions: not used."""
+    from clipcurate.core import manifest as mf
+    from clipcurate.overlap.honest import decision_pairs
+    from clipcurate.review import append_decisions, effective_decisions, pair_id
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        dup = i % 2 == 0
+        row = {c.name: None for c in mf.get("pairs").columns}
+        row.update({"pool_uid": f"p{i}", "benchmark": "cifar10", "bench_index": i, "bench_uid": f"b{i}",
+                    "pair_id": pair_id(f"p{i}", "cifar10", i), "score_clip": float(rng.uniform(0.9, 1.0)),
+                    "pdq_dist": int(rng.integers(5, 25) if dup else rng.integers(100, 130)),
+                    "decision": "review", "reason": "band"})
+        rows.append(row)
+    (ws.root / "overlap").mkdir(parents=True, exist_ok=True)
+    mf.write("pairs", rows, ws.root / "overlap" / "pairs.parquet")
+    append_decisions(ws, [{"pair_id": r["pair_id"], "pool_uid": r["pool_uid"], "benchmark": "cifar10",
+                           "bench_index": r["bench_index"], "decision": "duplicate" if i % 2 == 0 else "not_duplicate",
+                           "reviewer": "ana"} for i, r in enumerate(rows[:24])])
+    append_decisions(ws, [{"pair_id": r["pair_id"], "pool_uid": r["pool_uid"], "benchmark": "cifar10",
+                           "bench_index": r["bench_index"], "decision": "duplicate", "reviewer": "bot",
+                           "source": "auto-demo"} for r in rows[24:]])
+    verdicts = effective_decisions(ws)
+    got = decision_pairs(rows, verdicts, ["pdq", "clip"], 20)
+    assert got is not None
+    feats, y, groups = got
+    assert len(y) == 24 and y.sum() == 12  # the six auto-demo decisions are no labels
+    assert feats["pdq"][0] == pytest.approx(1 - rows[0]["pdq_dist"] / 256) and len(set(groups)) == 24
+    assert decision_pairs(rows, verdicts, ["pdq"], 25) is None  # not enough decisions yet
+    # end to end: calibrate reports the figures with and without them
+    _bench(ws)
+
+    def embed(images):
+        x = np.stack([np.asarray(im.convert("L").resize((12, 12)), np.float32).ravel() for im in images])
+        x -= x.mean(axis=1, keepdims=True)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+    res = cal.run(ws, {"copies": 12, "distractors": 30, "target_precision": 0.9, "min_decisions": 20}, embed=embed)
+    assert res["with_decisions"]["decisions"] == 24
+    assert res["with_decisions"]["chosen_on"]["pairs"] == res["chosen_on"]["pairs"] + 24  # added to the choose half
+    assert "24 human decisions added" in res["decisions_note"]
+    assert res["with_decisions"]["combined"]["tp"] + res["with_decisions"]["combined"]["fn"] == \
+        res["held_apart"]["copies"]  # the held-apart planted copies stay the yardstick
