@@ -117,8 +117,10 @@ def summary(ws: Workspace) -> list[tuple[str, str]]:
                 continue
             op = "≥" if sig not in SIGNALS or SIGNALS[sig].higher_is_better else "≤"
             if v.get("threshold") is not None:
-                parts.append(f"{sig} {op} {v['threshold']:.3g}: P {v.get('precision', float('nan')):.2f} "
-                             f"R {v.get('recall', float('nan')):.2f}")
+                def f2(x):
+                    return "—" if x is None else f"{x:.2f}"
+
+                parts.append(f"{sig} {op} {v['threshold']:.3g}: P {f2(v.get('precision'))} R {f2(v.get('recall'))}")
             else:
                 parts.append(f"{sig}: no threshold reaches the target precision")
         if parts:
