@@ -109,7 +109,8 @@ def test_demo_tiny_end_to_end_then_skips(tmp_path, cli, monkeypatch):
     from clipcurate.core.uid import pair_uid
 
     truth = pq.read_table(ws / "world" / "truth.parquet").to_pylist()
-    ok = {p["uid"] for p in pool if p["status"] == "success"}
+    ok = {p["uid"] for f in (ws / "pool" / "manifest").glob("*.parquet") for p in pq.read_table(f).to_pylist()
+          if p["status"] == "success"}
     planted = {pair_uid(t["url"], t["caption"]) for t in truth} & ok
     flagged = set(pq.read_table(ws / "overlap" / "decontam.parquet").column("pool_uid").to_pylist())
     assert len(planted) >= 10
