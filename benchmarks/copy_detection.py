@@ -38,36 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realphoto_devset  # noqa: E402
 from clipcurate.overlap import combined as comb  # noqa: E402
 from clipcurate.overlap.hashes import hamming_matrix, image_hashes  # noqa: E402
-from clipcurate.overlap.verify import PairVerifier, grey_frame, features, pack, pdq_distance_matrix, pdq_variants  # noqa: E402
+from clipcurate.overlap.verify import PairVerifier, features, grey_frame, keypoint_votes, pack, pdq_distance_matrix, \
+    pdq_variants  # noqa: E402
 
 log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
-
-
-def keypoint_votes(bench, pool, k: int = 8, ratio: float = 0.8) -> np.ndarray:
-    """[nb, np] keypoint votes of each benchmark image's SIFT descriptors into all pool descriptors
-    at once (FLANN kd-trees): how keypoints propose candidates without a pair loop. Lowe's ratio
-    test against the second neighbour fails when the pool holds several copies of one image (their
-    descriptors are each other's second neighbour), so the reference is the k-th neighbour: every
-    pool image among the k nearest with a distance under ``ratio`` times the k-th's gets one vote."""
-    import cv2
-
-    fb = [features(grey_frame(im)) for im in bench]
-    fp = [features(grey_frame(im)) for im in pool]
-    owner = np.concatenate([np.full(len(x), j) for j, (x, d) in enumerate(fp) if d is not None])
-    desc = np.concatenate([d for _, d in fp if d is not None]).astype(np.float32)
-    flann = cv2.FlannBasedMatcher({"algorithm": 1, "trees": 4}, {"checks": 64})
-    votes = np.zeros((len(bench), len(pool)), np.int32)
-    for i, (_, d) in enumerate(fb):
-        if d is None or len(d) < 2:
-            continue
-        for ms in flann.knnMatch(d.astype(np.float32), desc, k=k):
-            if len(ms) < k:
-                continue
-            ref = ms[-1].distance
-            hit = {owner[m.trainIdx] for m in ms[:-1] if m.distance < ratio * ref}
-            for j in hit:
-                votes[i, j] += 1
-    return votes
 
 
 def score_all(ds, kp_topk: int, votes_on: bool = True) -> tuple[dict, dict]:
@@ -85,7 +59,8 @@ def score_all(ds, kp_topk: int, votes_on: bool = True) -> tuple[dict, dict]:
     s["pdq_tolerant"] = pdq_distance_matrix(vb, vp)
     t["pdq (4 variants)"] = time.time() - t0
     t0 = time.time()
-    votes = keypoint_votes(ds.bench, ds.pool) if votes_on else np.zeros(s["pdq"].shape, np.int32)
+    votes = keypoint_votes([features(grey_frame(im)) for im in ds.bench], [features(grey_frame(im)) for im in ds.pool]) \
+        if votes_on else np.zeros(s["pdq"].shape, np.int32)
     t["keypoint votes"] = time.time() - t0
     t0 = time.time()
     cand = np.zeros(votes.shape, bool)

@@ -56,3 +56,16 @@ def test_alignment_separates_copies_from_neighbouring_crops():
     assert ncc2 is None or ncc2 < 0.5
     flat = Image.new("RGB", (200, 200), (120, 120, 120))
     assert pv.verify("a", a, "flat", flat) == (0, None)
+
+
+def test_keypoint_votes_rank_copies_first_even_with_several_copies_in_the_pool():
+    """Two copies of one image in the pool must not cancel each other's votes (the k-th-neighbour
+    reference, not Lowe's second neighbour)."""
+    imgs = [blobs(10 + i, 160) for i in range(4)]
+    pool = [ImageOps.mirror(blobs(50, 160)), imgs[0].rotate(3), imgs[0].resize((120, 120)), imgs[1].crop((10, 10, 150, 150)),
+            blobs(60, 160), blobs(61, 160)]
+    feats = lambda ims: [verify.features(verify.grey_frame(im)) for im in ims]  # noqa: E731
+    votes = verify.keypoint_votes(feats(imgs), feats(pool))
+    assert set(np.argsort(-votes[0])[:2]) == {1, 2} and votes[0, 1] >= 8 and votes[0, 2] >= 8
+    assert np.argmax(votes[1]) == 3
+    assert votes[2].max() < votes[0, 1]  # an image without a copy gets only chance votes

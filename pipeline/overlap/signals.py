@@ -38,7 +38,7 @@ from clipcurate.overlap.hashes import compute_hashes, iter_pool_tar, open_image,
     read_bench
 from clipcurate.overlap.inputs import load_bench, model_tags, pool_shards, pool_uids
 from clipcurate.overlap.keypoints import KeypointCache
-from clipcurate.overlap.verify import PairVerifier, pack, pdq_distance_matrix, pdq_variants
+from clipcurate.overlap.verify import PairVerifier, keypoint_votes, pack, pdq_distance_matrix, pdq_variants
 from clipcurate.overlap.search import Searcher
 from clipcurate.review import pair_id
 
@@ -48,7 +48,8 @@ config.section("signals", {
     "keypoints": True,
     "keypoint_method": "sift",
     "keypoint_max_pairs": 20000,
-    "keypoint_topk": 4,
+    "keypoint_topk": 6,
+    "keypoint_search_max_pool": 2000,
     "text": True,
     "text_threshold": 0.6,
 }, {
@@ -58,7 +59,10 @@ config.section("signals", {
     "keypoints": "fill kp_inliers and kp_ncc (SIFT + guarded affine fit + alignment) on the candidate pairs",
     "keypoint_method": "sift (guarded affine fit + alignment) or orb (the plain homography inlier count)",
     "keypoint_max_pairs": "verify at most this many pairs with their images (highest detector/CLIP score first)",
-    "keypoint_topk": "pairs verified per benchmark sample: its k best by detector, by CLIP and by PDQ (as calibrate does)",
+    "keypoint_topk": "pairs verified per benchmark sample: its k best by detector, by CLIP, by PDQ and by keypoint "
+                     "votes (as calibrate does)",
+    "keypoint_search_max_pool": "pools up to this many images are also searched by keypoint votes (all descriptors "
+                                "in one FLANN index, ~0.25 MB per image); larger pools skip that search",
     "text": "fill text_sim for caption benchmarks and add pairs whose captions nearly match (MinHash LSH)",
     "text_threshold": "exact shingle Jaccard at or above which a caption match becomes a candidate pair",
 })
@@ -224,12 +228,13 @@ def _images_by_uid(ws: Workspace, uids: set[str]) -> dict[str, bytes]:
     return out
 
 
-def _bench_images(ws: Workspace, name: str, indices: set[int]) -> dict[int, bytes]:
+def _bench_images(ws: Workspace, name: str, indices: set[int] | None) -> dict[int, bytes]:
+    """index → image bytes of a benchmark (only ``indices`` when given)."""
     p = ws.path("benchmarks", name, "samples.parquet")
     if not p.is_file():
         return {}
     t = read_bench(p, ["index", "image"]).to_pydict()
-    return {int(i): b for i, b in zip(t["index"], t["image"]) if int(i) in indices and b}
+    return {int(i): b for i, b in zip(t["index"], t["image"]) if (indices is None or int(i) in indices) and b}
 
 
 def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mapping[str, Mapping]) -> list[dict]:
@@ -256,6 +261,10 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
             log(f"signals: no perceptual hashes ({exc})")
     if hashed:
         extra += _pdq_candidates(ws, ths, existing)
+    # Keypoint votes over the whole pool (small pools): crops and App. C copies no hash sees.
+    verifier = PairVerifier()
+    if opts["keypoints"] and opts["keypoint_method"] == "sift":
+        extra += _keypoint_candidates(ws, ths, existing, opts, verifier)
     # Captions: near-identical pool captions of caption-benchmark texts (MinHash LSH).
     caps = {n: _bench_captions(ws, n) for n in ths} if opts["text"] else {}
     pool_caps = _pool_captions(ws) if any(caps.values()) else {}
@@ -266,13 +275,16 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
                 existing.add((uid, n, i))
                 extra.append({"pool_uid": uid, "benchmark": n, "bench_index": i, "bench_uid": caps[n][i][0],
                               "origin": "text"})
+    voted: set = set()
     if extra:
         log(f"signals: {len(extra)} candidate pairs beyond the CLIP search "
             f"({sum(e['origin'] == 'detector' for e in extra)} detector, {sum(e['origin'] == 'pdq' for e in extra)} "
-            f"PDQ, {sum(e['origin'] == 'text' for e in extra)} text)")
+            f"PDQ, {sum(e['origin'] == 'keypoints' for e in extra)} keypoint votes, "
+            f"{sum(e['origin'] == 'text' for e in extra)} text)")
         clip = _pair_cosines(ws, clip_tag, extra)
         for e, c in zip(extra, clip):
-            e.pop("origin")
+            if e.pop("origin") == "keypoints":
+                voted.add((e["pool_uid"], e["benchmark"], e["bench_index"]))
             rows.append({"pair_id": pair_id(e["pool_uid"], e["benchmark"], e["bench_index"]), "pool_uid": e["pool_uid"],
                          "benchmark": e["benchmark"], "bench_index": e["bench_index"], "bench_uid": e["bench_uid"],
                          "score_clip": c, "score_detector": e.get("score_detector"), "phash_dist": None,
@@ -295,7 +307,7 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
             if bc and pc:
                 r["text_sim"] = max(text_similarity(pc, c) for c in bc[1])
     if opts["keypoints"]:
-        _fill_keypoints(ws, rows, opts)
+        _fill_keypoints(ws, rows, opts, verifier, voted)
     return rows
 
 
@@ -312,16 +324,17 @@ def _fill_pdq(ws: Workspace, rows: list[dict]) -> None:
         r["pdq_dist"] = None if a is None or b is None else int(pdq_distance_matrix(a[:1], b[None])[0, 0])
 
 
-def _verify_candidates(rows: list[dict], k: int) -> list[int]:
+def _verify_candidates(rows: list[dict], k: int, voted: set = frozenset()) -> list[int]:
     """Row indices to verify with keypoints: for each benchmark sample, its ``k`` best pairs by the
     detector, by CLIP and by PDQ — the same candidates ``overlap calibrate`` verifies, so the
-    calibrated rule sees the pairs it was measured on. Ordered by detector, else CLIP, score."""
+    calibrated rule sees the pairs it was measured on — and the pairs the keypoint votes proposed
+    (``voted``). Ordered by detector, else CLIP, score."""
+    pick = {i for i, r in enumerate(rows) if (r["pool_uid"], r["benchmark"], int(r["bench_index"])) in voted}
     by: dict[tuple, list[int]] = {}
     for i, r in enumerate(rows):
         by.setdefault((r["benchmark"], int(r["bench_index"])), []).append(i)
     keys = [lambda r: r["score_detector"], lambda r: r["score_clip"],
             lambda r: None if r["pdq_dist"] is None else -r["pdq_dist"]]
-    pick: set[int] = set()
     for idx in by.values():
         for key in keys:
             scored = [i for i in idx if key(rows[i]) is not None]
@@ -330,10 +343,72 @@ def _verify_candidates(rows: list[dict], k: int) -> list[int]:
                                         else (rows[i]["score_clip"] or -9)))
 
 
-def _fill_keypoints(ws: Workspace, rows: list[dict], opts: dict) -> None:
+def _keypoint_candidates(ws: Workspace, ths: Mapping[str, Mapping], existing: set, opts: dict,
+                         verifier: PairVerifier) -> list[dict]:
+    """The ``keypoint_topk`` pool images with the most keypoint votes (at least 8) for each
+    benchmark image (:func:`clipcurate.overlap.verify.keypoint_votes`), when the pool has at most
+    ``keypoint_search_max_pool`` images; their features stay in ``verifier`` for the verification."""
+    uids = _pool_uid_list(ws)
+    if not uids or len(uids) > int(opts["keypoint_search_max_pool"]):
+        if uids:
+            log(f"signals: {len(uids)} pool images > signals.keypoint_search_max_pool: no keypoint search")
+        return []
+    pool = _images_by_uid(ws, set(uids))
+    p_keys = [("p", u) for u in pool]
+    p_feats = []
+    for key, data in zip(p_keys, pool.values()):
+        try:
+            p_feats.append(verifier.features_of(key, open_image(data)))
+        except Exception:  # an undecodable image: it proposes nothing
+            p_feats.append((np.zeros((0, 2), np.float32), None))
+    out = []
+    for name in ths:
+        b = _bench_images(ws, name, None)
+        b_keys = [("b", name, i) for i in b]
+        b_feats = []
+        for key, data in zip(b_keys, b.values()):
+            try:
+                b_feats.append(verifier.features_of(key, open_image(data)))
+            except Exception:
+                b_feats.append((np.zeros((0, 2), np.float32), None))
+        votes = keypoint_votes(b_feats, p_feats)
+        buid = _bench_uids(ws, name)
+        for bi, key in enumerate(b_keys):
+            for pj in np.argsort(-votes[bi], kind="stable")[: int(opts["keypoint_topk"])]:
+                if votes[bi, pj] < 8:  # a few chance matches between unrelated images are common
+                    break
+                k = (p_keys[pj][1], name, int(key[2]))
+                if k not in existing and k[2] in buid:
+                    existing.add(k)
+                    out.append({"pool_uid": k[0], "benchmark": name, "bench_index": k[2], "bench_uid": buid[k[2]],
+                                "origin": "keypoints"})
+    return out
+
+
+def _pool_uid_list(ws: Workspace) -> list[str]:
+    out = []
+    for f in sorted(ws.path("pool", "manifest").glob("*.parquet")):
+        try:
+            t = mf.read("pool", f, columns=["uid", "status"]).to_pydict()
+        except ClipcurateError:
+            continue
+        out += [u for u, st in zip(t["uid"], t["status"]) if st == "success"]
+    return out
+
+
+def _bench_uids(ws: Workspace, name: str) -> dict[int, str]:
+    p = ws.path("benchmarks", name, "samples.parquet")
+    if not p.is_file():
+        return {}
+    t = read_bench(p, ["index", "uid"]).to_pydict()
+    return {int(i): u for i, u in zip(t["index"], t["uid"])}
+
+
+def _fill_keypoints(ws: Workspace, rows: list[dict], opts: dict, verifier: PairVerifier | None = None,
+                    voted: set = frozenset()) -> None:
     """Keypoint inliers and alignment for the candidate pairs (:func:`_verify_candidates`);
     features computed once per image."""
-    todo = _verify_candidates(rows, int(opts["keypoint_topk"]))[: int(opts["keypoint_max_pairs"])]
+    todo = _verify_candidates(rows, int(opts["keypoint_topk"]), voted)[: int(opts["keypoint_max_pairs"])]
     log(f"signals: keypoints verify {len(todo)} of {len(rows)} pairs (the best {opts['keypoint_topk']} per benchmark "
         f"sample by detector, CLIP and PDQ; at most signals.keypoint_max_pairs)")
     pool_img = _images_by_uid(ws, {rows[i]["pool_uid"] for i in todo})
@@ -342,7 +417,7 @@ def _fill_keypoints(ws: Workspace, rows: list[dict], opts: dict) -> None:
         bench_img[n] = _bench_images(ws, n, {int(rows[i]["bench_index"]) for i in todo if rows[i]["benchmark"] == n})
     sift = opts["keypoint_method"] == "sift"
     cache = KeypointCache(opts["keypoint_method"])
-    verifier, decoded = PairVerifier(), {}
+    verifier, decoded = verifier or PairVerifier(), {}
 
     def image(key, data):  # decoded once per image
         if key not in decoded:
@@ -401,7 +476,7 @@ def _calib_pdq(cs, q: np.ndarray, p: np.ndarray) -> np.ndarray:
     return _pdq_full(cs)[q, p]
 
 
-def _verified(cs, k: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def _verified(cs, k: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """Inliers and alignment NCC on candidate pairs only, as in the stage: the top-k pool images of
     each benchmark image by the detector (when it ran), CLIP and PDQ; other pairs: NaN (not computed)."""
     if getattr(cs, "_verified", None) is not None:

@@ -184,6 +184,41 @@ class PairVerifier:
             self.cache[key] = (features(g), g)
         return self.cache[key]
 
+    def features_of(self, key, img: Image.Image):
+        """The image's SIFT features (computed once; kept for :meth:`verify`)."""
+        return self._get(key, img)[0]
+
     def verify(self, key_a, img_a: Image.Image, key_b, img_b: Image.Image) -> tuple[int, float | None]:
         (fa, ga), (fb, gb) = self._get(key_a, img_a), self._get(key_b, img_b)
         return verify_pair(fa, fb, ga, gb)
+
+
+def keypoint_votes(bench_feats: list, pool_feats: list, k: int = 8, ratio: float = 0.8) -> np.ndarray:
+    """[nb, np] keypoint votes: every benchmark descriptor against all pool descriptors at once
+    (FLANN kd-trees), so keypoints can propose candidates without a pair loop. Lowe's ratio test
+    against the second neighbour fails when the pool holds several copies of one image (their
+    descriptors are each other's second neighbour), so the reference is the k-th neighbour: every
+    pool image among the k nearest with a distance under ``ratio`` times the k-th's gets one vote.
+    ``*_feats``: (xy, descriptors) per image (:func:`features`)."""
+    import cv2  # OpenCV: 0.2 s to import (see grey_frame)
+
+    votes = np.zeros((len(bench_feats), len(pool_feats)), np.int32)
+    have = [(j, d) for j, (_, d) in enumerate(pool_feats) if d is not None and len(d)]
+    if not have:
+        return votes
+    owner = np.concatenate([np.full(len(d), j) for j, d in have])
+    desc = np.concatenate([d for _, d in have]).astype(np.float32)
+    k = min(k, len(desc))
+    flann = cv2.FlannBasedMatcher({"algorithm": 1, "trees": 4}, {"checks": 64})
+    flann.add([desc])
+    flann.train()
+    for i, (_, d) in enumerate(bench_feats):
+        if d is None or len(d) < 2 or k < 2:
+            continue
+        for ms in flann.knnMatch(d.astype(np.float32), k=k):
+            if len(ms) < k:
+                continue
+            ref = ms[-1].distance
+            for j in {owner[m.trainIdx] for m in ms[:-1] if m.distance < ratio * ref}:
+                votes[i, j] += 1
+    return votes
