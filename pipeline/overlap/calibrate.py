@@ -1,31 +1,26 @@
-"""`clipcurate overlap calibrate`: measure the duplicate detector's precision AND recall.
+"""`clipcurate overlap calibrate`: choose the overlap rule on planted copies, measure it on others.
 
-CLIP admits it could not measure the recall of its duplicate detector. With planted copies we can:
+CLIP admits it could not measure the recall of its duplicate detector. With planted copies we can —
+as long as no figure is measured on the copies that chose the rule:
 
-1. take ``copies`` benchmark images (seeded) and make one App. C near-duplicate of each
-   (clipcurate.core.augment.app_c_copy: crop/zoom, aspect distortion, down/up-scaling with a random
-   interpolation, small rotation, HSV jitter, JPEG re-encoding);
+1. take ``copies`` benchmark images (seeded; every benchmark's images together unless one is
+   named) and make a copy of each: half App. C copies (:func:`clipcurate.core.augment.app_c_copy`),
+   half everyday edits (:mod:`clipcurate.overlap.edits`); a benchmark smaller than ``copies`` gets
+   two copies per image;
 2. mix them among ``distractors`` pool images (real ones from ``pool/shards/*.tar``; synthetic
    photos from clipcurate.core.synth when there is no pool yet — the output says which);
 3. embed the benchmark images and the calibration pool with the SAME model as the search
-   (``embed/{tag}/model.json`` → clipcurate.core.models.load + its preprocess), stored as float16 like
-   the real embeddings, and score every (benchmark, pool) pair with the same search code;
-4. a pair is a true duplicate iff the pool image is the planted copy of that benchmark image;
-   for every signal, sweep its threshold and count TP / FP / FN → precision and recall;
-5. pick, per signal, the threshold with the best recall among those reaching ``target_precision``;
-   report the combined decision (:func:`clipcurate.overlap.rules.combine`) at the configured thresholds
-   and at the chosen ones.
+   (``embed/{tag}/model.json``), and score every (benchmark, pool) pair with every signal the stage
+   uses (:data:`SCORERS`; keypoints on the same candidates as the stage);
+4. split the benchmark images in two halves: the rule (:mod:`clipcurate.overlap.combined`) is
+   chosen on one, precision and recall are measured on the other with 95 % Clopper-Pearson
+   intervals (:mod:`clipcurate.overlap.honest`); distractor pairs that look like real copies are
+   kept out of the precision and reported apart; human review decisions join the choice when
+   there are enough of them;
+5. write the rule and the figures; ``overlap`` uses the rule by default (:mod:`clipcurate.overlap.policy`).
 
-A real pool may hold true copies of benchmark images that were not planted; they count as false
-positives here, so the measured precision is a lower bound.
-
-Signals: each entry of :data:`SCORERS` computes one ``pairs`` column for the calibration pairs
-from the images (CLIP cosine from the embeddings; pHash/dHash Hamming distances from imagehash).
-The detector issue adds its own (``score_detector``, ``kp_inliers``, ``text_sim``) by adding to
-:data:`SCORERS`; :data:`clipcurate.overlap.rules.SIGNALS` says the column and the direction of each.
-
-Outputs: ``overlap/calibration/curve.parquet`` (manifest ``calibration``), ``curve.png`` and
-``thresholds.json`` (the chosen thresholds and a config snippet to paste into ``[overlap]``).
+Outputs: ``overlap/calibration/curve.parquet`` (manifest ``calibration``: per signal, on the
+held-apart half), ``curve.png`` and ``thresholds.json`` (the rule, the figures, the verdict).
 """
 
 from __future__ import annotations
@@ -63,9 +58,9 @@ FOLDER = "overlap/calibration"
 
 mf.register(
     "calibration", version=1, glob="overlap/calibration/curve.parquet", stage="overlap",
-    doc="Precision and recall of each duplicate signal against its threshold, measured on planted "
-        "App. C copies of benchmark images (`clipcurate overlap calibrate`).",
-    columns=[("benchmark", pa.string(), "benchmark whose images were planted"),
+    doc="Precision and recall of each duplicate signal against its threshold, measured on the held-apart "
+        "half of the planted copies of benchmark images (`clipcurate overlap calibrate`).",
+    columns=[("benchmark", pa.string(), "benchmark(s) whose images were planted (`a+b` for several)"),
              ("model_tag", pa.string(), "model of the CLIP signal"),
              ("signal", pa.string(), "signal name (clip, phash, dhash, detector, ...)"),
              ("threshold", pa.float64(), "a pair is predicted duplicate when the signal passes this value"),
