@@ -1,34 +1,34 @@
-"""Benchmark `clipcurate download` against the rate at which plain concurrent GETs drain the same
-loopback server, measured in the same run.
+"""Benchmark `clipcurate download` against stock img2dataset with the same options on the same
+URLs, interleaved in the same run, at 0 ms and at a simulated latency.
 
-    python benchmarks/download.py --n 4000 --threads 64
-    python benchmarks/download.py --n 4000 --samples-per-shard 500 --latency-ms 200
+    python benchmarks/download.py                    # 2000 images, shards of 500, 3 runs each at 0 and 200 ms
+    python benchmarks/download.py --quick            # 300 images, 1 run each: a smoke run (~1 min)
+    python benchmarks/download.py --latencies 200 --repeats 5
+    python benchmarks/download.py --breakdown        # also: CPU per image of each step of a stored image
 
-1. A loopback image server (tests/_download_server.py) runs in its own process, serving N
-   generated JPEGs. `--latency-ms X` (default 0) makes it wait X ms before answering each image
-   request — a simulated round trip plus remote server time, as every host on the web has. The
-   wait is a sleep in that request's own server thread (one thread per connection), so it delays
-   no other request and costs no CPU; it applies alike to the baseline's GETs and to the
-   download's (same server, same run). With latency, C connections complete at most
-   C · 1000 / X requests per second, so the rate depends on how many connections a client keeps
-   busy rather than on CPU; with 0 (a loopback server that answers at once) both sides are
-   CPU-bound.
-2. Baseline: a thread pool of plain urllib GETs fetches all N images once (no decoding, no
-   writing) — the rate the server can be drained at. It gets as many concurrent connections as
-   the download opens: processes × threads (img2dataset runs `--threads` fetches per process).
-   One Python client with that many threads can be slower than with fewer (GIL), so it is also
-   timed with `--threads` connections, and the faster of the two is the baseline.
-3. `clipcurate download --allow-private` fetches the same N images into a fresh workspace (as a
-   subprocess, like a user runs it): images/s end to end (start-up included), and the steady rate
-   between the first and the last shard completion marker (start-up excluded).
+1. A loopback image server (tests/_download_server.py) runs in its own process, bound to
+   127.0.0.1 only, serving N generated 256 px JPEGs (256 distinct images, pre-encoded, so the
+   server's cost per request is just HTTP). It stops by itself: when this script exits (it watches
+   its parent) and in any case after ``--server-lifetime`` seconds. ``--latencies`` lists the
+   simulated delays (ms) before each image answer: a sleep in that request's own server thread
+   (one thread per connection), so it holds back no other request and costs no CPU. With latency
+   X, C connections complete at most C · 1000 / X images/s; at 0 ms everything is CPU-bound.
+2. The two contenders, each as a user runs it (a subprocess: start-up included), each into a
+   fresh output folder, with the same options: output format webdataset, ``--image-size`` /
+   ``--resize-mode`` / encode quality 95, shards of ``--samples-per-shard`` rows,
+   ``--processes`` × ``--threads`` fetches, timeout 10 s, no retries:
+   - ``clipcurate download --allow-private`` (its URL policy refuses loopback otherwise);
+   - stock img2dataset (``python -m img2dataset.main``, its command line) with
+     ``--extract_exif False`` (clipcurate stores no EXIF) and its default ``compute_hash sha256``
+     (clipcurate stores a sha256 per image too).
+   Runs alternate (A B, B A, A B, ...) so a change of load on the shared machine hits both.
+3. Per run: wall time, successes (clipcurate's counts; img2dataset's ``*_stats.json``), and CPU
+   seconds of the whole process tree (getrusage of reaped children; this process is made the
+   subreaper, so workers orphaned at the end are counted too). images/s = successes / wall.
 
-Prints both rates and their ratio to the baseline, and the CPU each side spent per image: the
-baseline client (this process), the server (its own process), the download's whole process tree
-(getrusage of reaped children; this process is made the subreaper, so img2dataset workers whose
-runner was killed at the end are counted too). `--breakdown` then times, in this process on the
-server's own images, each step a stored image costs (fetch, header check, resize + re-encode, tar
-members), with the cached / header-only paths the download's workers install (not with
-`--latency-ms`: it fetches one image at a time). Never asserts times.
+Prints, per latency, the median of each contender, the clipcurate / img2dataset ratios of images/s
+and of CPU per image, and the success counts. The rate at which plain urllib GETs drain the same
+server (no decode, no write) is printed as a ceiling only. Never asserts times.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ import json
 import os
 import resource
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,11 +52,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+# The server process. It exits when its parent (this script) is gone or after `lifetime` seconds,
+# whichever comes first, so no run can leave it behind.
 SERVER = """
-import sys, time
+import os, sys, threading, time
 sys.path[:0] = [{repo!r}, {tests!r}]
 from _download_server import ImageServer
-srv = ImageServer(image_size={size}, image_delay={delay!r}).start()
+parent, deadline = os.getppid(), time.monotonic() + {lifetime}
+def watchdog():
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.5)
+    os._exit(0)
+threading.Thread(target=watchdog, daemon=True).start()
+srv = ImageServer(image_size={size}, image_delay={delay!r}).start()  # binds 127.0.0.1 only
 for i in range({n}):  # pre-encode 256 distinct images: the server's cost per request is then just HTTP
     srv._cache[(i, "jpg")] = srv.image(i % 256, "jpg")
 print(srv.port, flush=True)
@@ -63,8 +73,9 @@ while True:
 """
 
 
-def start_server(n: int, size: int, latency_ms: float = 0.0):
-    code = SERVER.format(repo=str(REPO), tests=str(REPO / "tests"), n=n, size=size, delay=latency_ms / 1000)
+def start_server(n: int, size: int, latency_ms: float, lifetime: float):
+    code = SERVER.format(repo=str(REPO), tests=str(REPO / "tests"), n=n, size=size, delay=latency_ms / 1000,
+                         lifetime=lifetime)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     return proc, port
@@ -83,27 +94,13 @@ def plain_gets(urls: list[str], threads: int) -> float:
     return dt
 
 
-def server_cpu(proc) -> float:
-    """CPU seconds the server process has used (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
 
-def self_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def become_subreaper() -> None:
-    """Orphans of the download (workers of a runner killed at the end) are re-parented to us."""
+    """Orphans of a contender (pool workers of a runner killed at the end) are re-parented to us."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -112,7 +109,7 @@ def become_subreaper() -> None:
 
 def reap_orphans(keep: int) -> None:
     """Wait for exited orphans (so their CPU lands in RUSAGE_CHILDREN); leaves ``keep`` (the server)."""
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -130,6 +127,115 @@ def _parent(pid: int) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return -1
+
+
+def run_timed(cmd: list[str], server_pid: int, limit: float) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run ``cmd`` in its own process group: (wall s, CPU s of its whole tree, result). Killed at ``limit``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPCURATE_")}
+    env["NO_ALBUMENTATIONS_UPDATE"] = "1"  # albumentations would query PyPI on import (both sides import it)
+    cpu0 = children_cpu()
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\n(killed after {limit:.0f} s)"
+    wall = time.perf_counter() - t
+    reap_orphans(keep=server_pid)
+    return wall, children_cpu() - cpu0, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def clipcurate_cmd(urls: Path, out: Path, a) -> list[str]:
+    cmd = [sys.executable, "-m", "clipcurate", "-q", "-w", str(out), "download", "--input", str(urls),
+           "--allow-private", "--processes", str(a.processes), "--threads", str(a.threads),
+           "--samples-per-shard", str(a.samples_per_shard), "--image-size", str(a.image_size),
+           "--resize-mode", a.resize_mode, "--format", "json"]
+    return cmd + (["--skip-reencode"] if a.skip_reencode else [])
+
+
+def img2dataset_cmd(urls: Path, out: Path, a) -> list[str]:
+    cmd = [sys.executable, "-m", "img2dataset.main", "--url_list", str(urls), "--input_format", "parquet",
+           "--url_col", "url", "--caption_col", "caption", "--output_format", "webdataset",
+           "--output_folder", str(out), "--processes_count", str(a.processes), "--thread_count", str(a.threads),
+           "--number_sample_per_shard", str(a.samples_per_shard), "--image_size", str(a.image_size),
+           "--resize_mode", a.resize_mode, "--encode_quality", "95", "--timeout", "10", "--retries", "0",
+           "--extract_exif", "False", "--enable_wandb", "False"]
+    return cmd + (["--skip_reencode", "True"] if a.skip_reencode else [])
+
+
+def clipcurate_successes(res: subprocess.CompletedProcess, out: Path) -> int:
+    counts = {d["status"]: d["rows"] for d in map(json.loads, res.stdout.splitlines()) if "status" in d}
+    return int(counts.get("success", 0))
+
+
+def img2dataset_successes(res: subprocess.CompletedProcess, out: Path) -> int:
+    return sum(int(json.loads(p.read_text()).get("successes", 0)) for p in out.glob("*_stats.json"))
+
+
+CONTENDERS = {"clipcurate": (clipcurate_cmd, clipcurate_successes),
+              "img2dataset": (img2dataset_cmd, img2dataset_successes)}
+
+
+def one_run(name: str, urls: Path, tmp: Path, a, server_pid: int, i: int) -> dict:
+    make_cmd, successes = CONTENDERS[name]
+    out = tmp / f"{name}-{i}"  # a fresh output folder every run
+    wall, cpu, res = run_timed(make_cmd(urls, out, a), server_pid, a.run_timeout)
+    ok = successes(res, out) if res.returncode == 0 else 0
+    if res.returncode != 0:
+        tail = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
+        print(f"  {name} run {i}: exit {res.returncode}: {tail[:200]}", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    run = {"wall": wall, "cpu": cpu, "ok": ok, "rate": ok / wall, "cpu_ms": 1000 * cpu / max(ok, 1)}
+    print(f"  {name:11s} run {i}: {run['rate']:7.1f} images/s  {wall:6.2f} s  {ok} ok  "
+          f"{run['cpu_ms']:.2f} ms CPU/image  (load {os.getloadavg()[0]:.2f})", flush=True)
+    return run
+
+
+def measure_latency(latency: float, a, tmp: Path) -> dict:
+    """Interleaved runs of both contenders against one server at ``latency`` ms."""
+    from _download_server import write_urls
+
+    proc, port = start_server(a.n, a.server_image_size, latency, a.server_lifetime)
+    try:
+        urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(a.n)]
+        url_file = tmp / f"urls-{latency:g}.parquet"
+        write_urls(url_file, [(u, f"caption {i}") for i, u in enumerate(urls)])
+        conns = a.processes * a.threads
+        plain_gets(urls[: min(200, a.n)], conns)  # warm up the server
+        ceiling = a.n / plain_gets(urls, conns)
+        print(f"latency {latency:g} ms: bare GETs ({conns} connections, no decode, no write): {ceiling:.0f} images/s",
+              flush=True)
+        runs = {name: [] for name in CONTENDERS}
+        for i in range(a.repeats):
+            order = list(CONTENDERS) if i % 2 == 0 else list(CONTENDERS)[::-1]
+            for name in order:
+                runs[name].append(one_run(name, url_file, tmp, a, proc.pid, i))
+    finally:
+        proc.kill()
+        proc.wait()
+    return {"latency": latency, "ceiling": ceiling, "runs": runs}
+
+
+def summarize(res: dict, a) -> None:
+    med = {name: {k: statistics.median(r[k] for r in runs) for k in ("rate", "wall", "cpu_ms", "ok")}
+           for name, runs in res["runs"].items()}
+    ours, stock = med["clipcurate"], med["img2dataset"]
+    lat = res["latency"]
+    print(f"\n== latency {lat:g} ms (simulated), {a.n} images, {a.repeats} interleaved runs each, medians ==")
+    print(f"{'':12s} {'images/s':>9s} {'wall s':>7s} {'successes (all runs)':>28s} {'ms CPU/image':>13s}")
+    for name, m in med.items():
+        oks = ",".join(str(r["ok"]) for r in res["runs"][name])
+        print(f"{name:12s} {m['rate']:9.1f} {m['wall']:7.2f} {oks:>28s} {m['cpu_ms']:13.2f}")
+    diff = 100 * (ours["ok"] - stock["ok"]) / max(stock["ok"], 1)
+    print(f"ratio clipcurate / img2dataset: images/s {ours['rate'] / stock['rate']:.2f}x, "
+          f"CPU per image {ours['cpu_ms'] / stock['cpu_ms']:.2f}x, successes {diff:+.2f}%")
+    ceiling = f"bare-GET ceiling {res['ceiling']:.0f} images/s"
+    if lat:
+        ceiling += f"; latency ceiling {a.processes * a.threads * 1000 / lat:.0f} images/s"
+    print(f"({ceiling}: not a goal, neither decodes nor writes there)")
 
 
 def breakdown(urls: list[str], args) -> None:
@@ -155,7 +261,7 @@ def breakdown(urls: list[str], args) -> None:
             return r.read()
 
     print(f"CPU per image, one at a time in this process ({len(sample)} of the server's images):")
-    timed("plain urllib GET (what the baseline does per image)", plain, sample)
+    timed("plain urllib GET (the bare-GET ceiling's work per image)", plain, sample)
     bodies = timed("urlsafety.fetch (pinned, checked, deadline, body cap)",
                    lambda u: urlsafety.fetch(u, policy)[0], sample)
     timed("inspect_image (header: bombs, non-images, truncation)", lambda b: inspect_image(b, 89_478_485), bodies)
@@ -184,99 +290,47 @@ def breakdown(urls: list[str], args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=4000, help="images")
-    ap.add_argument("--threads", type=int, default=64)
-    ap.add_argument("--processes", type=int, default=0, help="clipcurate --processes (0 = one per core)")
-    ap.add_argument("--samples-per-shard", type=int, default=1000)
+    ap.add_argument("--n", type=int, default=2000, help="images (urls) per run")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each contender per latency")
+    ap.add_argument("--latencies", default="0,200", help="simulated delays before each image answer, ms")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ap.add_argument("--processes", type=int, default=cores, help="worker processes of both (default: cores)")
+    ap.add_argument("--threads", type=int, default=64, help="concurrent fetches per process, both")
+    ap.add_argument("--samples-per-shard", type=int, default=500)
     ap.add_argument("--server-image-size", type=int, default=256, help="side of the served JPEGs")
-    ap.add_argument("--image-size", type=int, default=256, help="clipcurate --image-size")
+    ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--resize-mode", default="border")
-    ap.add_argument("--skip-reencode", action="store_true", help="clipcurate --skip-reencode")
+    ap.add_argument("--skip-reencode", action="store_true")
+    ap.add_argument("--run-timeout", type=float, default=600.0, help="seconds before a run is killed")
+    ap.add_argument("--server-lifetime", type=float, default=3600.0, help="the server exits after this long")
+    ap.add_argument("--quick", action="store_true", help="300 images, shards of 100, 1 run each")
     ap.add_argument("--breakdown", action="store_true", help="also time each step of a stored image")
-    ap.add_argument("--latency-ms", type=float, default=0.0,
-                    help="simulated delay before each image response, in ms (default 0: answer at once)")
-    args = ap.parse_args()
-    if args.latency_ms < 0:
-        ap.error("--latency-ms must be >= 0")
-    if args.breakdown and args.latency_ms:
-        ap.error("--breakdown fetches one image at a time; run it without --latency-ms")
+    a = ap.parse_args()
+    if a.quick:
+        a.n, a.samples_per_shard, a.repeats = 300, 100, 1
+    latencies = [float(x) for x in a.latencies.split(",") if x.strip()]
+    if any(x < 0 for x in latencies) or a.repeats < 1 or a.n < 1:
+        ap.error("--latencies must be >= 0, --repeats and --n >= 1")
     become_subreaper()
-
-    from _download_server import write_urls
-
-    proc, port = start_server(args.n, args.server_image_size, args.latency_ms)
+    print(f"$ uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"{a.n} images, shards of {a.samples_per_shard}, {a.processes} processes x {a.threads} threads, "
+          f"{a.resize_mode} {a.image_size} px{' skip-reencode' if a.skip_reencode else ''}, {cores} cores, "
+          f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="clipcurate-bench-download-"))
     try:
-        urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(args.n)]
-        write_urls(tmp / "urls.parquet", [(u, f"caption {i}") for i, u in enumerate(urls)])
-        # The same number of concurrent connections as the download: it runs one img2dataset
-        # process per core (at most one per shard) with --threads fetches each.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        n_proc = args.processes or min(cores, -(-args.n // args.samples_per_shard))
-        conns = n_proc * args.threads
-        plain_gets(urls[: min(200, args.n)], conns)  # warm up the server
-        base_times, base_cpu = {}, {}
-        for c in dict.fromkeys((conns, args.threads)):
-            cpu0, srv0 = self_cpu(), server_cpu(proc)
-            base_times[c] = plain_gets(urls, c)
-            base_cpu[c] = (self_cpu() - cpu0, server_cpu(proc) - srv0)
-        conns, base_s = min(base_times.items(), key=lambda kv: kv[1])
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPCURATE_")}
-        cmd = [sys.executable, "-m", "clipcurate", "-q", "-w", str(tmp / "ws"), "download", "--input",
-               str(tmp / "urls.parquet"), "--allow-private", "--threads", str(args.threads),
-               "--processes", str(args.processes), "--samples-per-shard", str(args.samples_per_shard),
-               "--image-size", str(args.image_size), "--resize-mode", args.resize_mode, "--format", "json"]
-        if args.skip_reencode:
-            cmd.append("--skip-reencode")
-        t = time.perf_counter()
-        t_wall = time.time()
-        cpu0, srv0 = children_cpu(), server_cpu(proc)
-        res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-        ours_s = time.perf_counter() - t
-        reap_orphans(keep=proc.pid)
-        ours_cpu, ours_srv = children_cpu() - cpu0, server_cpu(proc) - srv0
-        if res.returncode != 0:
-            raise SystemExit(f"clipcurate download failed:\n{res.stderr}")
-        counts = {d["status"]: d["rows"] for d in map(json.loads, res.stdout.splitlines())}
-        marks = sorted(json.loads(p.read_text())["finished_at"] for p in (tmp / "ws" / "pool").glob("*.done"))
-        n_shards = len(marks)
-        steady = None
-        # Rows finished between the first and the last marker, over that time. Needs more shards than
-        # processes: shards that run side by side finish together, and the window would be ~0 s.
-        if n_shards > n_proc:
-            steady = (args.n * (n_shards - 1) / n_shards) / max(marks[-1] - marks[0], 1e-9)
-        if args.breakdown:
-            breakdown(urls, args)
+        results = [measure_latency(lat, a, tmp) for lat in latencies]
+        for res in results:
+            summarize(res, a)
+        if a.breakdown:
+            proc, port = start_server(a.n, a.server_image_size, 0.0, a.server_lifetime)
+            try:
+                breakdown([f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(a.n)], a)
+            finally:
+                proc.kill()
+                proc.wait()
     finally:
-        proc.kill()
-        proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-
-    base_rate = args.n / base_s
-    ours_rate = counts.get("success", 0) / ours_s
-    print(f"images: {args.n}  success: {counts.get('success', 0)}  shards: {n_shards}  threads: {args.threads}  "
-          f"processes: {n_proc}  cores: {cores}  resize: {args.resize_mode}"
-          f"{' skip-reencode' if args.skip_reencode else ''}  latency: {args.latency_ms:g} ms (simulated)")
-    print(f"plain concurrent GETs (baseline): {base_rate:8.1f} images/s  ({base_s:.2f} s, {conns} connections; "
-          + ", ".join(f"{c}: {args.n / t:.0f}/s" for c, t in base_times.items()) + ")")
-    if args.latency_ms:
-        print(f"latency ceiling for {conns} connections: {conns * 1000 / args.latency_ms:8.1f} images/s"
-              f"  (the baseline reaches {base_rate * args.latency_ms / (conns * 1000):.2f} of it)")
-    print(f"clipcurate download, end to end:  {ours_rate:8.1f} images/s  ({ours_s:.2f} s, start-up included)"
-          f"  ratio {ours_rate / base_rate:.2f}x")
-    if steady:
-        print(f"clipcurate download, steady:      {steady:8.1f} images/s  (first to last shard marker)"
-              f"  ratio {steady / base_rate:.2f}x")
-    if marks:  # where the end-to-end time goes: start-up + first shard, the rest, after the last
-        print(f"shard markers: first {marks[0] - t_wall:.2f} s, last {marks[-1] - t_wall:.2f} s after the start;"
-              f" exit {ours_s:.2f} s")
-    client, server = base_cpu[conns]
-    print(f"CPU per image: baseline client {1000 * client / args.n:.3f} ms + server {1000 * server / args.n:.3f} ms"
-          f"  |  download (whole process tree, start-up included) {1000 * ours_cpu / args.n:.3f} ms"
-          f" + server {1000 * ours_srv / args.n:.3f} ms")
-    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t_wall))} UTC")
+    print(f"$ uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 
 
 if __name__ == "__main__":

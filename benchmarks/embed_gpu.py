@@ -1,4 +1,4 @@
-"""GPU throughput of `clipcurate embed` (run through benchmarks/embed_gpu.sh), plus exact search.
+"""GPU throughput of `clipcurate embed` (the embed part of benchmarks/gpu.sh), plus exact search.
 
 Steps, each timed and printed (one JSON line at the end holds every figure):
 
@@ -15,7 +15,7 @@ Steps, each timed and printed (one JSON line at the end holds every figure):
    and fp32 (TF32 off), as pairs/s — the figure the overlap cost model needs.
 
 Environment: DEVICE (cuda), MODEL (ViT-B-32), PRECISION (bf16), N (30000), SIZE (256), SHARD (1000),
-BATCH (512), WORKERS (-1: cores - 1), SEARCH_POOL (1000000), SEARCH_QUERIES (10000), DIM (512),
+BATCH (512), REPS (timed model-only batches), WORKERS (-1: cores - 1), SEARCH_POOL (1000000), SEARCH_QUERIES (10000), DIM (512),
 K (10), SKIP_SEARCH (0). With DEVICE=cpu the search defaults to 200 x 20,000. Everything is random-init and generated: no downloads.
 """
 
@@ -67,6 +67,7 @@ def _make_shard(args):
 def main() -> None:
     import torch
 
+    from clipcurate.embed import encoders, feed, layout, reader
     from clipcurate.embed import stage as embed
     from clipcurate.core import models
     from clipcurate.core.console import set_quiet
@@ -82,7 +83,7 @@ def main() -> None:
     batch = env("BATCH", 512)
     workers = env("WORKERS", -1)
     report: dict = {"device": device, "model": model, "precision": precision, "images": n, "jpeg_px": size,
-                    "batch_size": batch, "cpu_cores": embed._cpu_count(), "torch": torch.__version__}
+                    "batch_size": batch, "cpu_cores": feed.cpu_count(), "torch": torch.__version__}
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             sys.exit("embed_gpu: DEVICE=cuda but torch sees no GPU; run with DEVICE=cpu for a dry run")
@@ -108,7 +109,7 @@ def main() -> None:
         jobs = [(str(shards_dir / f"{s:05d}.tar"), s, s * shard, min(shard, n - s * shard), size)
                 for s in range(-(-n // shard))]
         t = time.perf_counter()
-        with mp.get_context("fork").Pool(max(1, embed._cpu_count())) as pool:
+        with mp.get_context("fork").Pool(max(1, feed.cpu_count())) as pool:
             made = sum(pool.map(_make_shard, jobs))
         report["generate_s"] = round(time.perf_counter() - t, 2)
         print(f"1. generated {made} JPEGs of {size}px in {len(jobs)} shards: {report['generate_s']}s", flush=True)
@@ -124,7 +125,7 @@ def main() -> None:
         for _ in range(3):
             enc.encode_tensors(x)
         _sync(device)
-        reps = max(3, min(50, 20000 // batch))
+        reps = env("REPS", max(3, min(50, 20000 // batch)))  # timed batches of the model-only figures
         t = time.perf_counter()
         for _ in range(reps):
             enc.encode_tensors(x)
@@ -144,10 +145,10 @@ def main() -> None:
         # 3. Decode only (the DataLoader workers, no model) ----------------------------------
         from torch.utils.data import DataLoader
 
-        parts = [embed.Part(f"pool/{Path(j[0]).stem}", 0, 1, j[0]) for j in jobs]
-        nw = min(embed._auto_workers(workers), len(parts))
+        parts = [reader.Part(f"pool/{Path(j[0]).stem}", 0, 1, j[0]) for j in jobs]
+        nw = min(feed.auto_workers(workers), len(parts))
         report["workers"] = nw
-        ds = embed._dataset_cls()(parts, enc.preprocess, embed._split_preprocess(enc.preprocess), enc.tokenizer, batch)
+        ds = reader.dataset_cls()(parts, enc.preprocess, encoders.split_preprocess(enc.preprocess), enc.tokenizer, batch)
         t = time.perf_counter()
         seen = 0
         try:
@@ -189,7 +190,7 @@ def main() -> None:
                   f"the rest is waiting for decoded batches; {timing['startup_seconds']:.2f}s of it before the "
                   f"first batch)", flush=True)
             if decode == "pil" and e is not enc:
-                vecs = [x for _, _, x in embed.iter_pool(ws, e.tag)]
+                vecs = [x for _, _, x in layout.iter_pool(ws, e.tag)]
                 assert sum(len(v) for v in vecs) == n and all(v.dtype == np.float16 for v in vecs)
 
         # 5. Exact search -------------------------------------------------------------------

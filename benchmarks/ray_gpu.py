@@ -1,7 +1,7 @@
 """Ray on a GPU machine: do GPU actors/tasks get the GPU, and do embed and overlap on Ray give the
 same outputs as the local run, at what speed? One prepared run (< 4 min on one H200).
 
-    PYTHONPATH=. bash benchmarks/ray_gpu.sh        # needs ray importable on that machine
+    bash benchmarks/gpu.sh --parts ray     # its part of the GPU run; needs ray importable there
 
 Prints: CUDA as seen by a Ray actor with num_gpus=1 and by a task with num_gpus=0; embed images/s
 local vs --executor ray (ViT-B-32 random init, bf16, same synthetic pool, outputs compared); overlap
@@ -38,6 +38,9 @@ def main() -> None:
 
     shards, per_shard = int(os.environ.get("SHARDS", 8)), int(os.environ.get("PER_SHARD", 1000))
     model = os.environ.get("MODEL", "ViT-B-32")
+    # the overlap check's size and backend (a CPU dry run shrinks them: OV_ROWS=2000 OV_BENCH=200 BACKEND=numpy)
+    ov_rows, ov_bench = int(os.environ.get("OV_ROWS", 200_000)), int(os.environ.get("OV_BENCH", 20_000))
+    backend = os.environ.get("BACKEND", "torch")
     set_quiet(True)
     tmp = Path(tempfile.mkdtemp(prefix="ray-gpu-"))
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
@@ -96,7 +99,7 @@ def main() -> None:
     import pyarrow as pa
     from clipcurate.core.uid import make_uid
 
-    def layout(root: Path, d=512, rows=200_000, pool_shards=8, bench=20_000):
+    def layout(root: Path, d=512, rows=ov_rows, pool_shards=8, bench=ov_bench):
         r = np.random.default_rng(1)
         e = root / "embed" / "g__random"
         (e / "pool").mkdir(parents=True)
@@ -128,10 +131,10 @@ def main() -> None:
         ws = Workspace(tmp / f"ov-{name}")
         layout(ws.root)
         t = time.perf_counter()
-        r = overlap.run(ws, {"k": 10, "backend": "torch"}, executor=ex)
+        r = overlap.run(ws, {"k": 10, "backend": backend}, executor=ex)
         times[name] = (time.perf_counter() - t, r.search)
         outs[name] = {k: pq.read_table(ws.path("overlap", f"{k}.parquet")).to_pylist() for k in ("pairs", "splits", "neighbors")}
-    print(f"overlap torch, 20000 x 1.6M d=512 ({times['local'][1]['pairs_scored']:.3g} pairs): local {times['local'][0]:.1f} s, "
+    print(f"overlap {backend}, {ov_bench} x {8 * ov_rows} d=512 ({times['local'][1]['pairs_scored']:.3g} pairs): local {times['local'][0]:.1f} s, "
           f"ray {times['ray'][0]:.1f} s; identical outputs: {outs['local'] == outs['ray']}", flush=True)
     ray.shutdown()
 

@@ -6,7 +6,7 @@ Builds a synthetic pool (seeded shapes, JPEG, 224 px), curates it, trains ViT-B-
 --dataset-type synthetic`` (no decoding, no I/O — the compute-bound ceiling) with the same model,
 batch and precision. The ratio ours / synthetic says how much of the GPU the webdataset path keeps.
 
-    python benchmarks/train_gpu.py --out /tmp/train_gpu            # on the H200 (see train_gpu.sh)
+    python benchmarks/train_gpu.py --out /tmp/train_gpu            # on a GPU (the train part of benchmarks/gpu.sh)
     python benchmarks/train_gpu.py --small --device cpu            # 1-minute smoke run on a laptop
 
 Prints one JSON object (and writes it to OUT/train_gpu.json). Installs nothing, downloads nothing.

@@ -31,7 +31,8 @@ def status(ctx: typer.Context, fmt: FormatOption = Format.table):
         return
     cols = ["stage", "state", "shards", "rows", "command"]
     data = [[r["stage"], r["state"], f'{r["shards_done"]}/{r["shards_total"]}' if r["shards_total"] else "",
-             ", ".join(f"{k}={v}" for k, v in r["rows"].items()), r["command"]] for r in rows]
+             ", ".join([f"{k}={v}" for k, v in r["rows"].items()] + ([r["note"]] if r["note"] else [])),
+             r["command"]] for r in rows]
     echo_table(cols, data, fmt.value, title=f"workspace {ws.root}")
 
 

@@ -33,7 +33,8 @@ BackendOption = Annotated[Optional[Backend], typer.Option(
     "--backend", help="Search backend [config: auto = torch on CUDA, else numpy].")]
 SearchForce = force_option("Search again even if a finished search matches.")
 
-COLUMNS = ["benchmark", "n", "n_overlap", "n_clean", "overlap_pct", "review_pairs", "degenerate_pairs", "class_p"]
+COLUMNS = ["benchmark", "n", "n_overlap", "n_clean", "n_unreviewed", "pending_pairs", "overlap_pct", "review_pairs",
+           "degenerate_pairs", "class_p"]
 
 overlap_app = typer.Typer(
     invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None)
@@ -50,6 +51,8 @@ def _run(ctx: typer.Context, model_tag, k, high, low, backend, force, fmt, execu
     rate = s["pairs_scored"] / s["seconds"] if s["seconds"] > 0 else 0.0
     log(f"overlap: searched {s['shards_searched']}/{s['shards_total']} pool shard(s) with {s['backend']}"
         + (f", {rate:.3g} pairs/s" if s["shards_searched"] else " (reused the previous search)"))
+    log("overlap: recomputed the pairs' signals and decisions, the review queue, splits, decontamination list and "
+        "diagnostics (`clipcurate overlap refresh` redoes all but the search and the signals)")
     echo_table(COLUMNS, [[r[c] for c in COLUMNS] for r in res.per_benchmark], fmt.value)
 
 
@@ -98,7 +101,10 @@ def run_cmd(
 
 @overlap_app.command("refresh")
 def refresh_cmd(ctx: typer.Context, fmt: FormatOption = Format.table):
-    """Recompute splits and the decontam list from pairs + review decisions (no search).
+    """Re-apply the current thresholds and review decisions to the stored pairs (no search).
+
+    Refuses, naming `clipcurate overlap`, when the settings need pairs the search never kept
+    (a lower --low than the search floor, another k or model).
 
     \b
     Example:  clipcurate overlap refresh
@@ -106,8 +112,10 @@ def refresh_cmd(ctx: typer.Context, fmt: FormatOption = Format.table):
     from clipcurate import overlap  # on use, not at start-up: see cli/__init__.py
 
     ws, cfg = resolve(ctx, must_exist=True)
-    per = overlap.refresh_splits(ws, overlap.options(ws, cfg=cfg))
-    echo_table(COLUMNS, [[r[c] for c in COLUMNS] for r in per], fmt.value)
+    res = overlap.refresh(ws, overlap.options(ws, cfg=cfg))
+    log("overlap refresh: reused " + "; ".join(res.reused))
+    log("overlap refresh: recomputed " + "; ".join(res.recomputed))
+    echo_table(COLUMNS, [[r[c] for c in COLUMNS] for r in res.per_benchmark], fmt.value)
 
 
 @overlap_app.command("calibrate")

@@ -40,9 +40,15 @@ def review(
     benchmark: Optional[List[str]] = typer.Option(
         None, "--benchmark", "-b", metavar="NAME", help="Only pairs of this benchmark (repeatable)."),
     sort: Optional[str] = typer.Option(
-        None, "--sort", metavar="ORDER", help="score (queue order), clip, detector, phash, dhash, keypoints, text or benchmark."),
+        None, "--sort", metavar="ORDER",
+        help="triage (default: pairs that can still change a split first), score (queue order), clip, detector, "
+             "phash, dhash, keypoints, text or benchmark."),
     signal: Optional[str] = typer.Option(
         None, "--signal", metavar="SIGNAL", help="Only pairs where this signal was computed (clip, detector, phash, ...)."),
+    sample: Optional[str] = typer.Option(
+        None, "--sample", metavar="BENCHMARK:INDEX", help="Only the pairs of this benchmark sample, e.g. cifar10:12."),
+    audit: bool = typer.Option(
+        False, "--audit", help="Audit the rule's own decisions (overlap and clean pairs) instead of the review band."),
     images: Optional[Images] = typer.Option(
         None, "--images", help="auto, halfcell (default), sixel, kitty, or none for text only."),
     prefetch: Optional[int] = typer.Option(None, "--prefetch", metavar="N", help="Pairs decoded ahead (default 4)."),
@@ -62,10 +68,18 @@ def review(
     if cfg["images"] not in rv.IMAGE_MODES:
         raise ClipcurateError(f"[review] images = {cfg['images']!r}: use one of {', '.join(rv.IMAGE_MODES)}")
     name = rv.default_reviewer(cfg["reviewer"] or None)
-    session = rv.ReviewSession(ws, name, sort=cfg["sort"], benchmarks=benchmark or None, signal=signal,
+    key = None
+    if sample is not None:
+        bench_name, _, index = sample.rpartition(":")
+        if not bench_name or not index.isdigit():
+            raise typer.BadParameter(f"{sample!r}: use BENCHMARK:INDEX, e.g. cifar10:12", param_hint="--sample")
+        key = (bench_name, int(index))
+    session = rv.ReviewSession(ws, name, sort="score" if audit and sort is None else cfg["sort"],
+                               benchmarks=benchmark or None, signal=signal, sample=key, audit=audit,
                                background_fsync=True)
     if len(session) == 0:
-        log("nothing to review: the review queue is empty" + (" for this filter" if benchmark or signal else ""))
+        log(("nothing to audit: no automatic decision" if audit else "nothing to review: the review queue is empty")
+            + (" for this filter" if benchmark or signal or sample else ""))
         return
     if not _interactive():
         raise ClipcurateError("`clipcurate review` needs a terminal; use `clipcurate review status` or "
@@ -80,7 +94,7 @@ def review(
         from clipcurate.overlap import refresh_after_review  # on use, not at start-up: see cli/__init__.py
 
         log(refresh_after_review(ws))
-        rv.mark_progress(ws, session.queue)
+        rv.mark_progress(ws)
 
 
 def _interactive() -> bool:
@@ -122,6 +136,7 @@ def status(ctx: typer.Context, fmt: TableOrJsonOption = TableOrJson.table):
         ["  not duplicate (→ clean)", s["not_duplicate"]],
         ["  of which automatic (not a person)", s["decided_automatically"]],
         ["undecided", "" if s["undecided"] is None else s["undecided"]],
+        ["  of which can still change a split", "" if s["pairs_that_matter"] is None else s["pairs_that_matter"]],
         ["flagged", s["flagged"]],
         ["disagreements", s["disagreements"]],
     ]
@@ -131,6 +146,10 @@ def status(ctx: typer.Context, fmt: TableOrJsonOption = TableOrJson.table):
     if s["reviewers"]:
         cols = ["reviewer", "kind", "decided", "duplicate", "not_duplicate", "skipped", "flagged", "median_seconds"]
         echo_table(cols, [[r[c] for c in cols] for r in s["reviewers"]], title="by reviewer")
+    if any(a["audited"] for a in s["audit"]):
+        cols = ["automatic", "audited", "agreed", "rate", "ci_low", "ci_high"]
+        echo_table(cols, [[a[c] for c in cols] for a in s["audit"]],
+                   title="audit: people vs the rule (rate for overlap = measured precision; 95% Clopper-Pearson)")
     if s["disagreement_pairs"]:
         cols = ["pair_id", "benchmark", "bench_index", "votes", "verdict", "reviewers"]
         echo_table(cols, [[d[c] for c in cols] for d in s["disagreement_pairs"]],
@@ -148,10 +167,10 @@ def export(
     \b
     Example:  clipcurate review export --format csv --output decisions.csv
     """
-    from clipcurate.review import session as rv  # on use, not at start-up: see cli/__init__.py
+    from clipcurate import review  # on use, not at start-up: see cli/__init__.py
 
     ws = workspace(ctx, must_exist=True)
-    n = rv.export(ws, output, fmt.value)
+    n = review.export(ws, output, fmt.value)
     log(f"wrote {n} decided pairs to {output}")
 
 

@@ -34,7 +34,9 @@ def test_planted_pairs_found_and_outputs_match_contracts(ws, cli):
     data = make_workspace(ws.root, plants=PLANTS)
     r = _run(cli, ws, "--format", "json")
     per = {json.loads(line)["benchmark"]: json.loads(line) for line in r.out.splitlines()}
-    assert per["cifar10"]["n_overlap"] == 2 and per["stl10"]["n_overlap"] == 2  # band pairs count (default)
+    assert per["cifar10"]["n_overlap"] == 2 and per["stl10"]["n_overlap"] == 0
+    # stl10's band pairs are undecided: its samples are unreviewed, not overlap or clean by a default
+    assert per["stl10"]["n_unreviewed"] == 2 and per["stl10"]["pending_pairs"] == 3
 
     # every planted pair is in pairs.parquet (b), with the right decision
     pairs = _table(ws, "pairs")
@@ -72,13 +74,18 @@ def test_planted_pairs_found_and_outputs_match_contracts(ws, cli):
     q = _table(ws, "review_queue")
     assert [r["position"] for r in q] == list(range(len(q)))
     assert [round(r["score_clip"], 2) for r in q] == [0.90, 0.86, 0.85]
-    # splits: every benchmark sample once; decontam: every overlap + unreviewed band pool uid
+    # splits: every benchmark sample once; decontam: every overlap + pending band pool uid (drop)
     splits = _table(ws, "splits")
     assert len(splits) == 40 + 25
     ov = {(s["benchmark"], s["bench_index"]) for s in splits if s["split"] == "overlap"}
-    assert ov == {("cifar10", 3), ("cifar10", 17), ("stl10", 1), ("stl10", 2)}
+    assert ov == {("cifar10", 3), ("cifar10", 17)}
+    un = {(s["benchmark"], s["bench_index"]): s for s in splits if s["split"] == "unreviewed"}
+    assert {k: v["pending_pairs"] for k, v in un.items()} == {("stl10", 1): 1, ("stl10", 2): 2}
+    assert all(v["decided_by"] == "none" and "2 band pair(s) pending of 2 pair(s)" in un[("stl10", 2)]["reason"]
+               for v in un.values())
     assert len(_table(ws, "decontam")) == len(PLANTS)
-    assert all(s["decided_by"] == "auto" for s in splits)
+    assert all(s["decided_by"] == "rule" for s in splits if s["split"] != "unreviewed")
+    assert {s["n_pairs"] for s in splits if s["benchmark"] == "cifar10" and s["bench_index"] == 3} == {2}
     near = {s["bench_index"]: s for s in splits if s["benchmark"] == "cifar10"}[3]
     assert near["nearest_pool_uid"] == data["pool_uids"][10] and abs(near["max_score"] - 0.99) < 2e-3
 
@@ -86,21 +93,22 @@ def test_planted_pairs_found_and_outputs_match_contracts(ws, cli):
     r = cli("-w", ws.root, "sql", "overlap-rate", "--format", "json")
     assert r.code == 0
     rows = [json.loads(x) for x in r.out.splitlines()]
-    assert {x["benchmark"]: x["n_overlap"] for x in rows} == {"cifar10": 2, "stl10": 2}
+    assert {x["benchmark"]: (x["n_overlap"], x["n_unreviewed"]) for x in rows} == {"cifar10": (2, 0), "stl10": (0, 2)}
 
 
 def test_thresholds_per_benchmark_from_config_and_cli(ws, cli):
     make_workspace(ws.root, plants=PLANTS)
     (ws.root / "clipcurate.toml").write_text(
-        "[overlap]\nreview_default = \"clean\"\nthresholds = {stl10 = {high = 0.88, low = 0.855}}\n")
+        "[overlap]\nunreviewed_pool = \"keep\"\nthresholds = {stl10 = {high = 0.88, low = 0.855}}\n")
     _run(cli, ws)
     dec_ = {(p["benchmark"], round(p["score_clip"], 2)): p["decision"] for p in _table(ws, "pairs")}
     assert dec_[("stl10", 0.90)] == "overlap"  # stl10's own high
     assert ("stl10", 0.85) not in dec_  # 0.853 < stl10's low 0.855: not even a pair
     assert dec_[("cifar10", 0.96)] == "overlap"
     splits = {(s["benchmark"], s["bench_index"]): s for s in _table(ws, "splits")}
-    assert splits[("stl10", 2)]["split"] == "clean"  # band only, review_default = clean
-    assert "unreviewed" in splits[("stl10", 2)]["reason"]
+    assert splits[("stl10", 2)]["split"] == "unreviewed"  # band only: pending
+    # unreviewed_pool = keep: the pending pair's pool sample stays in the pool
+    assert ("stl10", 2) not in {(d["benchmark"], d["bench_index"]) for d in _table(ws, "decontam")}
     # CLI beats the file: a higher high for everyone
     _run(cli, ws, "--high", "0.98")
     dec_ = {(p["benchmark"], round(p["score_clip"], 2)): p["decision"] for p in _table(ws, "pairs")}
@@ -126,7 +134,7 @@ def test_human_decisions_override_and_refresh_without_search(ws, cli, monkeypatc
     splits = {(s["benchmark"], s["bench_index"]): s for s in _table(ws, "splits")}
     assert splits[("cifar10", 17)]["split"] == "clean" and splits[("cifar10", 17)]["decided_by"] == "human"
     assert splits[("stl10", 1)]["split"] == "overlap" and splits[("stl10", 1)]["decided_by"] == "auto-demo"
-    assert splits[("cifar10", 3)]["decided_by"] == "auto"
+    assert splits[("cifar10", 3)]["decided_by"] == "rule"
     de = {(d["pool_uid"], d["benchmark"], d["bench_index"]): d["reason"] for d in _table(ws, "decontam")}
     assert (rejected["pool_uid"], "cifar10", 17) not in de
     assert de[(confirmed["pool_uid"], "stl10", 1)].startswith("auto-demo")
@@ -306,3 +314,65 @@ def test_error_vectors_not_unit_length(ws, cli):
     line = _err(cli, ws)
     assert "00001.npy" in line and "not unit length" in line and "norms 3" in line
     assert not ws.path("overlap", "splits.parquet").exists()
+
+
+def test_deciding_every_pending_pair_settles_every_sample_and_the_bounds_collapse(ws, cli):
+    from clipcurate.overlap import split_bounds
+
+    make_workspace(ws.root, plants=PLANTS)
+    _run(cli, ws)
+    split = {(s["benchmark"], s["bench_index"]): s["split"] for s in _table(ws, "splits")}
+    ends = split_bounds(split)
+    assert ends["unreviewed_as_overlap"] != ends["unreviewed_as_clean"]  # 2 unreviewed samples: two ends
+    r = cli("-w", ws.root, "status", "--format", "json")
+    row = [json.loads(x) for x in r.out.splitlines() if json.loads(x)["stage"] == "overlap"][0]
+    assert row["note"] == "unreviewed=2 (3 pending pairs)"
+    # decide every pending pair: stl10 #1's only pair duplicate, stl10 #2's two pairs not duplicates
+    queue = _table(ws, "review_queue")
+    dec.append(ws, [{"pair_id": q["pair_id"], "pool_uid": q["pool_uid"], "benchmark": q["benchmark"],
+                     "bench_index": q["bench_index"], "reviewer": "ana",
+                     "decision": "duplicate" if q["bench_index"] == 1 else "not_duplicate"} for q in queue])
+    r = cli("-w", ws.root, "overlap", "refresh", "--format", "json")
+    assert r.code == 0, r.err
+    rows = {(s["benchmark"], s["bench_index"]): s for s in _table(ws, "splits")}
+    assert rows[("stl10", 1)]["split"] == "overlap" and rows[("stl10", 2)]["split"] == "clean"
+    assert rows[("stl10", 2)]["decided_by"] == "human" and "2 rejected; 0 pending" in rows[("stl10", 2)]["reason"]
+    assert not [s for s in rows.values() if s["split"] == "unreviewed" or s["pending_pairs"]]
+    ends = split_bounds({k: s["split"] for k, s in rows.items()})
+    assert ends["unreviewed_as_overlap"] == ends["unreviewed_as_clean"]  # the bounds collapse to one figure
+    # the rejected pairs' pool samples left the decontam list, the confirmed one is on it as human
+    de = {(d["benchmark"], d["bench_index"]): d["reason"] for d in _table(ws, "decontam")}
+    assert ("stl10", 2) not in de and de[("stl10", 1)] == "human: duplicate"
+    with pytest.raises(Exception, match="split value 'maybe'"):
+        split_bounds({0: "maybe"})
+
+
+def test_refresh_after_a_threshold_edit_changes_the_splits_without_searching(ws, cli, monkeypatch):
+    make_workspace(ws.root, plants=PLANTS)
+    _run(cli, ws)
+    before = {(s["benchmark"], s["bench_index"]): s["split"] for s in _table(ws, "splits")}
+    assert before[("stl10", 1)] == "unreviewed" and before[("cifar10", 17)] == "overlap"
+    r = cli("-w", ws.root, "overlap", "refresh")
+    assert r.code == 0 and "reused the search" in r.err and "(thresholds unchanged, 0 decision(s) changed)" in r.err
+    # a threshold edit in clipcurate.toml: stl10's high comes down to 0.89, cifar10's goes up to 0.96
+    (ws.root / "clipcurate.toml").write_text(
+        "[overlap]\nthresholds = {stl10 = {high = 0.89}, cifar10 = {high = 0.96}}\n")
+    monkeypatch.setattr(overlap, "SearchRun", None)  # a search would fail
+    r = cli("-w", ws.root, "overlap", "refresh", "--format", "json")
+    assert r.code == 0, r.err
+    assert "recomputed the decisions of 6 stored pair(s) with the current thresholds (thresholds changed, " \
+           "2 decision(s) changed)" in r.err
+    after = {(s["benchmark"], s["bench_index"]): s for s in _table(ws, "splits")}
+    assert after[("stl10", 1)]["split"] == "overlap" and after[("stl10", 1)]["decided_by"] == "rule"  # 0.90 >= 0.89
+    assert after[("cifar10", 17)]["split"] == "unreviewed"  # 0.955 < 0.96: in the band now
+    queue = {(q["benchmark"], q["bench_index"]) for q in _table(ws, "review_queue")}
+    assert ("cifar10", 17) in queue and ("stl10", 1) not in queue
+    assert json.loads((ws.root / "overlap" / "run.json").read_text())["thresholds"]["stl10"]["clip"] == [0.89, 0.85]
+    # a lower low than the search floor needs pairs the search never kept: refused, naming the command
+    (ws.root / "clipcurate.toml").write_text("[overlap]\nlow = 0.8\n")
+    r = cli("-w", ws.root, "overlap", "refresh")
+    assert r.code == 1 and "below the search floor 0.85" in r.err and "`clipcurate overlap`" in r.err
+    assert "Traceback" not in r.err
+    (ws.root / "clipcurate.toml").write_text("[overlap]\nk = 5\n")
+    r = cli("-w", ws.root, "overlap", "refresh")
+    assert r.code == 1 and "top 10" in r.err

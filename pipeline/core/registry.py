@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from clipcurate.core import manifest as mf
 from clipcurate.core.errors import MissingUpstream
@@ -36,6 +36,16 @@ class StageInfo:
 # The stage list, in pipeline order, as handed down by clipcurate.stages (empty until it is imported).
 # Filled in place, so a module that imported the name sees the list too.
 STAGES: list[StageInfo] = []
+
+
+# stage name -> a function of the workspace giving one line that `status` shows beside the row
+# counts (e.g. overlap's "unreviewed=12 (40 pending pairs)"); registered by the stage's module.
+NOTES: dict[str, Callable[[Workspace], str]] = {}
+
+
+def status_note(stage: str, fn: Callable[[Workspace], str]) -> None:
+    """Register the line ``clipcurate status`` shows for ``stage`` beside its row counts."""
+    NOTES[stage] = fn
 
 
 def use_stages(stages: Sequence[StageInfo]) -> None:
@@ -68,5 +78,6 @@ def status_row(ws: Workspace, info: StageInfo) -> dict:
     counts = {m: mf.count_rows(m, ws.root) for m in info.manifests}
     if state == "missing" and any(counts.values()):
         state = "partial"
+    note = NOTES[info.name](ws) if info.name in NOTES and any(counts.values()) else ""
     return {"stage": info.name, "state": state, "shards_done": done, "shards_total": total,
-            "rows": counts, "command": info.command}
+            "rows": counts, "note": note, "command": info.command}

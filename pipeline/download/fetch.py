@@ -21,11 +21,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -112,16 +114,23 @@ def _finish_shard(ws: Workspace, shard: str, rows: list[dict], pre: list, result
     ``results`` is img2dataset's parquet of this shard by uid (with the sha256 of each stored image);
     ``i2d_tar`` is the shard's tar as its worker wrote it under our keys (img2dataset_child's
     _HookedWriter), renamed into the pool here. Without it (nothing was fetched) an empty tar is
-    written. Returns the shard's counts, for the marker the runner writes next.
+    written. A verdict ``("keep", row)`` is a row of the shard's previous result carried over as it
+    is (see :func:`prior_rows`); when some of those are successes, their images are copied from the
+    previous tar and the new ones appended, through write_shard_files (the same bytes a run that
+    fetched them all would write). Returns the shard's counts, for the marker the runner writes next.
     """
     width = key_width(sps)
-    out = []
+    out, kept_images = [], set()
     for i, (r, verdict) in enumerate(zip(rows, pre)):
         key = f"{shard}{i:0{width}d}"
         row = {"uid": r["uid"], "url": r["url"], "caption": r["caption"], "shard": shard, "key": key,
                "status": "failed", "error": None, "width": None, "height": None, "sha256": None,
                "query_ids": r["query_ids"]}
-        if verdict is not None:
+        if verdict is not None and verdict[0] == "keep":
+            row = dict(verdict[1])
+            if row["status"] == "success":
+                kept_images.add(key)
+        elif verdict is not None:
             row["status"], row["error"] = verdict
         elif results is None or r["uid"] not in results:
             row["error"] = "lost by img2dataset"
@@ -136,7 +145,12 @@ def _finish_shard(ws: Workspace, shard: str, rows: list[dict], pre: list, result
                 row["status"] = "refused" if err.startswith("refused:") else "failed"
                 row["error"] = err
         out.append(row)
-    if i2d_tar is None:
+    if kept_images:
+        # The previous tar's kept images, then this round's: one new tar, replacing the old atomically.
+        images = itertools.chain(_tar_images(shard_tar(ws, shard), kept_images),
+                                 _tar_images(i2d_tar, None) if i2d_tar is not None else ())
+        counts = write_shard_files(ws, shard, out, images)
+    elif i2d_tar is None:
         counts = write_shard_files(ws, shard, out, {})
     else:
         # The worker fsynced the tar; rename it into the pool (same file system: both under pool/),
@@ -151,6 +165,35 @@ def _finish_shard(ws: Workspace, shard: str, rows: list[dict], pre: list, result
         for r in out:
             counts[r["status"]] += 1
     return counts
+
+
+def _tar_images(path: Path, keys: set | None) -> Iterator[tuple[str, bytes]]:
+    """(key, bytes) of the ``{key}.jpg`` members of a pool tar, streamed; only ``keys`` unless None."""
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, ext = member.name.rpartition(".")
+            if ext == "jpg" and (keys is None or key in keys):
+                yield key, tar.extractfile(member).read()
+
+
+def prior_rows(ws: Workspace, shard: str, rows: list[dict]) -> list[dict | None]:
+    """The shard's previous result to keep, row by row: its success and failed rows; None = fetch.
+
+    A shard has a previous result when its manifest and tar are in place (a finished shard whose
+    marker the stage removed to retry its refused rows after the URL policy changed, or a shard
+    whose run was killed between its manifest and its marker). Refused rows are fetched again,
+    under the current policy. A manifest that does not match the input (other uids) is ignored.
+    """
+    path, tar = shard_manifest(ws, shard), shard_tar(ws, shard)
+    if not (path.exists() and tar.exists()):
+        return [None] * len(rows)
+    try:
+        old = pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowInvalid):
+        return [None] * len(rows)
+    if [r["uid"] for r in old] != [r["uid"] for r in rows]:
+        return [None] * len(rows)
+    return [r if r["status"] in ("success", "failed") else None for r in old]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -200,7 +243,13 @@ def _dir_size(path: Path) -> int:
 def fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.Policy) -> Iterator[tuple[str, dict]]:
     """One img2dataset run over the ``todo`` shards (steps 2-5): yields ``(shard, counts)`` as each
     shard's tar and manifest are in place, in the order they finish. A shard img2dataset did not
-    finish (it stalled or crashed) is not yielded."""
+    finish (it stalled or crashed) is not yielded. The counts carry ``policy`` (the URL policy the
+    shard was fetched under, for the marker: a rerun under another policy retries its refused rows)."""
+    for shard, counts in _fetch_round(ws, todo, conf, policy):
+        yield shard, dict(counts, policy=policy.to_json())
+
+
+def _fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.Policy) -> Iterator[tuple[str, dict]]:
     folder = ws.path(FOLDER)
     sps = int(conf["samples_per_shard"])
     work = folder / WORK_DIR / f"run-{os.getpid()}-{time.time_ns()}"
@@ -210,6 +259,8 @@ def fetch_round(ws: Workspace, todo: list[str], conf: dict, policy: urlsafety.Po
     for shard in todo:
         rows = pq.read_table(folder / INPUT_DIR / f"{shard}.parquet").to_pylist()
         pre = precheck([r["url"] for r in rows], policy, threads=int(conf["threads"]))
+        # Rows the shard's previous result settled (success, failed) are kept; refused ones are redone.
+        pre = [("keep", old) if old is not None else v for old, v in zip(prior_rows(ws, shard, rows), pre)]
         fetch = [dict(r, row=i) for i, (r, v) in enumerate(zip(rows, pre)) if v is None]
         if not fetch:  # nothing to fetch: finish it here
             yield shard, _finish_shard(ws, shard, rows, pre, None, None, sps)

@@ -23,6 +23,7 @@ counts. Both paths give the same pool: the same rows and tar members (tests/test
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import shutil
@@ -32,9 +33,9 @@ from typing import Iterator
 import pyarrow.parquet as pq
 
 from clipcurate.core import sql
-from clipcurate.core.console import log
+from clipcurate.core.console import log, warn
 from clipcurate.core.errors import ClipcurateError
-from clipcurate.core.stage import Stage
+from clipcurate.core.stage import Stage, done_info, is_done, marker
 from clipcurate.core.workspace import Workspace
 from clipcurate.download.fetch import WORK_DIR, fetch_round
 from clipcurate.download.options import conf_from, policy_from
@@ -78,7 +79,24 @@ class Download(Stage):
             .column("url").to_pylist())
         if not self.policy.allow_private:
             log("download: private, loopback and link-local addresses are refused (--allow-private to fetch them)")
+        self._retry_refused()
         return self.planned
+
+    def _retry_refused(self) -> None:
+        """A finished shard with refused rows, fetched under another URL policy (--allow-private,
+        --allow-host, the hosts table): its marker is removed, so the runner runs it again, and
+        fetch_round keeps its success and failed rows (prior_rows) and fetches only the refused ones."""
+        policy, shards, rows = self.policy.to_json(), 0, 0
+        for s in self.planned:
+            if not is_done(self.folder, s):
+                continue
+            info = done_info(self.folder, s)
+            if info.get("refused", 0) and info.get("policy") != policy:
+                marker(self.folder, s).unlink()
+                shards, rows = shards + 1, rows + int(info["refused"])
+        if shards:
+            log(f"download: the URL policy changed since {shards} shards were fetched: "
+                f"retrying their {rows} refused rows (the rest is kept)")
 
     def run_batch(self, shards) -> Iterator[tuple[str, dict]]:
         """In this process: every shard in one img2dataset run, ``ROUNDS`` rounds for the ones it left."""
@@ -126,4 +144,33 @@ def download(ws: Workspace, input_path: str | os.PathLike | None = None, *, cfg:
     stage = Download(ws, input_path, cfg, force=force)  # options checked before anything is written
     ws.create()
     result = stage.run(executor)
+    warn_if_mostly_lost(ws, result.counts)
     return DownloadResult(result.shards_total, result.shards_skipped, result.counts)
+
+
+# Hints for refusal reasons (urlsafety's wording) the user can act on.
+_HINTS = (("loopback", "--allow-private"), ("private", "--allow-private"), ("link-local", "--allow-private"),
+          ("reserved", "--allow-private"), ("address", "--allow-host HOST[:PORT]"))
+
+
+def warn_if_mostly_lost(ws: Workspace, counts: dict, top: int = 5) -> None:
+    """When most rows were refused or failed: one warning line per reason (the ``top`` commonest),
+    with the option that would fetch refused rows. The run still exits 0: the pool is what it is."""
+    rows = int(counts.get("rows", 0))
+    lost = int(counts.get("refused", 0)) + int(counts.get("failed", 0))
+    if not rows or 2 * lost <= rows:
+        return
+    tally: collections.Counter = collections.Counter()
+    for path in sorted(ws.path(FOLDER, "manifest").glob("*.parquet")):
+        tbl = pq.read_table(path, columns=["status", "error"])
+        tally.update((st, err or "unknown error") for st, err in zip(tbl.column("status").to_pylist(),
+                                                                  tbl.column("error").to_pylist()) if st != "success")
+    reasons = [(st, err, n) for (st, err), n in sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))]
+    warn(f"download: {lost} of {rows} rows were not stored ({counts.get('refused', 0)} refused, "
+         f"{counts.get('failed', 0)} failed); `clipcurate sql download-failures` lists them")
+    for status, reason, n in reasons[:top]:
+        hint = next((f" (rerun with {opt} to fetch them)" for word, opt in _HINTS
+                     if status == "refused" and word in reason), "")
+        warn(f"download: {n} rows {status}: {reason}{hint}")
+    if len(reasons) > top:
+        warn(f"download: {sum(r[2] for r in reasons[top:])} rows for {len(reasons) - top} other reasons")

@@ -7,7 +7,7 @@ The five manifests under ``overlap/``:
   threshold (plus the pairs only the detector or the captions propose), with all its signals and
   its automatic decision;
 - ``neighbors``: the exact top-k pool neighbours of every benchmark sample;
-- ``splits``: each benchmark sample in Overlap or Clean, and what decided it;
+- ``splits``: each benchmark sample in Overlap, Clean or Unreviewed, and what decided it;
 - ``decontam``: the pool samples to drop before training;
 - ``review_queue``: the pairs a human should look at, highest CLIP score first.
 """
@@ -61,23 +61,26 @@ mf.register(
              ("pool_uid", pa.string(), "pool sample uid"),
              ("score", pa.float32(), "CLIP cosine similarity")])
 mf.register(
-    "splits", version=1, glob="overlap/splits.parquet", stage="overlap",
-    doc="Each benchmark sample in the Overlap or the Clean split (All = both), and what decided it.",
+    "splits", version=2, glob="overlap/splits.parquet", stage="overlap",
+    doc="Each benchmark sample in the Overlap, Clean or Unreviewed split (All = the three), and what decided it.",
     columns=[("benchmark", pa.string(), "benchmark name"),
              ("bench_index", pa.int64(), "benchmark sample index"),
              ("bench_uid", pa.string(), "benchmark sample uid"),
-             ("split", pa.string(), "overlap | clean"),
+             ("split", pa.string(), "overlap | clean | unreviewed (band pairs pending, nothing proves overlap)"),
              ("max_score", pa.float32(), "CLIP cosine of the nearest pool sample"),
              ("nearest_pool_uid", pa.string(), "uid of the nearest pool sample"),
-             ("decided_by", pa.string(), "auto | human | auto-demo"),
-             ("reason", pa.string(), "why, e.g. `human: duplicate` or `no pair above low 0.85`")])
+             ("decided_by", pa.string(), "rule | human | auto-demo (the demo's automatic reviewer) | none (unreviewed)"),
+             ("reason", pa.string(), "why, with the counts: `human: 1 duplicate vote(s) of 3 pair(s); 0 rejected; "
+                                     "2 pending`"),
+             ("n_pairs", pa.int32(), "pairs of this sample (pairs.parquet, plus decided pairs no longer there)"),
+             ("pending_pairs", pa.int32(), "band pairs of this sample no one decided yet")])
 mf.register(
     "decontam", version=1, glob="overlap/decontam.parquet", stage="overlap",
     doc="Pool samples to drop before training: near-copies of a benchmark sample.",
     columns=[("pool_uid", pa.string(), "pool sample uid to remove"),
              ("benchmark", pa.string(), "benchmark it copies"),
              ("bench_index", pa.int64(), "benchmark sample index it copies"),
-             ("reason", pa.string(), "auto (score), human, or unreviewed band pair")])
+             ("reason", pa.string(), "rule: ..., human: duplicate, auto-demo: duplicate, or unreviewed band pair: ...")])
 mf.register(
     "review_queue", version=2, glob="overlap/review_queue.parquet", stage="overlap",
     doc="Pairs in the review band (and degenerate matches), highest CLIP score first, for `clipcurate review`.",
@@ -90,6 +93,7 @@ sql.report(
     "overlap-rate", "Per benchmark: samples, Overlap, Clean and the overlap percentage (CLIP §5 table).",
     "select benchmark, count(*) as n, count(*) filter (where split = 'overlap') as n_overlap, "
     "count(*) filter (where split = 'clean') as n_clean, "
+    "count(*) filter (where split = 'unreviewed') as n_unreviewed, "
     "round(100.0 * count(*) filter (where split = 'overlap') / count(*), 2) as overlap_pct "
     "from splits group by benchmark order by benchmark", needs=("splits",))
 sql.report(
@@ -104,7 +108,7 @@ config.section("overlap", {
     "low": 0.85,
     "thresholds": {},
     "signal_thresholds": {},
-    "review_default": "overlap",
+    "unreviewed_pool": "drop",
     "backend": "auto",
     "block_elems": 0,
     "checkpoint_s": 60.0,
@@ -119,7 +123,7 @@ config.section("overlap", {
     "low": "CLIP cosine at or above which a pair is kept and reviewed (the search floor)",
     "thresholds": "per benchmark: {cifar10 = {high = 0.95, low = 0.85, detector = {overlap = 0.9, review = 0.7}}}",
     "signal_thresholds": "defaults for the other signals: {detector = {overlap = 0.9, review = 0.7}}",
-    "review_default": "how unreviewed band pairs count in the splits: overlap (conservative) or clean",
+    "unreviewed_pool": "pool samples of undecided band pairs: drop (on the decontam list, safe) or keep",
     "backend": "search backend: auto (torch on CUDA, else numpy), numpy, torch, faiss",
     "block_elems": "score block size in elements (0 = automatic)",
     "checkpoint_s": "seconds between search checkpoints (resume point after a kill)",
@@ -135,8 +139,8 @@ def options(ws: Workspace, overrides: dict | None = None, cfg: config.Config | N
     """The ``[overlap]`` options (config file < environment < ``overrides``), checked."""
     cfg = cfg or config.Config.load(ws.root)
     opts = cfg.get("overlap", overrides or {})
-    if opts["review_default"] not in ("overlap", "clean"):
-        raise ClipcurateError(f"[overlap] review_default {opts['review_default']!r}: use overlap or clean")
+    if opts["unreviewed_pool"] not in ("drop", "keep"):
+        raise ClipcurateError(f"[overlap] unreviewed_pool {opts['unreviewed_pool']!r}: use drop or keep")
     if int(opts["k"]) < 1:
         raise ClipcurateError(f"--k {opts['k']}: must be at least 1")
     return opts

@@ -1,9 +1,21 @@
 """Splits and decontamination: the automatic decisions, overridden by human ones; the diagnostics.
 
-A benchmark sample is in the **Overlap** split when one of its pairs is an overlap — or a human
-confirmed it (``review/decisions.jsonl``; human verdicts override the automatic ones both ways).
-Unreviewed band pairs count as ``review_default`` says (default ``overlap``: the Clean split stays
-clean). The pool uids of the pairs that make a sample Overlap are the decontamination list.
+Each benchmark sample lands in one of three splits (``splits.parquet``):
+
+- **overlap**: one of its pairs is a duplicate — a human confirmed it (``review/decisions.jsonl``)
+  or the rule decided it and no human rejected it (human verdicts override the rule both ways);
+- **unreviewed**: nothing proves it overlap yet, but ``pending_pairs`` of its pairs sit in the review
+  band undecided — its fate depends on them, so no global default decides it;
+- **clean**: every pair that could make it overlap was rejected, or none reached the band.
+
+``decided_by`` names what decided (``rule``, ``human``, ``auto-demo`` — the demo's automatic
+reviewer — or ``none`` for unreviewed) and ``reason`` gives the counts behind it, e.g.
+``human: 1 duplicate vote(s) of 3 pair(s); 0 rejected; 2 pending``. :func:`split_bounds` turns the
+splits into the two ends of the §5 bounds (every unreviewed sample overlap, or every one clean).
+
+The decontamination list holds the pool uids of the pairs that make a sample overlap, and — with
+``unreviewed_pool = "drop"``, the default — those of every pending band pair, so that a possible
+copy never reaches training before a human clears it (``keep`` leaves them in the pool).
 
 :func:`refresh_splits` recomputes ``splits``, ``decontam`` and ``diagnostics.json`` from ``pairs``,
 ``neighbors`` and the decisions, without searching again — what ``overlap refresh`` and the review
@@ -15,10 +27,13 @@ benchmark, the class distribution Overlap vs Clean (chi-square) and simple image
 
 from __future__ import annotations
 
+from typing import Mapping, TypeVar
+
 import numpy as np
 import pyarrow.compute as pc
 
 from clipcurate.core import manifest as mf
+from clipcurate.core import registry
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.io import write_json
 from clipcurate.core.workspace import Workspace
@@ -26,6 +41,8 @@ from clipcurate.overlap.images import bench_image_stats, bench_samples
 from clipcurate.overlap.rules import DECISIONS
 from clipcurate.overlap.schema import FOLDER, options
 from clipcurate.review import effective_decisions
+
+K = TypeVar("K")
 
 
 def _samples(ws: Workspace, pairs: list[dict], eff: dict) -> dict[tuple[str, int], dict]:
@@ -59,52 +76,80 @@ def _samples(ws: Workspace, pairs: list[dict], eff: dict) -> dict[tuple[str, int
     return samples
 
 
-def _split_sample(bench: str, index: int, s: dict, eff: dict, review_default: str,
-                  decontam: list[tuple]) -> dict:
-    """One benchmark sample's split row; appends its decontam entries (human > auto > band)."""
-    split, by, reason = "clean", "auto", None
-    human_dup, auto_dup, band, rejected, degenerate = [], [], [], [], []
+def _sort_pairs(s: dict, eff: dict) -> dict[str, list]:
+    """A sample's pairs by what decides them: a human (or the demo's automatic reviewer) vote,
+    the rule's overlap, a band pair still pending, a degenerate match, the rule's clean."""
+    out: dict[str, list] = {"human_dup": [], "rejected": [], "auto_dup": [], "pending": [], "degenerate": []}
     for p in s["pairs"]:
         v = eff.get(p["pair_id"])
         if v is not None:
             src = "auto-demo" if v["source"] == "auto-demo" else "human"
-            (human_dup if v["verdict"] == "duplicate" else rejected).append((p, src))
+            out["human_dup" if v["verdict"] == "duplicate" else "rejected"].append((p, src))
         elif p["decision"] == "overlap":
-            auto_dup.append(p)
+            out["auto_dup"].append(p)
         elif p["decision"] == "review":
-            band.append(p)
+            out["pending"].append(p)
         elif p["decision"] == "degenerate":
-            degenerate.append(p)
-    if human_dup:
-        split, by = "overlap", human_dup[0][1]
-        reason = f"{by}: duplicate confirmed ({len(human_dup)} pool sample(s))"
-        for p, src in human_dup:
-            decontam.append((p["pool_uid"], bench, index, f"{src}: duplicate"))
-    if auto_dup:
-        if split == "clean":
-            split, by = "overlap", "auto"
-            reason = auto_dup[0]["reason"]
-        for p in auto_dup:
-            decontam.append((p["pool_uid"], bench, index, f"auto: {p['reason']}"))
-    if band and review_default == "overlap":
-        if split == "clean":
-            split, by = "overlap", "auto"
-            reason = f"unreviewed band pair ({band[0]['reason']}); review_default = overlap"
-        for p in band:
+            out["degenerate"].append(p)
+    return out
+
+
+def _split_sample(bench: str, index: int, s: dict, eff: dict, unreviewed_pool: str,
+                  decontam: list[tuple]) -> dict:
+    """One benchmark sample's split row; appends its decontam entries (human > rule > pending).
+
+    The sample is Overlap as soon as one pair is a confirmed or automatic duplicate; else
+    Unreviewed while a band pair is undecided (no global default decides it); else Clean. The
+    reason spells out the counts behind the split."""
+    g = _sort_pairs(s, eff)
+    n, pending = len(s["pairs"]), len(g["pending"])
+    by_vote = g["human_dup"][0][1] if g["human_dup"] else (g["rejected"][0][1] if g["rejected"] else None)
+    tail = f" of {n} pair(s); {len(g['rejected'])} rejected; {pending} pending"
+    for p, src in g["human_dup"]:
+        decontam.append((p["pool_uid"], bench, index, f"{src}: duplicate"))
+    for p in g["auto_dup"]:
+        decontam.append((p["pool_uid"], bench, index, f"rule: {p['reason']}"))
+    if unreviewed_pool == "drop":  # a possible copy never reaches training until a human clears it
+        for p in g["pending"]:
             decontam.append((p["pool_uid"], bench, index, f"unreviewed band pair: {p['reason']}"))
-    if split == "clean":
-        if rejected:
-            by = rejected[0][1]
-            reason = f"{by}: {len(rejected)} pair(s) rejected as not duplicates"
-        elif band:
-            reason = f"{len(band)} unreviewed band pair(s); review_default = clean"
-        elif degenerate:
-            reason = f"degenerate match only ({degenerate[0]['reason']})"
-        else:
-            ms = s["max_score"]
-            reason = "no pair above the low threshold" + (f" (max clip {ms:.3f})" if ms is not None else "")
+    if g["human_dup"]:
+        split, by = "overlap", by_vote
+        reason = f"{by}: {len(g['human_dup'])} duplicate vote(s)" + tail
+    elif g["auto_dup"]:
+        split, by = "overlap", "rule"
+        reason = f"rule: {g['auto_dup'][0]['reason']} ({len(g['auto_dup'])} automatic overlap pair(s)" + tail + ")"
+    elif pending:
+        split, by = "unreviewed", "none"
+        reason = f"none: {pending} band pair(s) pending" + tail.replace(f"; {pending} pending", "")
+    elif g["rejected"]:
+        split, by = "clean", by_vote
+        reason = f"{by}: every pair that could make it overlap rejected ({len(g['rejected'])}" + tail + ")"
+    elif g["degenerate"]:
+        split, by = "clean", "rule"
+        reason = f"rule: degenerate match only ({g['degenerate'][0]['reason']}; {len(g['degenerate'])} of {n} pair(s))"
+    else:
+        split, by = "clean", "rule"
+        ms = s["max_score"]
+        reason = f"rule: no pair in the review band or above ({n} pair(s))" + \
+            (f"; max clip {ms:.3f}" if ms is not None else "")
     return {"benchmark": bench, "bench_index": index, "bench_uid": s["bench_uid"], "split": split,
-            "max_score": s["max_score"], "nearest_pool_uid": s["nearest"], "decided_by": by, "reason": reason}
+            "max_score": s["max_score"], "nearest_pool_uid": s["nearest"], "decided_by": by, "reason": reason,
+            "n_pairs": n, "pending_pairs": pending}
+
+
+SPLITS = ("overlap", "clean", "unreviewed")
+
+
+def split_bounds(split: Mapping[K, str]) -> dict[str, dict[K, str]]:
+    """The two ends of the §5 bounds: every ``unreviewed`` sample counted as ``overlap``, and every
+    one counted as ``clean``. ``split`` maps any key (a bench_index, a (benchmark, index) pair) to
+    its split from splits.parquet; the result has the same keys with overlap/clean only. With no
+    unreviewed sample both ends are the same mapping (the bounds collapse to one figure)."""
+    bad = sorted({v for v in split.values() if v not in SPLITS})
+    if bad:
+        raise ClipcurateError(f"split value {bad[0]!r}: expected one of {', '.join(SPLITS)}")
+    return {f"unreviewed_as_{end}": {k: (end if v == "unreviewed" else v) for k, v in split.items()}
+            for end in ("overlap", "clean")}
 
 
 def refresh_splits(ws: Workspace, opts: dict | None = None) -> list[dict]:
@@ -120,8 +165,8 @@ def refresh_splits(ws: Workspace, opts: dict | None = None) -> list[dict]:
     samples = _samples(ws, pairs, eff)
     split_rows, decontam = [], []
     for (bench, index), s in sorted(samples.items()):
-        split_rows.append(_split_sample(bench, index, s, eff, opts["review_default"], decontam))
-    # one decontam row per (pool uid, benchmark sample), first reason wins (human > auto > band)
+        split_rows.append(_split_sample(bench, index, s, eff, opts["unreviewed_pool"], decontam))
+    # one decontam row per (pool uid, benchmark sample), first reason wins (human > rule > pending)
     seen, drows = set(), []
     for uid, bench, index, reason in decontam:
         if (uid, bench, index) not in seen:
@@ -132,6 +177,21 @@ def refresh_splits(ws: Workspace, opts: dict | None = None) -> list[dict]:
     mf.write("decontam", drows, folder / "decontam.parquet")
     per = diagnostics(ws, split_rows, pairs, opts)
     return per
+
+
+def unreviewed_note(ws: Workspace) -> str:
+    """`clipcurate status`'s line for overlap: how many benchmark samples are still unreviewed."""
+    try:
+        t = mf.read("splits", ws.root / FOLDER / "splits.parquet", columns=["split", "pending_pairs"])
+    except ClipcurateError as exc:  # an older splits file: say what to run, never fail `status`
+        return f"splits unreadable ({exc})"
+    un = pc.equal(t.column("split"), "unreviewed")
+    n = pc.sum(un.cast("int64")).as_py() or 0
+    pending = pc.sum(pc.filter(t.column("pending_pairs"), un)).as_py() or 0
+    return f"unreviewed={n} ({pending} pending pairs)"
+
+
+registry.status_note("overlap", unreviewed_note)
 
 
 def refresh_after_review(ws: Workspace) -> str:
@@ -197,13 +257,15 @@ def diagnostics(ws: Workspace, split_rows: list[dict], pairs: list[dict], opts: 
         n = len(rows)
         ov = [r["bench_index"] for r in rows if r["split"] == "overlap"]
         cl = [r["bench_index"] for r in rows if r["split"] == "clean"]
+        un = [r for r in rows if r["split"] == "unreviewed"]
         bp = [p for p in pairs if p["benchmark"] == bench]
         dec_counts = {d: sum(p["decision"] == d for p in bp) for d in DECISIONS}
-        d: dict = {"n": n, "n_overlap": len(ov), "n_clean": len(cl),
+        d: dict = {"n": n, "n_overlap": len(ov), "n_clean": len(cl), "n_unreviewed": len(un),
+                   "pending_pairs": sum(r["pending_pairs"] for r in un),
                    "overlap_pct": round(100.0 * len(ov) / n, 3) if n else 0.0,
                    "pairs": dec_counts,
                    "degenerate_samples": len({p["bench_index"] for p in bp if p["decision"] == "degenerate"}),
-                   "decided_by": {k: sum(r["decided_by"] == k for r in rows) for k in ("auto", "human", "auto-demo")}}
+                   "decided_by": {k: sum(r["decided_by"] == k for r in rows) for k in ("rule", "human", "auto-demo", "none")}}
         d.update(_class_chi2(ws, bench, ov, cl))
         # image statistics: every overlap sample, a seeded sample of clean ones
         n_clean = min(len(cl), int(opts["diag_sample"]))
@@ -215,7 +277,8 @@ def diagnostics(ws: Workspace, split_rows: list[dict], pairs: list[dict], opts: 
                 d[f"images_{split}"] = {"measured": len(vals), **{
                     f"{k}_mean": round(float(np.mean([v[k] for v in vals])), 3) for k in ("mean", "std", "width", "height")}}
         out[bench] = d
-        summary.append({"benchmark": bench, "n": n, "n_overlap": len(ov), "n_clean": len(cl),
+        summary.append({"benchmark": bench, "n": n, "n_overlap": len(ov), "n_clean": len(cl), "n_unreviewed": len(un),
+                        "pending_pairs": d["pending_pairs"],
                         "overlap_pct": d["overlap_pct"], "review_pairs": dec_counts["review"],
                         "degenerate_pairs": dec_counts["degenerate"],
                         "class_p": d.get("class_chi2", {}).get("p_value")})

@@ -16,9 +16,9 @@ stage does that split, and produces the list of pool samples to drop before trai
    ``degenerate`` instead (CLIP's Kinetics-700 black frames) and never counts as overlap silently.
 3. **Split** (:func:`clipcurate.overlap.splits.refresh_splits`): a benchmark sample is Overlap when
    one of its pairs is an overlap — or a human confirmed it (``review/decisions.jsonl``; human
-   verdicts override the automatic ones both ways). Unreviewed band pairs count as
-   ``review_default`` says (default ``overlap``: the Clean split stays clean). Their pool uids make
-   the decontamination list.
+   verdicts override the automatic ones both ways); Unreviewed while band pairs it depends on are
+   undecided; else Clean. Their pool uids make the decontamination list (pending band pairs too,
+   with ``unreviewed_pool = "drop"``, the default).
 4. **Diagnose**: per benchmark, class distribution Overlap vs Clean (chi-square) and simple image
    statistics, because Overlap and Clean can differ in distribution (CLIP's second caveat).
 

@@ -5,6 +5,8 @@ The public API (what the CLI, ``clipcurate run`` and other stages call)::
     from clipcurate import review
 
     s = review.ReviewSession(ws, review.default_reviewer())   # the state machine behind the screen
+    s = review.ReviewSession(ws, "ana", sort="triage")         # pairs that can change a split first
+    s = review.ReviewSession(ws, "ana", audit=True)            # audit the rule's own decisions
     review.ReviewApp(s, ...).run()                             # the Textual screen (imports textual)
     review.summary(ws); review.export(ws, "out.csv", "csv")    # `review status` / `review export`
     review.mark_progress(ws)                                   # review/_SUCCESS when all are decided
@@ -20,7 +22,8 @@ from clipcurate.review.decisions import append as append_decisions
 from clipcurate.review.decisions import effective as effective_decisions
 from clipcurate.review.decisions import pair_id
 from clipcurate.review.session import IMAGE_MODES, SIGNALS, SORTS, Queue, ReviewSession, default_reviewer, \
-    export, export_table, load_queue, mark_progress, summary
+    load_queue, mark_progress, summary
+from clipcurate.review.export import export, export_table
 
 __all__ = [
     "IMAGE_MODES", "Queue", "ReviewApp", "ReviewSession", "SIGNALS", "SORTS", "append_decisions",

@@ -38,6 +38,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Static
 from textual_image._terminal import get_cell_size  # what textual-image itself sizes images with
 
+from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.imageload import MediaLoader, PairMedia, Side
 from clipcurate.review.session import SIGNALS, SORTS, ReviewSession
 
@@ -52,8 +53,14 @@ KEYMAP: list[tuple[str, str, str, str]] = [
     ("k,up,left", "move(-1)", "prev", "previous pair"),
     ("home", "jump('first')", "first", "first pair of the view"),
     ("end", "jump('last')", "last", "last pair of the view"),
-    ("o", "cycle_sort", "sort", "sort by: " + ", ".join(SORTS)),
+    ("o", "cycle_sort", "sort", "next sort order: " + ", ".join(SORTS)),
+    # one key per sort order: jump to it directly
+    *[(str(i + 1), f"sort('{name}')", f"sort {name}", f"sort by {name}" + (
+        " (the pairs that can still change a sample's split first)" if name == "triage" else ""))
+      for i, name in enumerate(SORTS)],
     ("b", "cycle_benchmark", "benchmark", "show one benchmark at a time, then all"),
+    ("g", "toggle_sample", "sample", "only this benchmark sample's pairs, then all again"),
+    ("a", "toggle_audit", "audit", "audit the rule's own decisions (overlap and clean pairs), then back"),
     ("i", "cycle_signal", "signal", "only pairs where one signal was computed (each in turn), then all"),
     ("question_mark", "help", "help", "this help"),
     ("q", "quit_review", "save+quit", "quit (every decision is already saved) and refresh the splits"),
@@ -217,7 +224,7 @@ class ReviewApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "clipcurate review"
     BINDINGS = [Binding(keys, action, label, show=label in ("duplicate", "not dup", "skip", "undo", "flag",
-                                                             "sort", "benchmark", "help", "save+quit"))
+                                                             "sort", "benchmark", "audit", "help", "save+quit"))
                 for keys, action, label, _ in KEYMAP]
 
     def __init__(self, session: ReviewSession, loader: MediaLoader, *, images: str = "halfcell",
@@ -278,8 +285,12 @@ class ReviewApp(App):
         pair = s.pair()
         decided, total = s.progress()
         bench = ",".join(s.benchmarks) if s.benchmarks else "all"
-        top = (f"[b]clipcurate review[/b]  reviewer [b]{s.reviewer}[/b]   "
-               f"pair [b]{s.pos + 1 if pair else 0} / {total}[/b]   decided {decided}/{total}   "
+        if s.sample is not None:
+            bench = f"{s.sample[0]} #{s.sample[1]}"
+        mode = "[b]AUDIT[/b] " if s.audit else ""
+        matter = "" if s.audit else f"   matter [b]{s.matter()}[/b]"
+        top = (f"{mode}[b]clipcurate review[/b]  reviewer [b]{s.reviewer}[/b]   "
+               f"pair [b]{s.pos + 1 if pair else 0} / {total}[/b]{matter}   decided {decided}/{total}   "
                f"sort {s.sort}   benchmark {bench}" + (f"   signal {s.signal}" if s.signal else ""))
         self.query_one("#topbar", Static).update(top)
         if pair is None:
@@ -365,7 +376,10 @@ class ReviewApp(App):
             parts.append(f"{SIGNAL_LABELS[name]} [b]{_fmt(pair[col], digits)}[/b]")
         parts.append(f"rank [b]{_fmt(pair['rank'])}[/b]")
         parts.append(f"queue #{pair['position']}")
-        self.query_one("#signals", Static).update("   ".join(parts))
+        text = "   ".join(parts)
+        if pair.get("decision") is not None:  # the audit queue: what the rule decided, and why
+            text += f"\nrule: [b]{pair['decision']}[/b] ({pair['reason']})"
+        self.query_one("#signals", Static).update(text)
 
     def _draw_state(self) -> None:
         s = self.session
@@ -416,6 +430,33 @@ class ReviewApp(App):
         nxt = SORTS[(SORTS.index(s.sort) + 1) % len(SORTS)]
         s.set_view(nxt, s.benchmarks, s.signal, keep_pair=True)
         s.message = f"sorted by {nxt}"
+        self.show()
+
+    def action_sort(self, name: str) -> None:
+        s = self.session
+        s.set_view(name, s.benchmarks, s.signal, keep_pair=name != "triage")
+        s.message = f"sorted by {name}"
+        self.show()
+
+    def action_toggle_sample(self) -> None:
+        s = self.session
+        pair = s.pair()
+        if s.sample is None and pair is None:
+            return
+        chosen = None if s.sample is not None else (pair["benchmark"], int(pair["bench_index"]))
+        s.set_view(s.sort, s.benchmarks, s.signal, keep_pair=True, sample=chosen)
+        s.message = f"sample {chosen[0]} #{chosen[1]}: {len(s)} pair(s)" if chosen else "all samples"
+        self.show()
+
+    def action_toggle_audit(self) -> None:
+        s = self.session
+        try:
+            s.set_audit(not s.audit)
+        except ClipcurateError as exc:
+            s.message = str(exc)
+        else:
+            s.message = (f"audit: {len(s)} automatic decisions, in a seeded random order" if s.audit
+                         else "back to the review queue")
         self.show()
 
     def action_cycle_benchmark(self) -> None:

@@ -24,13 +24,17 @@ when a ``duplicate``/``not_duplicate`` vote is on their stack. Keys map to actio
 Opening a session resumes at the first pair (in the view's order) this reviewer has neither
 decided nor skipped; when only skipped pairs are left, at the first of those.
 
+In the ``triage`` order (:mod:`clipcurate.review.triage`) the session knows which pairs can still
+change a benchmark sample's split, resumes at the first of them and, after each vote, goes to the
+next one, skipping the pairs of samples a vote has settled. ``audit=True`` opens the rule's own
+decisions (overlap and clean pairs) instead of the review band; votes there are ordinary records.
+
 Decisions flow back through ``clipcurate.overlap.refresh_after_review`` (the overlap stage reads the
 decision log), so that confirmed pairs count as overlap and rejected ones as clean in the splits.
 """
 
 from __future__ import annotations
 
-import csv
 import getpass
 import os
 import statistics
@@ -44,11 +48,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipcurate.core import config
-from clipcurate.review import decisions
+from clipcurate.review import decisions, triage
 from clipcurate.core import sql
 from clipcurate.core import manifest as mf
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
-from clipcurate.core.io import atomic_path, write_text
+from clipcurate.core.io import write_text
 from clipcurate.core.workspace import Workspace
 
 QUEUE_FILE = "overlap/review_queue.parquet"
@@ -64,11 +68,13 @@ SIGNALS: dict[str, tuple[str, bool]] = {
     "keypoints": ("kp_inliers", True),
     "text": ("text_sim", True),
 }
-SORTS = ("score", *SIGNALS, "benchmark")
+# "triage": the pairs that can still change a sample's split first (clipcurate.review.triage);
+# "score": the queue's own order (highest score first; seeded random in the audit queue)
+SORTS = ("triage", "score", *SIGNALS, "benchmark")
 IMAGE_MODES = ("auto", "halfcell", "sixel", "kitty", "none")
 ACTIONS = ("duplicate", "not_duplicate", "skip", "flag")
 
-config.section("review", {"reviewer": "", "images": "halfcell", "sort": "score", "prefetch": 4},
+config.section("review", {"reviewer": "", "images": "halfcell", "sort": "triage", "prefetch": 4},
                {"reviewer": "name recorded with each decision (default: $CLIPCURATE_REVIEWER, $USER)",
                 "images": "auto | halfcell | sixel | kitty | none (text only)",
                 "sort": "queue order: " + " | ".join(SORTS),
@@ -83,8 +89,11 @@ def queue_path(ws: Workspace) -> Path:
     return ws.root / QUEUE_FILE
 
 
-def load_queue(ws: Workspace) -> "Queue":
-    """The review queue, or a one-line error naming `clipcurate overlap`."""
+def load_queue(ws: Workspace, audit: bool = False) -> "Queue":
+    """The review queue, or a one-line error naming `clipcurate overlap`. ``audit``: the rule's own
+    decisions instead (overlap and clean pairs, seeded random order; :func:`triage.audit_table`)."""
+    if audit:
+        return Queue(triage.audit_table(ws, QUEUE_COLUMNS))
     path = queue_path(ws)
     if not path.is_file():
         raise MissingUpstream(f"review queue ({path})", "clipcurate overlap")
@@ -106,6 +115,7 @@ class Queue:
         self.n = table.num_rows
         self.pair_ids: list[str] = self.table.column("pair_id").to_pylist()
         self.benchmark = np.asarray(self.table.column("benchmark").to_pylist(), dtype=object)
+        self.bench_index = self.table.column("bench_index").to_numpy(zero_copy_only=False)
         self.position = self.table.column("position").to_numpy(zero_copy_only=False)
         self._rows: dict[int, dict] = {}
 
@@ -132,8 +142,10 @@ class Queue:
         return values, valid
 
     def order(self, sort: str = "score", benchmarks: Iterable[str] | None = None,
-              signal: str | None = None) -> np.ndarray:
-        """Row numbers of the view: filter by benchmark and by 'signal computed', then sort."""
+              signal: str | None = None, sample: tuple[str, int] | None = None,
+              triaged: "triage.Triage | None" = None) -> np.ndarray:
+        """Row numbers of the view: filter by benchmark, by 'signal computed' and to one benchmark
+        sample, then sort (``triage`` needs the :class:`~clipcurate.review.triage.Triage`)."""
         if sort not in SORTS:
             raise ClipcurateError(f"sort {sort!r} not one of: {', '.join(SORTS)}")
         if signal is not None and signal not in SIGNALS:
@@ -148,10 +160,14 @@ class Queue:
             keep &= np.isin(self.benchmark, wanted)
         if signal is not None:
             keep &= self._signal(signal)[1]
+        if sample is not None:
+            keep &= (self.benchmark == sample[0]) & (self.bench_index == int(sample[1]))
         rows = np.flatnonzero(keep)
         # The queue's own order (position) breaks every tie, so each view is deterministic.
         pos = self.position[rows]
-        if sort == "score":
+        if sort == "triage" and triaged is not None:
+            return triaged.order(rows, self.position)
+        if sort in ("score", "triage"):
             idx = np.argsort(pos, kind="stable")
         elif sort == "benchmark":
             idx = np.lexsort((pos, self.benchmark[rows].astype(str)))
@@ -184,13 +200,18 @@ class ReviewSession:
 
     def __init__(self, ws: Workspace, reviewer: str, *, sort: str = "score",
                  benchmarks: Iterable[str] | None = None, signal: str | None = None,
+                 sample: tuple[str, int] | None = None, audit: bool = False,
                  queue: Queue | None = None, source: str = "human",
                  clock: Callable[[], float] = time.monotonic, background_fsync: bool = False):
         self.ws = ws
         self.reviewer = reviewer
         self.source = source
         self.clock = clock
-        self.queue = queue if queue is not None else load_queue(ws)
+        self.audit = audit
+        self.review_sort = "triage" if audit else sort  # the review queue's order, kept through an audit
+        self.queue = queue if queue is not None else load_queue(ws, audit)
+        self.triage = self._triage()
+        self.sample = sample
         self.tail = decisions.LogTail(ws)
         self.stacks: dict[tuple[str, str], list[dict]] = {}
         self.reviewers_of: dict[str, set[str]] = {}
@@ -214,12 +235,30 @@ class ReviewSession:
             self._flusher.shutdown(wait=True)
             self._flusher = None
 
+    def _triage(self) -> triage.Triage:
+        """What each queued pair can still change (the review queue: band pairs and the rule's
+        overlap pairs of the same samples; the audit queue: nothing — every pair is decided)."""
+        t = triage.Triage(self.queue.table, triage.automatic_decisions(self.ws), triage.thresholds(self.ws))
+        if not self.audit:
+            t.add_auto_overlap(self.ws)
+        return t
+
+    def verdict(self, pid: str) -> str | None:
+        """The pair's verdict over every reviewer's latest vote (majority, a tie is a duplicate)."""
+        votes = [decisions.vote(self.stacks.get((pid, rev), [])) for rev in self.reviewers_of.get(pid, ())]
+        votes = [v["decision"] for v in votes if v is not None]
+        if not votes:
+            return None
+        return "duplicate" if 2 * votes.count("duplicate") >= len(votes) else "not_duplicate"
+
     # -- the log ----------------------------------------------------------------------------
     def sync(self) -> int:
         """Replay records appended to the log since the last call; returns how many."""
         new = self.tail.read_new()
+        touched = set()
         for r in new:
             pid, rev = decisions.push(self.stacks, r)
+            touched.add(pid)
             self.reviewers_of.setdefault(pid, set()).add(rev)
             if rev == self.reviewer:
                 had = pid in self.mine
@@ -230,6 +269,8 @@ class ReviewSession:
                 elif had and not has:
                     self.mine.discard(pid)
                     self.decided_in_view -= pid in self.view_pos
+        for pid in touched:  # who else still matters, now that these pairs have (or lost) a verdict
+            self.triage.set_verdict(pid, self.verdict(pid))
         return len(new)
 
     def _append(self, decision: str, pid: str) -> dict:
@@ -250,11 +291,16 @@ class ReviewSession:
 
     # -- the view ---------------------------------------------------------------------------
     def set_view(self, sort: str = "score", benchmarks: Iterable[str] | None = None,
-                 signal: str | None = None, keep_pair: bool = False) -> None:
-        """Filter and sort the queue; go to the resume position (or stay on the current pair)."""
+                 signal: str | None = None, keep_pair: bool = False, sample: tuple[str, int] | None = ...) -> None:
+        """Filter and sort the queue; go to the resume position (or stay on the current pair).
+        ``sample``: only that benchmark sample's pairs (None: all; left out: as before)."""
         current = self.pair_id if keep_pair else None
         self.sort, self.benchmarks, self.signal = sort, list(benchmarks or []), signal
-        self.order = self.queue.order(sort, self.benchmarks, signal)
+        if sample is not ...:
+            self.sample = sample
+        self.order = self.queue.order(sort, self.benchmarks, signal, self.sample, self.triage)
+        self.view_samples = {self.triage.sample_of[self.queue.pair_ids[r]] for r in self.order.tolist()} \
+            if (self.benchmarks or signal or self.sample) else None
         ids = self.queue.pair_ids
         self.view_pos = {ids[r]: i for i, r in enumerate(self.order.tolist())}
         self.decided_in_view = sum(1 for pid in self.mine if pid in self.view_pos)
@@ -267,8 +313,13 @@ class ReviewSession:
         return len(self.order)
 
     def resume_position(self) -> int:
-        """The first pair neither decided nor skipped by this reviewer; else the first undecided."""
+        """The first pair neither decided nor skipped by this reviewer; else the first undecided.
+        In triage order: the first pair that still matters, when there is one."""
         ids = self.queue.pair_ids
+        if self.sort == "triage":
+            nxt = self._next_mattering(-1)
+            if nxt is not None:
+                return nxt
         first_skipped = None
         for i, r in enumerate(self.order.tolist()):
             pid = ids[r]
@@ -327,8 +378,31 @@ class ReviewSession:
         self.sync()
         self.goto(self.pos + delta)
 
+    def matter(self) -> int:
+        """Pairs that matter (:mod:`clipcurate.review.triage`) among the samples of this view."""
+        if self.view_samples is None:
+            return self.triage.matter
+        return sum(self.triage.matter_of.get(k, 0) for k in self.view_samples)
+
+    def _next_mattering(self, after: int) -> int | None:
+        """The first view position after ``after`` (then from the top) whose pair still matters
+        and has no vote of mine; None when no pair of the view matters any more."""
+        if self.matter() == 0:
+            return None
+        ids, order, n = self.queue.pair_ids, self.order, len(self)
+        for i in [*range(after + 1, n), *range(0, min(after + 1, n))]:
+            pid = ids[order[i]]
+            if pid not in self.mine and self.triage.matters(pid):
+                return i
+        return None
+
     def next_undecided(self) -> int:
-        """The next view position after the current one without my vote (else just the next)."""
+        """The next view position after the current one without my vote (else just the next). In
+        triage order the pairs whose vote no longer changes anything are skipped."""
+        if self.sort == "triage":
+            nxt = self._next_mattering(self.pos)
+            if nxt is not None:
+                return nxt
         if self.decided_in_view >= len(self):  # all decided (re-reviewing): no need to scan
             return min(self.pos + 1, len(self) - 1)
         ids = self.queue.pair_ids
@@ -375,6 +449,19 @@ class ReviewSession:
         """(pairs I decided in this view, pairs in this view)."""
         return self.decided_in_view, len(self)
 
+    def set_audit(self, audit: bool) -> None:
+        """Switch between the review queue and the audit queue (the rule's own decisions)."""
+        if audit == self.audit:
+            return
+        queue = load_queue(self.ws, audit)  # raises (nothing changed) when overlap has not run
+        if audit:
+            self.review_sort = self.sort  # back to it when the audit ends
+        self.audit, self.queue = audit, queue
+        self.triage = self._triage()
+        for pid in {p for p, _ in self.stacks}:
+            self.triage.set_verdict(pid, self.verdict(pid))
+        self.set_view("score" if audit else self.review_sort, [], None, sample=None)
+
 
 # --------------------------------------------------------------------------------------------
 # Status, export, flowing back into the splits
@@ -419,8 +506,12 @@ def summary(ws: Workspace) -> dict:
     decided_q = [pid for pid in eff if not queued or pid in queued]
     auto = [pid for pid in decided_q if eff[pid]["source"] != "human"]
     dis = decisions.disagreements(records)
+    rule = triage.automatic_decisions(ws)
     return {
         "queued": len(queued) if queue is not None else None,
+        # pairs whose vote can still change a benchmark sample's split
+        "pairs_that_matter": triage.pairs_that_matter(ws, queue.table, eff) if queue is not None else None,
+        "audit": triage.agreement(eff, triage.audited_decisions(ws)) if rule else [],
         "decided": len(decided_q),
         "undecided": (len(queued - set(decided_q)) if queue is not None else None),
         "duplicate": sum(eff[p]["verdict"] == "duplicate" for p in decided_q),
@@ -435,61 +526,6 @@ def summary(ws: Workspace) -> dict:
                                 "votes": ", ".join(f"{k}={v}" for k, v in sorted(d["votes"].items())),
                                 "reviewers": ", ".join(d["reviewers"])} for d in dis],
     }
-
-
-EXPORT_COLUMNS = [
-    ("pair_id", pa.string()), ("pool_uid", pa.string()), ("benchmark", pa.string()), ("bench_index", pa.int64()),
-    ("verdict", pa.string()), ("votes_duplicate", pa.int32()), ("votes_not_duplicate", pa.int32()),
-    ("reviewers", pa.string()), ("source", pa.string()), ("disagreement", pa.bool_()), ("flagged", pa.bool_()),
-    ("seconds", pa.float64()), ("last_ts", pa.float64()), ("position", pa.int64()), ("score_clip", pa.float32()),
-    ("score_detector", pa.float32()), ("phash_dist", pa.int32()), ("text_sim", pa.float32()),
-]
-
-
-def export_table(ws: Workspace) -> pa.Table:
-    """One row per decided pair: the verdict, its votes and sources, joined with the queue's scores."""
-    records, _ = decisions.load(ws)
-    eff = decisions.effective(records)
-    st = decisions.stacks(records)
-    queue = _queue_or_none(ws)
-    qrow = {pid: i for i, pid in enumerate(queue.pair_ids)} if queue is not None else {}
-    rows = []
-    for pid in sorted(eff, key=lambda p: (qrow.get(p, 1 << 62), p)):
-        e = eff[pid]
-        votes = [decisions.vote(s) for (p, _), s in st.items() if p == pid]
-        votes = [v for v in votes if v is not None]
-        q = queue.row(qrow[pid]) if pid in qrow else {}
-        rows.append({
-            "pair_id": pid, "pool_uid": e["pool_uid"], "benchmark": e["benchmark"],
-            "bench_index": e["bench_index"], "verdict": e["verdict"],
-            "votes_duplicate": e["votes"].get("duplicate", 0), "votes_not_duplicate": e["votes"].get("not_duplicate", 0),
-            "reviewers": ",".join(sorted(v.get("reviewer") or "unknown" for v in votes)), "source": e["source"],
-            "disagreement": len(e["votes"]) > 1,
-            "flagged": any(r["decision"] == "flag" for (p, _), s in st.items() if p == pid for r in s),
-            "seconds": sum(float(v.get("seconds") or 0) for v in votes),
-            "last_ts": max(float(v.get("ts") or 0) for v in votes),
-            "position": q.get("position"), "score_clip": q.get("score_clip"), "score_detector": q.get("score_detector"),
-            "phash_dist": q.get("phash_dist"), "text_sim": q.get("text_sim"),
-        })
-    schema = pa.schema([pa.field(n, t) for n, t in EXPORT_COLUMNS])
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
-def export(ws: Workspace, output: str | os.PathLike, fmt: str = "parquet") -> int:
-    """Write the decided pairs to Parquet or CSV (atomically); returns the number of rows."""
-    if fmt not in ("parquet", "csv"):
-        raise ClipcurateError(f"export format {fmt!r}: use parquet or csv")
-    tbl = export_table(ws)
-    with atomic_path(output) as tmp:
-        if fmt == "parquet":
-            pq.write_table(tbl, tmp, compression="zstd")
-        else:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                w = csv.writer(fh, lineterminator="\n")
-                w.writerow(tbl.column_names)
-                for r in tbl.to_pylist():
-                    w.writerow(["" if v is None else v for v in r.values()])
-    return tbl.num_rows
 
 
 def mark_progress(ws: Workspace, queue: Queue | None = None) -> bool:

@@ -35,7 +35,8 @@ def auto_review(ws: Workspace, rule: str = "agree", *, cfg: Config) -> dict:
     ``clipcurate-demo``, so `review status` and the ``decisions`` view show them as automatic. A
     person can open the real TUI on the same workspace (``clipcurate -w WS review``) and override
     them: the latest decision of each reviewer counts. ``cfg`` is the run's configuration ([overlap]
-    thresholds).
+    thresholds). The result's ``unreviewed`` counts the benchmark samples still unreviewed after
+    the splits are refreshed (0 once every band pair is decided).
     """
     if rule not in ("agree", "mutual-best", "midpoint"):
         raise ClipcurateError(f"review.auto rule {rule!r}: use agree, mutual-best or midpoint")
@@ -83,8 +84,11 @@ def auto_review(ws: Workspace, rule: str = "agree", *, cfg: Config) -> dict:
                         "bench_index": int(r["bench_index"]), "decision": "duplicate" if dup else "not_duplicate",
                         "reviewer": DEMO_REVIEWER, "source": "auto-demo", "seconds": 0.0})
     decisions.append(ws, records)
+    unreviewed = None
     if q:
-        ov.refresh_splits(ws, opts)
+        per = ov.refresh_splits(ws, opts)
+        # every queued band pair is decided now, so no sample should be left unreviewed; say so if one is
+        unreviewed = sum(r["n_unreviewed"] for r in per)
     mark_progress(ws)
     return {"queue": len(q), "decided": len(records), "rule": rule,
-            "duplicates": sum(r["decision"] == "duplicate" for r in records)}
+            "duplicates": sum(r["decision"] == "duplicate" for r in records), "unreviewed": unreviewed}
