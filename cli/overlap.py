@@ -123,13 +123,13 @@ def calibrate_cmd(
     ctx: typer.Context,
     model_tag: Optional[str] = typer.Option(None, "--model-tag", help="Model to calibrate (embed/TAG/model.json)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark whose images are planted [config: first]."),
-    copies: Optional[int] = typer.Option(None, "--copies", help="Planted App. C copies [config: 64]."),
+    copies: Optional[int] = typer.Option(None, "--copies", help="Planted copies, half App. C, half everyday edits; half choose, half measure [config: 200]."),
     distractors: Optional[int] = typer.Option(None, "--distractors", help="Pool images mixed in [config: 256]."),
     target_precision: Optional[float] = typer.Option(None, "--target-precision", help="Precision the chosen threshold must reach [config: 0.95]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the copies and the sampling [config: 0]."),
     device: DeviceOption = None,
 ):
-    """Plant App-C copies of benchmark images among pool images; precision/recall vs threshold.
+    """Plant copies of benchmark images among pool images; choose the rule on half, measure it on the other half.
 
     \b
     Example:  clipcurate overlap calibrate --benchmark cifar10 --copies 64 --target-precision 0.95
@@ -140,9 +140,18 @@ def calibrate_cmd(
     res = calibrate.run(ws, {"model_tag": model_tag, "benchmark": benchmark, "copies": copies,
                              "distractors": distractors, "target_precision": target_precision, "seed": seed,
                              "device": device}, cfg=cfg)
-    rows = [[name, c.get("threshold"), c.get("precision"), c.get("recall"), c.get("note", "")]
-            for name, c in res["chosen"].items()]
-    echo_table(["signal", "threshold", "precision", "recall", "note"], rows, "table")
+    def ci(x):
+        return f"[{x[0]:.3f}, {x[1]:.3f}]" if x else ""
+
+    rows = [[name, c.get("threshold"), c.get("precision"), ci(c.get("precision_ci")), c.get("recall"),
+             ci(c.get("recall_ci")), c.get("note", "")] for name, c in res["chosen"].items()]
+    c = res["combined"]
+    rows.append(["combined", c["rule"], c["precision"], ci(c["precision_ci"]), c["recall"], ci(c["recall_ci"]), ""])
+    log(f"calibrate: figures measured on the held-apart half ({res['held_apart']['copies']} copies); "
+        f"{res['verdict']}")
+    if res.get("decisions_note"):
+        log(f"calibrate: {res['decisions_note']}")
+    echo_table(["signal", "threshold", "precision", "precision_95ci", "recall", "recall_95ci", "note"], rows, "table")
 
 
 def register(app: typer.Typer) -> None:

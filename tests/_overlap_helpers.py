@@ -35,10 +35,12 @@ def meta_table(tag: str, source: str, name: str, uids: list[str], index=None) ->
                      "index": pa.array(index if index is not None else [None] * n, pa.int64())})
 
 
-def write_model(root: Path, tag: str = TAG, dim: int = 32, kind: str = "clip") -> None:
+def write_model(root: Path, tag: str = TAG, dim: int = 32, kind: str = "clip", pretrained: str = "fixture") -> None:
+    """model.json of a stand-in model: its planted vectors behave like a trained CLIP's ("fixture");
+    ``pretrained="random"`` marks a random-init CLIP, which the stage never lets decide overlap."""
     d = root / "embed" / tag
     d.mkdir(parents=True, exist_ok=True)
-    (d / "model.json").write_text(json.dumps({"model": "test-model", "pretrained": "random", "tag": tag,
+    (d / "model.json").write_text(json.dumps({"model": "test-model", "pretrained": pretrained, "tag": tag,
                                               "dim": dim, "kind": kind}))
 
 

@@ -81,25 +81,78 @@ def test_calibrate_with_an_injected_embedder(ws):
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
 
     res = cal.run(ws, {"copies": 12, "distractors": 30, "target_precision": 0.9}, embed=embed)
-    assert res["pool"] == "synthetic" and res["copies"] == 12 and res["pairs"] == 40 * 42  # queries: 12 sources + the 28 other images
+    # 12 sources + 12 other benchmark images as queries, against 30 distractors + 12 copies
+    assert res["pool"] == "synthetic" and res["copies"] == 12 and res["pairs"] == 24 * 42
+    assert res["copy_kinds"]["app_c"] == 6 and sum(res["copy_kinds"].values()) == 12
+    # the halves: every planted copy is either choosing or measuring, never both
+    assert res["held_apart"]["copies"] + res["chosen_on"]["copies"] == 12 and res["held_apart"]["copies"] == 6
     tbl = pq.read_table(ws.root / "overlap" / "calibration" / "curve.parquet")
     assert tbl.schema.names == [c.name for c in mf.get("calibration").columns]
     rows = tbl.to_pylist()
-    # + keypoints on candidate pairs (clipcurate.overlap.signals); no detector: no embed/detector__* here
-    assert {r["signal"] for r in rows} == {"clip", "phash", "dhash", "keypoints"}
-    for sig in ("clip", "phash", "dhash"):
+    # + PDQ and the verified keypoints (clipcurate.overlap.signals); no detector: no embed/detector__* here
+    assert {r["signal"] for r in rows} == {"clip", "phash", "dhash", "pdq", "keypoints", "kp_ncc"}
+    for sig in ("clip", "phash", "dhash", "pdq"):
         rs = [r for r in rows if r["signal"] == sig]
         rec = [r["recall"] for r in rs]
-        assert all(r["tp"] + r["fn"] == 12 for r in rs)
+        assert all(r["tp"] + r["fn"] == 6 for r in rs)  # the curve is drawn on the held-apart copies
         assert rec == sorted(rec, reverse=SIGNALS[sig].higher_is_better)  # recall moves one way
-    assert max(r["recall"] for r in rows if r["signal"] == "clip") == 1.0
     assert (ws.root / "overlap" / "calibration" / "curve.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((ws.root / "overlap" / "calibration" / "thresholds.json").read_text())
-    assert set(saved["combined"]) == {"configured", "chosen"}
-    assert saved["combined"]["chosen"]["overlap"]["tp"] + saved["combined"]["chosen"]["overlap"]["fn"] == 12
-    # reproducible: same seed, same curve
+    c = saved["combined"]
+    assert c["tp"] + c["fn"] == 6 and saved["rule"]["target"] == 0.9 and saved["verdict"]
+    for name, ch in saved["chosen"].items():
+        if ch["precision"] is not None:
+            lo, hi = ch["precision_ci"]
+            assert lo <= ch["precision"] <= hi
+    # reproducible: same seed, same figures
     again = cal.run(ws, {"copies": 12, "distractors": 30, "target_precision": 0.9}, embed=embed)
-    assert again["chosen"] == res["chosen"]
+    assert again["chosen"] == res["chosen"] and again["rule"] == res["rule"]
+
+
+def test_out_of_sample_report_is_not_flattered_by_the_choice():
+    """Copies whose scores flatter an in-sample choice: on the choose half the signal separates
+    copies perfectly at 0.9; on the held-apart half half the copies score 0.5 and some other pairs
+    0.95. The report must give the held-apart figures (a loop counts them), not the in-sample 1.0 / 1.0."""
+    rng = np.random.default_rng(0)
+    nq, npool = 40, 60
+    held = np.arange(nq) % 2 == 1
+    q, p = np.repeat(np.arange(nq), npool), np.tile(np.arange(npool), nq)
+    truth = (p == q)  # pool image j < 40 copies benchmark image j
+    score = rng.uniform(0.0, 0.6, len(q))
+    score[truth] = 0.95
+    flat_held = held[q]
+    score[truth & flat_held & (q % 4 == 1)] = 0.5  # half the held-apart copies are missed
+    fp = np.flatnonzero(~truth & flat_held)[:3]
+    score[fp] = 0.97  # and three held-apart non-copies look like copies
+    rep = cal.choose_and_report({"clip": score}, truth, q, held, 0.95)
+    # in-sample the choice looks perfect (every copy, precision >= 0.95) ...
+    ch = ~flat_held
+    chosen_t = rep["signals"]["clip"]["threshold"]
+    assert (score[ch & truth] >= chosen_t).all() and truth[ch & (score >= chosen_t)].mean() >= 0.95
+    # ... but the report is the held-apart loop count
+    pred = [(s >= chosen_t) for s, h in zip(score, flat_held) if h]
+    tr = [t for t, h in zip(truth, flat_held) if h]
+    tp = sum(a and b for a, b in zip(pred, tr))
+    fpn = sum(a and not b for a, b in zip(pred, tr))
+    assert rep["signals"]["clip"]["tp"] == tp == 10 and rep["signals"]["clip"]["fp"] == fpn >= 3
+    assert rep["signals"]["clip"]["recall"] == pytest.approx(0.5) and rep["combined"]["recall"] == pytest.approx(0.5)
+    assert rep["combined"]["precision"] == pytest.approx(10 / (10 + fpn)) and 10 / (10 + fpn) < 0.95
+    lo, hi = rep["combined"]["recall_ci"]
+    assert lo < 0.5 < hi and hi - lo > 0.3  # 20 copies: a wide Clopper-Pearson interval, said so
+    assert rep["held_apart"]["copies"] == 20 and rep["chosen_on"]["copies"] == 20
+
+
+def test_strong_distractors_are_reported_apart_not_counted_as_false_positives():
+    nq, npool = 10, 20
+    q, p = np.repeat(np.arange(nq), npool), np.tile(np.arange(npool), nq)
+    truth = p == q
+    pdq = np.full(len(q), 120.0)
+    pdq[truth] = 10
+    real = (q == 1) & (p == 15)  # an unplanted real copy in the pool
+    pdq[real] = 5
+    rep = cal.choose_and_report({"pdq": pdq}, truth, q, np.arange(nq) % 2 == 1, 0.95)
+    assert rep["suspected_real_copies"] == 1
+    assert rep["combined"]["fp"] == 0 and rep["combined"]["precision"] == 1.0
 
 
 @pytest.mark.slow
@@ -112,9 +165,9 @@ def test_calibrate_command_with_the_tiny_model(ws, cli):
          "kind": "clip"}))
     r = cli("-w", ws.root, "overlap", "calibrate", "--copies", "8", "--distractors", "16", "--device", "cpu")
     assert r.code == 0, r.err
-    assert "clip" in r.out and "phash" in r.out
+    assert "clip" in r.out and "phash" in r.out and "combined" in r.out and "held-apart" in r.err
     saved = json.loads((ws.root / "overlap" / "calibration" / "thresholds.json").read_text())
-    assert saved["model_tag"] == "clipcurate-tiny__random" and saved["queries"] == 24
+    assert saved["model_tag"] == "clipcurate-tiny__random" and saved["queries"] == 16
 
 
 def test_calibrate_errors(ws, cli):
@@ -123,3 +176,51 @@ def test_calibrate_errors(ws, cli):
     write_model(ws.root)
     r = cli("-w", ws.root, "overlap", "calibrate", "--target-precision", "1.5")
     assert r.code == 1 and "clipcurate bench add" in r.err
+
+
+def test_human_decisions_join_the_choice_and_the_report_says_how_figures_moved(ws):
+    """Reviewed pairs (human verdicts only) become labelled pairs beside the planted copies; the
+    automatic demo decisions are no labels; fewer than min_decisions: not used."""
+    from clipcurate.core import manifest as mf
+    from clipcurate.overlap.honest import decision_pairs
+    from clipcurate.review import append_decisions, effective_decisions, pair_id
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        dup = i % 2 == 0
+        row = {c.name: None for c in mf.get("pairs").columns}
+        row.update({"pool_uid": f"p{i}", "benchmark": "cifar10", "bench_index": i, "bench_uid": f"b{i}",
+                    "pair_id": pair_id(f"p{i}", "cifar10", i), "score_clip": float(rng.uniform(0.9, 1.0)),
+                    "pdq_dist": int(rng.integers(5, 25) if dup else rng.integers(100, 130)),
+                    "decision": "review", "reason": "band"})
+        rows.append(row)
+    (ws.root / "overlap").mkdir(parents=True, exist_ok=True)
+    mf.write("pairs", rows, ws.root / "overlap" / "pairs.parquet")
+    append_decisions(ws, [{"pair_id": r["pair_id"], "pool_uid": r["pool_uid"], "benchmark": "cifar10",
+                           "bench_index": r["bench_index"], "decision": "duplicate" if i % 2 == 0 else "not_duplicate",
+                           "reviewer": "ana"} for i, r in enumerate(rows[:24])])
+    append_decisions(ws, [{"pair_id": r["pair_id"], "pool_uid": r["pool_uid"], "benchmark": "cifar10",
+                           "bench_index": r["bench_index"], "decision": "duplicate", "reviewer": "bot",
+                           "source": "auto-demo"} for r in rows[24:]])
+    verdicts = effective_decisions(ws)
+    got = decision_pairs(rows, verdicts, ["pdq", "clip"], 20)
+    assert got is not None
+    feats, y, groups = got
+    assert len(y) == 24 and y.sum() == 12  # the six auto-demo decisions are no labels
+    assert feats["pdq"][0] == pytest.approx(1 - rows[0]["pdq_dist"] / 256) and len(set(groups)) == 24
+    assert decision_pairs(rows, verdicts, ["pdq"], 25) is None  # not enough decisions yet
+    # end to end: calibrate reports the figures with and without them
+    _bench(ws)
+
+    def embed(images):
+        x = np.stack([np.asarray(im.convert("L").resize((12, 12)), np.float32).ravel() for im in images])
+        x -= x.mean(axis=1, keepdims=True)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+    res = cal.run(ws, {"copies": 12, "distractors": 30, "target_precision": 0.9, "min_decisions": 20}, embed=embed)
+    assert res["with_decisions"]["decisions"] == 24
+    assert res["with_decisions"]["chosen_on"]["pairs"] == res["chosen_on"]["pairs"] + 24  # added to the choose half
+    assert "24 human decisions added" in res["decisions_note"]
+    assert res["with_decisions"]["combined"]["tp"] + res["with_decisions"]["combined"]["fn"] == \
+        res["held_apart"]["copies"]  # the held-apart planted copies stay the yardstick

@@ -11,6 +11,10 @@ import pytest
 from clipcurate.run import runner as runmod
 
 REPO = Path(__file__).resolve().parents[1]
+# The tiny demo's decontamination list finds 8 of its 20 planted copies (docs/detector.md: the
+# 64 px texture-style copies give SIFT no keypoints and the 30-step detector no margin); the issue's
+# goal of 0.80 is not reached there, so the floor guards what holds.
+DEMO_RECALL_FLOOR = 0.35
 
 
 @pytest.fixture
@@ -100,7 +104,18 @@ def test_demo_tiny_end_to_end_then_skips(tmp_path, cli, monkeypatch):
         assert mf.count_rows(name, ws) > 0, name
     pool = pq.read_table(next((ws / "pool" / "manifest").glob("*.parquet"))).to_pylist()
     assert {p["status"] for p in pool} >= {"success"}
-    assert "planted copies in the pool" in r.out and "detector precision / recall" in r.out
+    assert "planted copies in the pool" in r.out and "decontamination list vs planted copies" in r.out
+    # floors of the decontamination list against world/truth.parquet (measured, not the summary's text)
+    from clipcurate.core.uid import pair_uid
+
+    truth = pq.read_table(ws / "world" / "truth.parquet").to_pylist()
+    ok = {p["uid"] for f in (ws / "pool" / "manifest").glob("*.parquet") for p in pq.read_table(f).to_pylist()
+          if p["status"] == "success"}
+    planted = {pair_uid(t["url"], t["caption"]) for t in truth} & ok
+    flagged = set(pq.read_table(ws / "overlap" / "decontam.parquet").column("pool_uid").to_pylist())
+    assert len(planted) >= 10
+    assert len(flagged & planted) / max(1, len(flagged)) >= 0.95  # precision of the list
+    assert len(flagged & planted) / len(planted) >= DEMO_RECALL_FLOOR
     assert (next((ws / "eval").glob("*/figure17.png"))).stat().st_size > 0
     # the decisions the demo made are marked as automatic
     recs = [json.loads(line) for line in (ws / "review" / "decisions.jsonl").read_text().splitlines()]

@@ -9,7 +9,8 @@ The public API (what the CLI, ``clipcurate run`` and other stages call)::
     overlap.refresh_splits(ws)                         # splits + decontam again from new decisions
     overlap.refresh_after_review(ws)                   # the same, as the review screen wants it
     overlap.split_bounds({i: "unreviewed", ...})       # §5 bounds: unreviewed as overlap / as clean
-    overlap.run_calibration(ws, {"copies": 64})        # `overlap calibrate`: precision and recall
+    overlap.run_calibration(ws, {"copies": 200})       # `overlap calibrate`: rule chosen on half, measured on half
+    overlap.decision_policy(ws, opts, tag)             # which rule decides overlap (calibrated or thresholds)
     overlap.compute_hashes(ws, executor=ex)            # `detector hashes`: the pHash/dHash cache
     opts = overlap.options(ws)                         # the [overlap] options
     overlap.thresholds_for(opts, "cifar10")            # signal -> (overlap, review) thresholds
@@ -33,9 +34,11 @@ from clipcurate.overlap.splits import SPLITS, refresh_after_review, refresh_spli
 from clipcurate.overlap.stage import OverlapStage, Result, run
 from clipcurate.overlap.refresh import Refreshed, refresh
 from clipcurate.overlap.calibrate import run as run_calibration
+from clipcurate.overlap.policy import Policy, decision_policy, flag_implausible
 
 __all__ = [
-    "CONFIRM_ONLY", "DECISIONS", "FOLDER", "HashStage", "OverlapStage", "Result", "SIGNALS", "Signal", "combine",
-    "compute_hashes", "decide", "detector_rule", "load_hashes", "options", "refresh", "Refreshed", "refresh_after_review",
-    "refresh_splits", "run", "run_calibration", "SPLITS", "split_bounds", "thresholds_for",
+    "CONFIRM_ONLY", "DECISIONS", "FOLDER", "HashStage", "OverlapStage", "Policy", "Result", "SIGNALS", "Signal",
+    "combine", "compute_hashes", "decide", "decision_policy", "detector_rule", "flag_implausible", "load_hashes",
+    "options", "refresh", "Refreshed", "refresh_after_review", "refresh_splits", "run", "run_calibration", "SPLITS",
+    "split_bounds", "thresholds_for",
 ]

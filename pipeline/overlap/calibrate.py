@@ -1,31 +1,26 @@
-"""`clipcurate overlap calibrate`: measure the duplicate detector's precision AND recall.
+"""`clipcurate overlap calibrate`: choose the overlap rule on planted copies, measure it on others.
 
-CLIP admits it could not measure the recall of its duplicate detector. With planted copies we can:
+CLIP admits it could not measure the recall of its duplicate detector. With planted copies we can —
+as long as no figure is measured on the copies that chose the rule:
 
-1. take ``copies`` benchmark images (seeded) and make one App. C near-duplicate of each
-   (clipcurate.core.augment.app_c_copy: crop/zoom, aspect distortion, down/up-scaling with a random
-   interpolation, small rotation, HSV jitter, JPEG re-encoding);
+1. take ``copies`` benchmark images (seeded; every benchmark's images together unless one is
+   named) and make a copy of each: half App. C copies (:func:`clipcurate.core.augment.app_c_copy`),
+   half everyday edits (:mod:`clipcurate.overlap.edits`); a benchmark smaller than ``copies`` gets
+   two copies per image;
 2. mix them among ``distractors`` pool images (real ones from ``pool/shards/*.tar``; synthetic
    photos from clipcurate.core.synth when there is no pool yet — the output says which);
 3. embed the benchmark images and the calibration pool with the SAME model as the search
-   (``embed/{tag}/model.json`` → clipcurate.core.models.load + its preprocess), stored as float16 like
-   the real embeddings, and score every (benchmark, pool) pair with the same search code;
-4. a pair is a true duplicate iff the pool image is the planted copy of that benchmark image;
-   for every signal, sweep its threshold and count TP / FP / FN → precision and recall;
-5. pick, per signal, the threshold with the best recall among those reaching ``target_precision``;
-   report the combined decision (:func:`clipcurate.overlap.rules.combine`) at the configured thresholds
-   and at the chosen ones.
+   (``embed/{tag}/model.json``), and score every (benchmark, pool) pair with every signal the stage
+   uses (:data:`SCORERS`; keypoints on the same candidates as the stage);
+4. split the benchmark images in two halves: the rule (:mod:`clipcurate.overlap.combined`) is
+   chosen on one, precision and recall are measured on the other with 95 % Clopper-Pearson
+   intervals (:mod:`clipcurate.overlap.honest`); distractor pairs that look like real copies are
+   kept out of the precision and reported apart; human review decisions join the choice when
+   there are enough of them;
+5. write the rule and the figures; ``overlap`` uses the rule by default (:mod:`clipcurate.overlap.policy`).
 
-A real pool may hold true copies of benchmark images that were not planted; they count as false
-positives here, so the measured precision is a lower bound.
-
-Signals: each entry of :data:`SCORERS` computes one ``pairs`` column for the calibration pairs
-from the images (CLIP cosine from the embeddings; pHash/dHash Hamming distances from imagehash).
-The detector issue adds its own (``score_detector``, ``kp_inliers``, ``text_sim``) by adding to
-:data:`SCORERS`; :data:`clipcurate.overlap.rules.SIGNALS` says the column and the direction of each.
-
-Outputs: ``overlap/calibration/curve.parquet`` (manifest ``calibration``), ``curve.png`` and
-``thresholds.json`` (the chosen thresholds and a config snippet to paste into ``[overlap]``).
+Outputs: ``overlap/calibration/curve.parquet`` (manifest ``calibration``: per signal, on the
+held-apart half), ``curve.png`` and ``thresholds.json`` (the rule, the figures, the verdict).
 """
 
 from __future__ import annotations
@@ -47,21 +42,25 @@ from clipcurate.core import models
 from clipcurate.core.augment import app_c_copy
 from clipcurate.core.console import log, warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
-from clipcurate.core.io import atomic_path, write_json
+from clipcurate.core.io import atomic_path, read_json, write_json
 from clipcurate.core.synth import make_image, png_bytes
 from clipcurate.core.workspace import Workspace
+from clipcurate.overlap.combined import Rule
+from clipcurate.overlap.edits import everyday_copy
+from clipcurate.overlap.honest import choose_and_report, decision_pairs, strong_candidates
 from clipcurate.overlap.inputs import model_info, pick_tag
-from clipcurate.overlap.rules import SIGNALS, decide, thresholds_for
+from clipcurate.overlap.rules import SIGNALS
 from clipcurate.overlap.search import Searcher
 from clipcurate.overlap.signals import calibration_scorers
+from clipcurate.review import effective_decisions
 
 FOLDER = "overlap/calibration"
 
 mf.register(
     "calibration", version=1, glob="overlap/calibration/curve.parquet", stage="overlap",
-    doc="Precision and recall of each duplicate signal against its threshold, measured on planted "
-        "App. C copies of benchmark images (`clipcurate overlap calibrate`).",
-    columns=[("benchmark", pa.string(), "benchmark whose images were planted"),
+    doc="Precision and recall of each duplicate signal against its threshold, measured on the held-apart "
+        "half of the planted copies of benchmark images (`clipcurate overlap calibrate`).",
+    columns=[("benchmark", pa.string(), "benchmark(s) whose images were planted (`a+b` for several)"),
              ("model_tag", pa.string(), "model of the CLIP signal"),
              ("signal", pa.string(), "signal name (clip, phash, dhash, detector, ...)"),
              ("threshold", pa.float64(), "a pair is predicted duplicate when the signal passes this value"),
@@ -72,18 +71,21 @@ mf.register(
              ("fn", pa.int64(), "planted pairs missed")])
 
 config.section("overlap_calibrate", {
-    "model_tag": "", "benchmark": "", "copies": 64, "distractors": 256, "target_precision": 0.95, "seed": 0,
-    "strength": 1.0, "device": "auto", "batch_size": 64,
+    "model_tag": "", "benchmark": "", "copies": 200, "distractors": 256, "target_precision": 0.95, "seed": 0,
+    "strength": 1.0, "device": "auto", "batch_size": 64, "min_decisions": 20, "use_decisions": True,
 }, {
     "model_tag": "model to calibrate (embed/{tag}); default: as for `overlap`",
-    "benchmark": "benchmark whose images are planted; default: the first with samples.parquet",
-    "copies": "planted App. C copies (one per sampled benchmark image)",
+    "benchmark": "benchmark whose images are planted; default: all of them together (one rule decides for all)",
+    "copies": "planted copies, half App. C, half everyday edits (one per sampled benchmark image; two when "
+              "the benchmark is smaller); half of them choose the rule, half measure it",
     "distractors": "pool images mixed with the copies",
     "target_precision": "precision the chosen threshold must reach",
     "seed": "seed for the sampling and the augmentations",
     "strength": "App. C augmentation strength (1.0 = the paper's ranges)",
     "device": "auto, cpu or cuda for the embedding model",
     "batch_size": "images per embedding batch",
+    "min_decisions": "human review decisions needed before they join the planted copies as labelled pairs (0: never)",
+    "use_decisions": "when enough decisions exist, the rule the stage uses is the one chosen with them",
 })
 
 
@@ -260,118 +262,192 @@ def embedder_for(ws: Workspace, tag: str, device: str, batch_size: int) -> Calla
     return embed
 
 
+def _plant(b_imgs: list[Image.Image], n_copies: int, rng: np.random.Generator, strength: float
+           ) -> tuple[list[int], list[Image.Image], list[str]]:
+    """(source row of each copy, copies, kind of each copy): half App. C copies, half everyday edits
+    (:mod:`clipcurate.overlap.edits`), each source used once — twice when the benchmark has fewer
+    images than ``n_copies`` (one App. C copy and one edit)."""
+    n = len(b_imgs)
+    per = 2 if n_copies > n else 1
+    srcs = sorted(rng.choice(n, min(n, -(-n_copies // per)), replace=False).tolist())
+    rows, copies, kinds = [], [], []
+    for j, s in enumerate(srcs):
+        for k in range(per):
+            if len(copies) >= n_copies:
+                break
+            if (j + k) % 2 == 0:
+                copies.append(app_c_copy(b_imgs[s], int(rng.integers(0, 2**31)), strength))
+                kinds.append("app_c")
+            else:
+                kind, img = everyday_copy(b_imgs[s], rng, int(rng.integers(0, 1 << 16)))
+                copies.append(img)
+                kinds.append(kind)
+            rows.append(s)
+    return rows, copies, kinds
+
+
 def run(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None = None,
         embed: Callable[[list[Image.Image]], np.ndarray] | None = None) -> dict:
-    """Plant, embed, score, sweep, choose; write curve.parquet, curve.png, thresholds.json."""
+    """Plant, embed, score; choose on one half of the benchmark images and report on the other
+    (:mod:`clipcurate.overlap.honest`); write curve.parquet, curve.png, thresholds.json."""
     ws.require()
     cfg = cfg or config.Config.load(ws.root)
     opts = cfg.get("overlap_calibrate", overrides or {})
     ov = cfg.get("overlap")
     tag = pick_tag(ws, opts["model_tag"] or ov["model_tag"] or None) if embed is None else (opts["model_tag"] or "custom")
-    name = opts["benchmark"]
-    if not name:
-        found = sorted(p.parent.name for p in (ws.root / "benchmarks").glob("*/samples.parquet"))
-        if not found:
-            raise MissingUpstream(f"benchmarks ({ws.root / 'benchmarks'}/*/samples.parquet)", "clipcurate bench add")
-        name = found[0]
-    if int(opts["copies"]) < 1 or int(opts["distractors"]) < 0:
-        raise ClipcurateError(f"--copies {opts['copies']} / --distractors {opts['distractors']}: need copies >= 1")
+    names = [opts["benchmark"]] if opts["benchmark"] else \
+        sorted(p.parent.name for p in (ws.root / "benchmarks").glob("*/samples.parquet"))
+    if not names:
+        raise MissingUpstream(f"benchmarks ({ws.root / 'benchmarks'}/*/samples.parquet)", "clipcurate bench add")
+    name = "+".join(names)
+    if int(opts["copies"]) < 2 or int(opts["distractors"]) < 0:
+        raise ClipcurateError(f"--copies {opts['copies']} / --distractors {opts['distractors']}: need copies >= 2 "
+                              f"(half choose the rule, half measure it)")
     target = float(opts["target_precision"])
     if not 0 < target <= 1:
         raise ClipcurateError(f"--target-precision {target}: must be in (0, 1]")
     rng = np.random.default_rng(int(opts["seed"]))
-    idx, raw = bench_images(ws, name)
-    n_copies = min(int(opts["copies"]), len(raw))
-    src = sorted(rng.choice(len(raw), n_copies, replace=False).tolist())
+    # every benchmark's images together (the rule decides for all of them), unless one is named
+    raw = [b for n in names for b in bench_images(ws, n)[1]]
     b_imgs = [_open(b) for b in raw]
-    copies = [app_c_copy(b_imgs[s], int(rng.integers(0, 2**31)), float(opts["strength"])) for s in src]
+    src, copies, kinds = _plant(b_imgs, int(opts["copies"]), rng, float(opts["strength"]))
+    n_copies = len(copies)
     dist_bytes, pool_kind = pool_images(ws, int(opts["distractors"]), rng)
     p_imgs = [_open(b) for b in dist_bytes] + copies
-    # query set: the planted sources plus as many other benchmark images (negatives), at most 4×copies
-    others = [i for i in range(len(raw)) if i not in set(src)]
-    extra = sorted(rng.choice(len(others), min(len(others), 3 * n_copies), replace=False).tolist()) if others else []
-    q_rows = src + [others[i] for i in extra]
+    # queries: the planted sources, plus as many other benchmark images (negatives only)
+    sources = sorted(set(src))
+    others = [i for i in range(len(raw)) if i not in set(sources)]
+    extra = sorted(rng.choice(len(others), min(len(others), len(sources)), replace=False).tolist()) if others else []
+    q_rows = sources + [others[i] for i in extra]
     q_imgs = [b_imgs[i] for i in q_rows]
-    log(f"calibrate: {n_copies} App. C copies of {name} among {len(dist_bytes)} {pool_kind} images; "
-        f"{len(q_imgs)} benchmark queries; model {tag}")
+    # the two halves, by benchmark image: sources split evenly, the other queries too
+    held = np.zeros(len(q_rows), bool)
+    for part in (np.arange(len(sources)), np.arange(len(sources), len(q_rows))):
+        held[rng.permutation(part)[: len(part) // 2]] = True
+    log(f"calibrate: {n_copies} copies of {name} ({kinds.count('app_c')} App. C, {n_copies - kinds.count('app_c')} "
+        f"everyday edits) among {len(dist_bytes)} {pool_kind} images; {len(q_imgs)} benchmark queries, half held "
+        f"apart; model {tag}")
     if embed is None:
         embed = embedder_for(ws, tag, opts["device"], int(opts["batch_size"]))
     cs = CalibSet(q_imgs, p_imgs, embed(q_imgs), embed(p_imgs), ws)
-    # every (query, pool) pair; truth: the pool image is the planted copy of this query
     nq, npool = len(q_imgs), len(p_imgs)
     q = np.repeat(np.arange(nq), npool)
     p = np.tile(np.arange(npool), nq)
+    qpos = {r: i for i, r in enumerate(q_rows)}
     copy_of = np.full(npool, -1)
-    copy_of[len(dist_bytes):] = np.arange(n_copies)  # query row j (j < n_copies) is the source of copy j
+    copy_of[len(dist_bytes):] = [qpos[s] for s in src]
     truth = copy_of[p] == q
     values = {}
+    sig_opts = cfg.get("signals")
+    off = ({"pdq", "phash", "dhash"} if not sig_opts["hashes"] else set()) | \
+          ({"keypoints", "kp_ncc"} if not sig_opts["keypoints"] else set())
     for sname, fn in SCORERS.items():
+        if sname in off:  # as in the stage: a signal switched off in [signals] is not calibrated
+            continue
         try:
             values[sname] = np.asarray(fn(cs, q, p), np.float64)
         except ClipcurateError as exc:
             warn(f"calibrate: signal {sname} skipped ({exc})")
-    rows, chosen = [], {}
-    curves = {}
+    extra_pairs, n_dec = _decisions(ws, values, opts)
+    # a random-init CLIP is reported, never part of the rule (it is no copy detector)
+    never = frozenset({"clip"}) if embed_random(ws, tag) else frozenset()
+    rep = choose_and_report(values, truth, q, held, target, never_decide=never)
+    result = _result(name, tag, pool_kind, n_copies, kinds, dist_bytes, nq, npool, target, rep)
+    if extra_pairs is not None:
+        with_dec = choose_and_report(values, truth, q, held, target, extra=extra_pairs, never_decide=never)
+        result["with_decisions"] = {"decisions": n_dec, "rule": with_dec["rule"].to_json(),
+                                    "combined": with_dec["combined"], "chosen_on": with_dec["chosen_on"]}
+        result["decisions_note"] = _decisions_note(rep, with_dec, n_dec)
+        if opts["use_decisions"]:
+            result["rule"] = with_dec["rule"].to_json()
+            result["combined"] = with_dec["combined"]
+    _write(ws, name, tag, values, truth, q, held, rep, target, result)
+    return result
+
+
+def _result(name, tag, pool_kind, n_copies, kinds, dist_bytes, nq, npool, target, rep) -> dict:
+    rule = rep["rule"]
+    reached = rule.threshold is not None
+    c = rep["combined"]
+    if not reached:
+        verdict = (f"no signal and no combination reaches precision {target} on the choose half: `overlap` will "
+                   f"decide no pair overlap by itself; pairs the signals flag go to review")
+    elif c["precision"] is not None and c["precision"] < target:
+        verdict = (f"the rule reached precision {target} on the choose half but {c['precision']:.3f} on the held-apart "
+                   f"half: treat its overlap decisions with care (more copies narrow the interval)")
+    else:
+        verdict = f"`overlap` decides overlap with: {rule.describe()}"
+    chosen = {k: {"threshold": v["threshold"], "precision": v["precision"], "recall": v["recall"],
+                  "precision_ci": v["precision_ci"], "recall_ci": v["recall_ci"],
+                  **({} if v["decisive"] else {"note": f"reaches precision {target} at no threshold: review only"})}
+              for k, v in rep["signals"].items()}
+    return {"benchmark": name, "model_tag": tag, "pool": pool_kind, "copies": n_copies,
+            "copy_kinds": {k: kinds.count(k) for k in sorted(set(kinds))}, "distractors": len(dist_bytes),
+            "queries": nq, "pairs": int(nq * npool), "target_precision": target,
+            "measured_on": "held-apart half of the benchmark images (thresholds and rule chosen on the other half)",
+            "held_apart": rep["held_apart"], "chosen_on": rep["chosen_on"], "chosen": chosen,
+            "combined": c, "rule": rule.to_json(), "verdict": verdict,
+            "suspected_real_copies": rep["suspected_real_copies"],
+            "note": (f"{rep['suspected_real_copies']} distractor pair(s) look like real copies (PDQ ≤ 31 or an aligned "
+                     f"keypoint fit): left out of the choice and of the precision, reported here apart")}
+
+
+def _decisions(ws: Workspace, values: dict, opts: dict) -> tuple[tuple | None, int]:
+    """Labelled pairs from the human review decisions on ``overlap/pairs.parquet`` (issue: decisions
+    teach the rule), or None when there are fewer than ``min_decisions``."""
+    p = ws.root / "overlap" / "pairs.parquet"
+    if not p.is_file() or int(opts["min_decisions"]) <= 0:
+        return None, 0
+    verdicts = effective_decisions(ws)
+    if not verdicts:
+        return None, 0
+    rows = mf.read("pairs", p).to_pylist()
+    got = decision_pairs(rows, verdicts, [k for k in values if k in SIGNALS], int(opts["min_decisions"]))
+    return got, (0 if got is None else len(got[1]))
+
+
+def _decisions_note(rep: dict, with_dec: dict, n: int) -> str:
+    a, b = rep["combined"], with_dec["combined"]
+
+    def f(x):
+        return "—" if x is None else f"{x:.3f}"
+
+    return (f"{n} human decisions added to the choose half: held-apart precision {f(a['precision'])} → "
+            f"{f(b['precision'])}, recall {f(a['recall'])} → {f(b['recall'])}")
+
+
+def _write(ws, name, tag, values, truth, q, held, rep, target, result) -> None:
+    """curve.parquet (per signal, on the held-apart half), curve.png, thresholds.json."""
+    ho = held[q] & ~strong_candidates(values, truth)
+    rows, curves = [], {}
     for sname, v in values.items():
         sig = SIGNALS[sname]
-        c = curve(v, truth, sig.higher_is_better, grid_for(sname, v))
+        c = curve(v[ho], truth[ho], sig.higher_is_better, grid_for(sname, v))
         curves[sname] = c
-        chosen[sname] = choose(c, target, sig.higher_is_better)
         for i in range(len(c["threshold"])):
             rows.append({"benchmark": name, "model_tag": tag, "signal": sname, "threshold": float(c["threshold"][i]),
                          "precision": _f(c["precision"][i]), "recall": _f(c["recall"][i]), "tp": int(c["tp"][i]),
                          "fp": int(c["fp"][i]), "fn": int(c["fn"][i])})
-    combined = _combined_both(values, truth, thresholds_for(ov, name), chosen)
     folder = ws.root / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     mf.write("calibration", rows, folder / "curve.parquet")
-    _plot(curves, chosen, target, name, tag, folder / "curve.png")
-    snippet = {name: {"high": chosen["clip"]["threshold"]}} if chosen.get("clip", {}).get("threshold") is not None else {}
-    result = {"benchmark": name, "model_tag": tag, "pool": pool_kind, "copies": n_copies, "distractors": len(dist_bytes),
-              "queries": nq, "pairs": int(nq * npool), "target_precision": target, "chosen": chosen,
-              "combined": combined, "config_snippet": {"overlap": {"thresholds": snippet}},
-              "note": "unplanted true copies in a real pool count as false positives: precision is a lower bound"}
+    _plot(curves, result["chosen"], target, name, tag, folder / "curve.png")
     write_json(folder / "thresholds.json", result)
-    return result
 
 
-def _combined_both(values: dict, truth: np.ndarray, th_conf: dict, chosen: dict) -> dict:
-    """The combined decision (clipcurate.overlap.rules.combine) at the configured and at the chosen
-    thresholds (a chosen threshold moves the review edge along when it would lie past it)."""
-    combined = {"configured": _combined(values, truth, th_conf)}
-    th_chosen = dict(th_conf)
-    for sname, ch in chosen.items():
-        if ch.get("threshold") is not None:
-            hi, lo = th_conf[sname]
-            t = ch["threshold"]
-            th_chosen[sname] = (t, min(lo, t) if SIGNALS[sname].higher_is_better else max(lo, t))
-    combined["chosen"] = _combined(values, truth, th_chosen)
-    return combined
+def embed_random(ws: Workspace, tag: str) -> bool:
+    """Whether embed/{tag}/model.json names a randomly initialised model (``pretrained = random``)."""
+    p = ws.root / "embed" / tag / "model.json"
+    return p.is_file() and str(read_json(p).get("pretrained") or "").lower() == "random"
 
 
-def _combined(values: dict, truth: np.ndarray, th: dict) -> dict:
-    """Precision/recall of the combined decision: `overlap`, and `overlap or review` (caught)."""
-    n = len(truth)
-    votes = {name: np.full(n, None, dtype=object) for name in values}
-    for name, v in values.items():
-        sig = SIGNALS[name]
-        hi, lo = th[name]
-        o = sig.passes(v, hi)
-        r = sig.passes(v, lo)
-        vv = np.where(o, "overlap", np.where(r, "review", "clean")).astype(object)
-        vv[np.isnan(v)] = None
-        votes[name] = vv
-    # the stage's own decision (clipcurate.overlap.rules.decide: the detector's rule when it scored the pair)
-    cols = {SIGNALS[s].column: np.asarray(v, np.float64) for s, v in values.items()}
-    decision = np.array([decide({c: (None if np.isnan(v[i]) else float(v[i])) for c, v in cols.items()}, th)[0]
-                         for i in range(n)])
-    out = {"thresholds": {k: list(v) for k, v in th.items() if k in values}}
-    for label, pred in (("overlap", decision == "overlap"), ("overlap_or_review", decision != "clean")):
-        tp = int((pred & truth).sum())
-        npred = int(pred.sum())
-        out[label] = {"precision": _f(tp / npred) if npred else None, "recall": _f(tp / truth.sum()) if truth.sum() else None,
-                      "tp": tp, "fp": npred - tp, "fn": int(truth.sum()) - tp}
-    return out
+def load_rule(ws: Workspace):
+    """The calibrated rule of thresholds.json (:class:`clipcurate.overlap.combined.Rule`), or None."""
+    p = ws.root / FOLDER / "thresholds.json"
+    if not p.is_file():
+        return None
+    d = read_json(p)
+    return Rule.from_json(d["rule"]) if d.get("rule") else None
 
 
 def _plot(curves: dict, chosen: dict, target: float, bench: str, tag: str, path: Path) -> None:

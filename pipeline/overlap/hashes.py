@@ -3,7 +3,9 @@
 pHash: shrink to 32×32 grey, 2-D DCT, keep the 8×8 lowest frequencies, one bit per coefficient
 (above / below their median). dHash: shrink to 9×8 grey, one bit per horizontal neighbour pair
 (brighter or not). Each is 64 bits (imagehash); two images are compared by the Hamming distance of
-their hashes (0 = same, ~32 = unrelated). They are computed **once per image** by a sharded stage
+their hashes (0 = same, ~32 = unrelated). PDQ (Meta's photo hash, 256 bits,
+:mod:`clipcurate.overlap.verify`) is stored for four variants of each image — as it is, mirrored,
+border-trimmed, trimmed and mirrored — so ``pdq_dist`` survives mirrors, borders and letterboxes. They are computed **once per image** by a sharded stage
 (``clipcurate detector hashes``, :class:`HashStage`) and cached in the workspace
 (``hashes/pool/{shard}.parquet``, ``hashes/bench/{name}.parquet``, manifest ``hashes``), then any
 pair costs one XOR and a popcount (:func:`pair_hash_distances`).
@@ -28,13 +30,15 @@ from clipcurate.core.console import warn
 from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.stage import Stage, marker
 from clipcurate.core.workspace import Workspace
+from clipcurate.overlap.verify import pack, pdq_variants
 
 HASH_FOLDER = "hashes"
 
 mf.register(
-    "hashes", version=1, glob="hashes/*/*.parquet", stage="detector",
-    doc="Perceptual hashes (imagehash pHash and dHash, 64 bits each), computed once per pool and "
-        "benchmark image; the Hamming distance between two hashes is the `phash_dist`/`dhash_dist` signal.",
+    "hashes", version=2, glob="hashes/*/*.parquet", stage="detector",
+    doc="Perceptual hashes (imagehash pHash and dHash, 64 bits each; PDQ, 256 bits, of four variants), "
+        "computed once per pool and benchmark image; Hamming distances between them are the "
+        "`phash_dist`/`dhash_dist`/`pdq_dist` signals.",
     columns=[
         ("source", pa.string(), "`pool` or `bench`"),
         ("name", pa.string(), "pool shard or benchmark name"),
@@ -42,7 +46,10 @@ mf.register(
         ("index", pa.int64(), "benchmark index (null for pool)"),
         ("phash", pa.int64(), "pHash, 64 bits as a signed integer (null when the image could not be read)"),
         ("dhash", pa.int64(), "dHash, 64 bits as a signed integer (null when the image could not be read)"),
+        ("pdq", pa.binary(), "PDQ of the image, mirrored, border-trimmed, trimmed and mirrored: 4 × 32 bytes "
+                             "(null when the image could not be read)"),
     ])
+HASH_VERSION = 2  # a marker of another version is forgotten: its shard is hashed again
 
 
 def _bits_to_int64(bits: np.ndarray) -> int:
@@ -110,19 +117,21 @@ def _signature(path: Path) -> dict:
 
 
 def _hash_rows(items: Iterable[tuple[str, int | None, bytes | None]], source: str, name: str) -> tuple[dict, int]:
-    rows = {"source": [], "name": [], "uid": [], "index": [], "phash": [], "dhash": []}
+    rows = {"source": [], "name": [], "uid": [], "index": [], "phash": [], "dhash": [], "pdq": []}
     bad = 0
     for uid, index, data in items:
-        ph = dh = None
+        ph = dh = pd = None
         if data is not None:
             try:
-                ph, dh = image_hashes(open_image(data))
+                img = open_image(data)
+                ph, dh = image_hashes(img)
+                pd = pack(pdq_variants(img)).tobytes()
             except Exception:  # unreadable image: a null hash, counted
                 bad += 1
         else:
             bad += 1
         for k, v in (("source", source), ("name", name), ("uid", uid), ("index", index), ("phash", ph),
-                     ("dhash", dh)):
+                     ("dhash", dh), ("pdq", pd)):
             rows[k].append(v)
     return rows, bad
 
@@ -161,7 +170,8 @@ class HashStage(Stage):
         return list(self.sources)
 
     def forget_changed(self) -> None:
-        """Delete the marker of every source whose size or mtime differs from the one it records."""
+        """Delete the marker of every source whose size or mtime differs from the one it records, or
+        that another hash version wrote."""
         for shard, src in self.sources.items():
             m = marker(self.folder, shard)
             if m.exists():
@@ -169,7 +179,7 @@ class HashStage(Stage):
                     info = json.loads(m.read_text())
                 except ValueError:
                     info = {}
-                if any(info.get(k) != v for k, v in _signature(src).items()):
+                if info.get("version") != HASH_VERSION or any(info.get(k) != v for k, v in _signature(src).items()):
                     m.unlink()
 
     def run_shard(self, shard: str) -> dict:
@@ -186,7 +196,7 @@ class HashStage(Stage):
             items = list(zip(t["uid"], t["index"], t["image"]))
         rows, bad = _hash_rows(items, source, name)
         mf.write("hashes", rows, self.folder / source / f"{name}.parquet")
-        return {"images": len(rows["uid"]), "unreadable": bad, **_signature(src)}
+        return {"images": len(rows["uid"]), "unreadable": bad, "version": HASH_VERSION, **_signature(src)}
 
 
 def compute_hashes(ws: Workspace, force: bool = False, benchmarks: Sequence[str] | None = None,
@@ -212,9 +222,11 @@ def compute_hashes(ws: Workspace, force: bool = False, benchmarks: Sequence[str]
     return result.counts
 
 
-def load_hashes(ws: Workspace, source: str | None = None, name: str | None = None) -> pa.Table:
-    """The cached hashes (computing missing ones first), optionally for one source / name."""
-    compute_hashes(ws)
+def load_hashes(ws: Workspace, source: str | None = None, name: str | None = None, ensure: bool = True) -> pa.Table:
+    """The cached hashes (computing missing ones first unless ``ensure`` is False), optionally for
+    one source / name."""
+    if ensure:
+        compute_hashes(ws)
     files = mf.get("hashes").files(ws.root)
     if source:
         files = [f for f in files if f.parent.name == source and (name is None or f.stem == name)]
@@ -222,19 +234,31 @@ def load_hashes(ws: Workspace, source: str | None = None, name: str | None = Non
     return pa.concat_tables(parts) if parts else mf.get("hashes").schema.empty_table()
 
 
-def hash_lookup(ws: Workspace, source: str | None = None) -> dict[str, tuple[int | None, int | None]]:
+def hash_lookup(ws: Workspace, source: str | None = None, ensure: bool = True
+                ) -> dict[str, tuple[int | None, int | None]]:
     """uid → (phash, dhash) from the cache."""
-    t = load_hashes(ws, source).to_pydict()
+    t = load_hashes(ws, source, ensure=ensure).to_pydict()
     return {u: (p, d) for u, p, d in zip(t["uid"], t["phash"], t["dhash"])}
 
 
-def pair_hash_distances(ws: Workspace, pool_uids: Sequence[str], bench_uids: Sequence[str]
+def pair_hash_distances(ws: Workspace, pool_uids: Sequence[str], bench_uids: Sequence[str], ensure: bool = True
                         ) -> tuple[list[int | None], list[int | None]]:
     """(phash_dist, dhash_dist) for aligned pool/benchmark uid lists; None where a hash is missing."""
-    table = hash_lookup(ws)
+    table = hash_lookup(ws, ensure=ensure)
     ph, dh = [], []
     for a, b in zip(pool_uids, bench_uids):
         ha, hb = table.get(a, (None, None)), table.get(b, (None, None))
         ph.append(None if ha[0] is None or hb[0] is None else int(hamming(ha[0], hb[0])))
         dh.append(None if ha[1] is None or hb[1] is None else int(hamming(ha[1], hb[1])))
     return ph, dh
+
+
+def pdq_table(ws: Workspace, source: str, name: str | None = None, ensure: bool = True
+              ) -> tuple[list[str], list, np.ndarray]:
+    """(uids, benchmark indices, [n, 4, 4] uint64 PDQ variants) of the cached hashes of ``source``
+    (``pool`` or ``bench``; optionally one name); images without a PDQ are left out."""
+    t = load_hashes(ws, source, name, ensure=ensure).to_pydict()
+    keep = [i for i, b in enumerate(t["pdq"]) if b]
+    arr = np.stack([np.frombuffer(t["pdq"][i], np.uint64).reshape(4, 4) for i in keep]) if keep else \
+        np.zeros((0, 4, 4), np.uint64)
+    return [t["uid"][i] for i in keep], [t["index"][i] for i in keep], arr

@@ -96,17 +96,18 @@ def pair_rows(qs: Queries, pairs: Pairs, top_entries: tuple, shards: list[PoolSh
     return [{"pair_id": pair_id(puid[i], bname[i], int(bidx[i])), "pool_uid": puid[i], "benchmark": bname[i],
              "bench_index": int(bidx[i]), "bench_uid": buid[i], "score_clip": float(score[i]),
              "score_detector": None, "phash_dist": None, "dhash_dist": None, "kp_inliers": None,
-             "text_sim": None, "rank": prank[i]} for i in range(len(q))]
+             "text_sim": None, "pdq_dist": None, "kp_ncc": None, "rank": prank[i]} for i in range(len(q))]
 
 
-def decide_pairs(ws: Workspace, rows: list[dict], benches: list[Bench], opts: dict, ths: dict) -> None:
-    """Set ``decision`` and ``reason`` of every row: the signals' rule, then the degenerate check
+def decide_pairs(ws: Workspace, rows: list[dict], benches: list[Bench], opts: dict, ths: dict, policy=None) -> None:
+    """Set ``decision`` and ``reason`` of every row: the signals' rule (``policy``: the calibrated
+    rule or the random-init CLIP cap, :mod:`clipcurate.overlap.policy`), then the degenerate check
     (benchmark side always, pool side when the tars exist)."""
     bstats = {b.name: bench_image_stats(ws, b.name, {r["bench_index"] for r in rows if r["benchmark"] == b.name})
               for b in benches}
     pstats = pool_image_stats(ws, {r["pool_uid"] for r in rows})
     for r in rows:
-        decision, reason = decide(r, ths[r["benchmark"]])
+        decision, reason = decide(r, ths[r["benchmark"]], *((policy.rule, policy.no_decide) if policy else ()))
         if decision != "clean":
             deg = (degenerate_reason(bstats[r["benchmark"]].get(int(r["bench_index"])), opts, "benchmark")
                    or degenerate_reason(pstats.get(r["pool_uid"]), opts, "pool"))
@@ -116,7 +117,8 @@ def decide_pairs(ws: Workspace, rows: list[dict], benches: list[Bench], opts: di
 
 
 def write_outputs(ws: Workspace, opts: dict, tag: str, benches: list[Bench], shards: list[PoolShard],
-                  offsets: np.ndarray, q_off: np.ndarray, top: TopK, pairs: Pairs, ths: dict, out: Path) -> dict:
+                  offsets: np.ndarray, q_off: np.ndarray, top: TopK, pairs: Pairs, ths: dict, out: Path,
+                  policy=None) -> dict:
     """neighbors, pairs (with every signal and the decision), review_queue and run.json, into ``out``
     (the generation being published, :func:`clipcurate.overlap.schema.publish_outputs`)."""
     folder = ws.root / FOLDER
@@ -130,12 +132,13 @@ def write_outputs(ws: Workspace, opts: dict, tag: str, benches: list[Bench], sha
     if len(rows) > n_search:  # added pairs: back to the order benchmark, index, CLIP score desc
         rows.sort(key=lambda r: (r["benchmark"], r["bench_index"], -(r["score_clip"] if r["score_clip"] is not None
                                                                      else -9.0), r["pool_uid"]))
-    decide_pairs(ws, rows, benches, opts, ths)
+    decide_pairs(ws, rows, benches, opts, ths, policy)
     mf.write("pairs", rows, out / "pairs.parquet")
     write_review_queue(out, rows)
     write_json(out / "run.json", {"model_tag": tag, "k": int(opts["k"]),
                                      "thresholds": {b: {s: list(v) for s, v in t.items()} for b, t in ths.items()},
-                                     "benchmarks": [b.name for b in benches]})
+                                     "benchmarks": [b.name for b in benches],
+                                     "decided_by": policy.source if policy else "per-signal thresholds"})
     return {"pairs": str(folder / "pairs.parquet"), "neighbors": str(folder / "neighbors.parquet")}
 
 

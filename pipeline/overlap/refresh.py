@@ -30,6 +30,7 @@ from clipcurate.core.errors import ClipcurateError, MissingUpstream
 from clipcurate.core.io import write_json
 from clipcurate.core.workspace import Workspace
 from clipcurate.overlap.pairs import decide_pairs, write_review_queue
+from clipcurate.overlap.policy import decision_policy, flag_implausible
 from clipcurate.overlap.rules import thresholds_for
 from clipcurate.overlap.schema import FOLDER, publish_outputs
 from clipcurate.overlap.splits import refresh_splits
@@ -82,15 +83,18 @@ def refresh(ws: Workspace, opts: dict) -> Refreshed:
     before = {r["pair_id"]: r["decision"] for r in pairs}
     # every stored pair again through the rule and the degenerate check (their options may have
     # changed too); decide_pairs needs only each benchmark's name
-    decide_pairs(ws, pairs, [SimpleNamespace(name=b) for b in benches], opts, new)
+    policy = decision_policy(ws, opts, run.get("model_tag") or "")  # the calibrated rule, as the search run
+    decide_pairs(ws, pairs, [SimpleNamespace(name=b) for b in benches], opts, new, policy)
     changed = sum(before[r["pair_id"]] != r["decision"] for r in pairs)
     # the new pairs, queue, run.json, splits, decontam list and diagnostics become visible together
     # (one published generation, as the search publishes them): a kill leaves the old set whole
     with publish_outputs(ws, keep=("neighbors.parquet",)) as gen:
         mf.write("pairs", pairs, gen / "pairs.parquet")
         n_queue = write_review_queue(gen, pairs)
-        write_json(gen / "run.json", {**run, "thresholds": _as_lists(new), "floors": floors})
+        write_json(gen / "run.json", {**run, "thresholds": _as_lists(new), "floors": floors,
+                                      "decided_by": policy.source})
         per = refresh_splits(ws, opts, gen)
+        flag_implausible(gen, per)
     moved = "thresholds unchanged" if _as_lists(new) == _as_lists(old) else "thresholds changed"
     recomputed = [f"the decisions of {len(pairs)} stored pair(s) with the current thresholds ({moved}, "
                   f"{changed} decision(s) changed), the review queue ({n_queue} pairs)"]

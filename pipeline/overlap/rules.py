@@ -24,6 +24,7 @@ from typing import Mapping
 import numpy as np
 
 from clipcurate.core.errors import ClipcurateError
+from clipcurate.overlap.combined import as_feature
 
 DECISIONS = ("overlap", "review", "clean", "degenerate")
 
@@ -58,10 +59,15 @@ SIGNALS: dict[str, Signal] = {
     "dhash": Signal("dhash", "dhash_dist", False, 4, 10, "dHash Hamming distance"),
     "keypoints": Signal("keypoints", "kp_inliers", True, 40, 15, "keypoint RANSAC inliers"),
     "text": Signal("text", "text_sim", True, 0.9, 0.6, "caption/label text similarity"),
+    # 31 of 256 bits is Meta's own PDQ match threshold
+    "pdq": Signal("pdq", "pdq_dist", False, 31, 90, "PDQ Hamming distance (0-256), smallest over mirror / "
+                                                    "border-trimmed variants (clipcurate.overlap.verify)"),
+    "kp_ncc": Signal("kp_ncc", "kp_ncc", True, 0.9, 0.6, "correlation after aligning the pair by its guarded "
+                                                         "keypoint fit (clipcurate.overlap.verify)"),
 }
 
 # Signals whose "clean" vote is no evidence of a clean pair (they miss heavy copies by design).
-CONFIRM_ONLY = ("phash", "dhash", "keypoints", "text")
+CONFIRM_ONLY = ("phash", "dhash", "keypoints", "text", "pdq", "kp_ncc")
 
 
 def combine(votes: list[str]) -> str:
@@ -89,15 +95,15 @@ def detector_rule(votes: Mapping[str, str | None]) -> str:
     on two photos of the same species — App. C), the detector is the copy authority, pHash / dHash
     and keypoints are exact but narrow, and keypoints are fooled by repetitive patterns. So:
 
-    1. detector ``overlap`` → overlap; a pHash or caption-text ``overlap`` (near-identical file or
-       caption) → overlap on its own;
+    1. detector ``overlap`` → overlap; a pHash, PDQ, alignment (``kp_ncc``) or caption-text
+       ``overlap`` (near-identical file, aligned copy or caption) → overlap on its own;
     2. detector in its review band → overlap when an exact signal confirms it (keypoints or pHash at
        least in their review band), else review;
     3. detector ``clean``: review when keypoints or CLIP still say ``overlap`` (a human looks at what
        the detector might have missed), else clean.
     """
     det = votes.get("detector")
-    if det == "overlap" or votes.get("phash") == "overlap" or votes.get("text") == "overlap":
+    if det == "overlap" or any(votes.get(k) == "overlap" for k in ("phash", "pdq", "text", "kp_ncc")):
         return "overlap"
     if det == "review":
         if votes.get("keypoints") in ("overlap", "review") or votes.get("phash") in ("overlap", "review"):
@@ -133,9 +139,15 @@ def thresholds_for(cfg: dict, benchmark: str) -> dict[str, tuple[float, float]]:
     return out
 
 
-def decide(row: dict, th: dict[str, tuple[float, float]]) -> tuple[str, str]:
-    """(decision, reason) for one pair from its signal columns (before the degenerate check)."""
-    votes, why, named = [], [], {}
+def decide(row: dict, th: dict[str, tuple[float, float]], rule=None, no_decide: frozenset = frozenset()
+           ) -> tuple[str, str]:
+    """(decision, reason) for one pair from its signal columns (before the degenerate check).
+
+    ``rule``: the calibrated rule (:class:`clipcurate.overlap.combined.Rule`, from ``overlap
+    calibrate``): it alone decides ``overlap``; a pair it does not take goes to review when any
+    signal votes overlap or review at its thresholds, else it is clean. ``no_decide``: signals
+    known to be no copy detector (a random-init CLIP): their ``overlap`` vote counts as ``review``."""
+    votes, why, named, capped = [], [], {}, False
     for name, sig in SIGNALS.items():
         v = row.get(sig.column)
         hi, lo = th[name]
@@ -151,9 +163,35 @@ def decide(row: dict, th: dict[str, tuple[float, float]]) -> tuple[str, str]:
             ref = f"({hi}, {lo}]"
         val = f"{v:.3f}" if isinstance(v, float) else str(v)
         why.append(f"{name} {val} {op} {ref}")
+        if vote == "overlap" and name in no_decide:
+            named[name] = votes[-1] = "review"
+            why[-1] += " (no copy detector: review at most)"
+            capped = True
+    if rule is not None:
+        return _decide_by_rule(row, rule, named, why)
     if named.get("detector") is not None:  # the copy detector scored it: its rule (docs/detector.md)
-        return detector_rule(named), "; ".join(why)
-    # Hashes, keypoints and caption text can confirm a copy but never veto one: a heavy App. C copy
-    # has a far pHash and few inliers (CONFIRM_ONLY).
-    votes = [v for n, v in named.items() if not (v == "clean" and n in CONFIRM_ONLY)]
-    return combine(votes), "; ".join(why) or "no signal"
+        decision = detector_rule(named)
+    else:
+        # Hashes, keypoints and caption text can confirm a copy but never veto one: a heavy App. C
+        # copy has a far pHash and few inliers (CONFIRM_ONLY).
+        decision = combine([v for n, v in named.items() if not (v == "clean" and n in CONFIRM_ONLY)])
+    if capped and decision == "clean":  # a capped overlap vote still asks a human
+        decision = "review"
+    return decision, "; ".join(why) or "no signal"
+
+
+def _decide_by_rule(row: dict, rule, named: dict, why: list[str]) -> tuple[str, str]:
+    """The calibrated rule decides overlap; the signals' own votes can only send a pair to review."""
+    feats = {}
+    for k in rule.weights:
+        v = row.get(SIGNALS[k].column) if k in SIGNALS else None
+        feats[k] = _feature(k, np.nan if v is None else float(v))
+    if rule.threshold is not None and bool(rule.predict(feats)[0]):
+        return "overlap", f"calibrated rule {rule.describe()}; " + "; ".join(why)
+    if any(v in ("overlap", "review") for v in named.values()):
+        return "review", "calibrated rule not met; " + "; ".join(why)
+    return "clean", "calibrated rule not met; " + ("; ".join(why) or "no signal")
+
+
+def _feature(name: str, value: float) -> np.ndarray:
+    return as_feature(name, np.array([value]))

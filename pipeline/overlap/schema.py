@@ -37,6 +37,9 @@ SIGNAL_COLUMNS = [
     ("dhash_dist", pa.int32(), "dHash Hamming distance, 0-64 (null until computed)"),
     ("kp_inliers", pa.int32(), "keypoint RANSAC inliers (null until computed)"),
     ("text_sim", pa.float32(), "caption/label text similarity (null until computed)"),
+    ("pdq_dist", pa.int32(), "PDQ Hamming distance, 0-256, smallest over mirror / border-trimmed variants "
+                             "(null until computed)"),
+    ("kp_ncc", pa.float32(), "correlation of the pair aligned by its guarded keypoint fit (null: no fit)"),
 ]
 PAIR_KEY = [
     ("pool_uid", pa.string(), "pool sample uid"),
@@ -47,7 +50,7 @@ PAIR_KEY = [
 RANK = ("rank", pa.int32(), "1 = nearest pool sample of this benchmark sample by score_clip; null beyond top-k")
 
 mf.register(
-    "pairs", version=1, glob="overlap/pairs.parquet", stage="overlap",
+    "pairs", version=2, glob="overlap/pairs.parquet", stage="overlap",
     doc="Every (pool, benchmark) pair whose CLIP cosine passes the benchmark's low threshold, with "
         "its signals and automatic decision (complete: not capped by k).",
     columns=[("pair_id", pa.string(), "decisions.pair_id(pool_uid, benchmark, bench_index)"),
@@ -85,7 +88,7 @@ mf.register(
              ("bench_index", pa.int64(), "benchmark sample index it copies"),
              ("reason", pa.string(), "rule: ..., human: duplicate, auto-demo: duplicate, or unreviewed band pair: ...")])
 mf.register(
-    "review_queue", version=1, glob="overlap/review_queue.parquet", stage="overlap",
+    "review_queue", version=2, glob="overlap/review_queue.parquet", stage="overlap",
     doc="Pairs in the review band (and degenerate matches), highest CLIP score first, for `clipcurate review`.",
     columns=[("position", pa.int64(), "0-based place in the queue"),
              ("pair_id", pa.string(), "decisions.pair_id(pool_uid, benchmark, bench_index)"),
@@ -118,6 +121,7 @@ config.section("overlap", {
     "degenerate_std": 4.0,
     "degenerate_min_side": 16,
     "diag_sample": 2000,
+    "calibration": "auto",
 }, {
     "model_tag": "embeddings to search (embed/{tag}); default: the only/first CLIP tag present",
     "k": "top-k neighbours kept per benchmark sample (neighbors.parquet)",
@@ -132,6 +136,8 @@ config.section("overlap", {
     "degenerate_std": "grey-level std (0-255) under which an image counts as near-constant",
     "degenerate_min_side": "images with a side shorter than this (pixels) count as tiny",
     "diag_sample": "clean samples whose images are measured for the diagnostics (overlap: all)",
+    "calibration": "auto: the rule `overlap calibrate` chose decides overlap when it exists (an explicit --high or "
+                   "per-signal thresholds for the run override it); on: it must exist; off: per-signal thresholds",
 })
 
 

@@ -7,8 +7,11 @@
    reaches the benchmark's detector review threshold; then every pair gets its detector cosine;
 2. adds the pairs whose **captions** nearly match a caption benchmark's text (MinHash LSH,
    :mod:`clipcurate.overlap.captions`), and gives every pair of a caption benchmark its ``text_sim``;
-3. fills the **perceptual hash** distances from the cache (:mod:`clipcurate.overlap.hashes`);
-4. verifies the most promising pairs with **keypoints** (:mod:`clipcurate.overlap.keypoints`).
+3. adds the pairs whose edit-tolerant **PDQ** distance (mirror and border-trim variants) is within
+   the review threshold, and fills the **perceptual hash** distances (pHash, dHash, PDQ) from the
+   cache (:mod:`clipcurate.overlap.hashes`);
+4. verifies the most promising pairs with their images (:mod:`clipcurate.overlap.verify`):
+   **keypoints** with a guarded affine fit, checked by alignment (``kp_inliers``, ``kp_ncc``).
 
 Each signal that cannot be computed (no detector embeddings, no images) stays null, with a log
 line — never an error. The ``[signals]`` options switch each one on or off. The same signals score
@@ -31,10 +34,11 @@ from clipcurate.core.io import read_json
 from clipcurate.core.workspace import Workspace
 from clipcurate.detector import load_descriptor
 from clipcurate.overlap.captions import text_matches, text_similarity
-from clipcurate.overlap.hashes import hamming_matrix, image_hashes, iter_pool_tar, open_image, pair_hash_distances, \
+from clipcurate.overlap.hashes import compute_hashes, iter_pool_tar, open_image, pair_hash_distances, pdq_table, \
     read_bench
 from clipcurate.overlap.inputs import load_bench, model_tags, pool_shards, pool_uids
 from clipcurate.overlap.keypoints import KeypointCache
+from clipcurate.overlap.verify import PairVerifier, keypoint_votes, pack, pdq_distance_matrix, pdq_variants
 from clipcurate.overlap.search import Searcher
 from clipcurate.review import pair_id
 
@@ -44,14 +48,21 @@ config.section("signals", {
     "keypoints": True,
     "keypoint_method": "sift",
     "keypoint_max_pairs": 20000,
+    "keypoint_topk": 6,
+    "keypoint_search_max_pool": 2000,
     "text": True,
     "text_threshold": 0.6,
 }, {
     "detector_tag": "detector descriptors to use (embed/{tag} with kind detector); default: the only/first one",
-    "hashes": "fill phash_dist / dhash_dist (hashes computed once per image, cached in hashes/)",
-    "keypoints": "fill kp_inliers (SIFT/ORB + RANSAC) on the candidate pairs",
-    "keypoint_method": "sift or orb",
-    "keypoint_max_pairs": "verify at most this many pairs with keypoints (highest detector/CLIP score first)",
+    "hashes": "fill phash_dist / dhash_dist / pdq_dist (hashes computed once per image, cached in hashes/) and add "
+              "the pairs within the PDQ review threshold (a search over all pool hashes)",
+    "keypoints": "fill kp_inliers and kp_ncc (SIFT + guarded affine fit + alignment) on the candidate pairs",
+    "keypoint_method": "sift (guarded affine fit + alignment) or orb (the plain homography inlier count)",
+    "keypoint_max_pairs": "verify at most this many pairs with their images (highest detector/CLIP score first)",
+    "keypoint_topk": "pairs verified per benchmark sample: its k best by detector, by CLIP, by PDQ and by keypoint "
+                     "votes (as calibrate does)",
+    "keypoint_search_max_pool": "pools up to this many images are also searched by keypoint votes (all descriptors "
+                                "in one FLANN index, ~0.25 MB per image); larger pools skip that search",
     "text": "fill text_sim for caption benchmarks and add pairs whose captions nearly match (MinHash LSH)",
     "text_threshold": "exact shingle Jaccard at or above which a caption match becomes a candidate pair",
 })
@@ -144,6 +155,29 @@ def _detector_candidates(ws: Workspace, tag: str, ths: Mapping[str, Mapping], ex
     return out
 
 
+def _pdq_candidates(ws: Workspace, ths: Mapping[str, Mapping], existing: set, chunk: int = 4096) -> list[dict]:
+    """Pairs whose PDQ distance (the benchmark image against any of the pool image's four variants)
+    is within the benchmark's PDQ review threshold and that no other search proposed: a recompressed,
+    resized, mirrored or letterboxed copy is found whatever the embeddings say. All pool hashes
+    against all benchmark hashes, a chunk of pool images at a time (XOR + popcount)."""
+    p_uid, _, p_arr = pdq_table(ws, "pool", ensure=False)
+    out = []
+    for name in ths:
+        b_uid, b_idx, b_arr = pdq_table(ws, "bench", name, ensure=False)
+        if not len(b_arr) or not len(p_arr):
+            continue
+        floor = int(ths[name]["pdq"][1])
+        for start in range(0, len(p_arr), chunk):
+            d = pdq_distance_matrix(b_arr[:, 0], p_arr[start:start + chunk])
+            for bi, pj in zip(*np.nonzero(d <= floor)):
+                key = (p_uid[start + pj], name, int(b_idx[bi]))
+                if key not in existing:
+                    existing.add(key)
+                    out.append({"pool_uid": key[0], "benchmark": name, "bench_index": key[2], "bench_uid": b_uid[bi],
+                                "origin": "pdq"})
+    return out
+
+
 def _pool_captions(ws: Workspace) -> dict[str, str]:
     out = {}
     for f in sorted(ws.path("pool", "manifest").glob("*.parquet")):
@@ -194,12 +228,13 @@ def _images_by_uid(ws: Workspace, uids: set[str]) -> dict[str, bytes]:
     return out
 
 
-def _bench_images(ws: Workspace, name: str, indices: set[int]) -> dict[int, bytes]:
+def _bench_images(ws: Workspace, name: str, indices: set[int] | None) -> dict[int, bytes]:
+    """index → image bytes of a benchmark (only ``indices`` when given)."""
     p = ws.path("benchmarks", name, "samples.parquet")
     if not p.is_file():
         return {}
     t = read_bench(p, ["index", "image"]).to_pydict()
-    return {int(i): b for i, b in zip(t["index"], t["image"]) if int(i) in indices and b}
+    return {int(i): b for i, b in zip(t["index"], t["image"]) if (indices is None or int(i) in indices) and b}
 
 
 def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mapping[str, Mapping]) -> list[dict]:
@@ -216,6 +251,20 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
     dtag = detector_tag(ws, opts["detector_tag"])
     if dtag:
         extra += _detector_candidates(ws, dtag, ths, existing)
+    # PDQ: near-identical files, mirrored or framed, whatever the embeddings say.
+    hashed = False
+    if opts["hashes"]:
+        try:
+            compute_hashes(ws)  # once; every read below uses the cache as it is
+            hashed = True
+        except ClipcurateError as exc:
+            log(f"signals: no perceptual hashes ({exc})")
+    if hashed:
+        extra += _pdq_candidates(ws, ths, existing)
+    # Keypoint votes over the whole pool (small pools): crops and App. C copies no hash sees.
+    verifier = PairVerifier()
+    if opts["keypoints"] and opts["keypoint_method"] == "sift":
+        extra += _keypoint_candidates(ws, ths, existing, opts, verifier)
     # Captions: near-identical pool captions of caption-benchmark texts (MinHash LSH).
     caps = {n: _bench_captions(ws, n) for n in ths} if opts["text"] else {}
     pool_caps = _pool_captions(ws) if any(caps.values()) else {}
@@ -226,28 +275,31 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
                 existing.add((uid, n, i))
                 extra.append({"pool_uid": uid, "benchmark": n, "bench_index": i, "bench_uid": caps[n][i][0],
                               "origin": "text"})
+    voted: set = set()
     if extra:
         log(f"signals: {len(extra)} candidate pairs beyond the CLIP search "
-            f"({sum(e['origin'] == 'detector' for e in extra)} detector, {sum(e['origin'] == 'text' for e in extra)} text)")
+            f"({sum(e['origin'] == 'detector' for e in extra)} detector, {sum(e['origin'] == 'pdq' for e in extra)} "
+            f"PDQ, {sum(e['origin'] == 'keypoints' for e in extra)} keypoint votes, "
+            f"{sum(e['origin'] == 'text' for e in extra)} text)")
         clip = _pair_cosines(ws, clip_tag, extra)
         for e, c in zip(extra, clip):
-            e.pop("origin")
+            if e.pop("origin") == "keypoints":
+                voted.add((e["pool_uid"], e["benchmark"], e["bench_index"]))
             rows.append({"pair_id": pair_id(e["pool_uid"], e["benchmark"], e["bench_index"]), "pool_uid": e["pool_uid"],
                          "benchmark": e["benchmark"], "bench_index": e["bench_index"], "bench_uid": e["bench_uid"],
                          "score_clip": c, "score_detector": e.get("score_detector"), "phash_dist": None,
-                         "dhash_dist": None, "kp_inliers": None, "text_sim": None, "rank": None})
+                         "dhash_dist": None, "kp_inliers": None, "text_sim": None, "pdq_dist": None,
+                         "kp_ncc": None, "rank": None})
     if not rows:
         return rows
     if dtag:
         for r, v in zip(rows, _pair_cosines(ws, dtag, rows)):
             r["score_detector"] = v
-    if opts["hashes"]:
-        try:
-            ph, dh = pair_hash_distances(ws, [r["pool_uid"] for r in rows], [r["bench_uid"] for r in rows])
-            for r, a, b in zip(rows, ph, dh):
-                r["phash_dist"], r["dhash_dist"] = a, b
-        except ClipcurateError as exc:
-            log(f"signals: no perceptual hashes ({exc})")
+    if hashed:
+        ph, dh = pair_hash_distances(ws, [r["pool_uid"] for r in rows], [r["bench_uid"] for r in rows], ensure=False)
+        for r, a, b in zip(rows, ph, dh):
+            r["phash_dist"], r["dhash_dist"] = a, b
+        _fill_pdq(ws, rows)
     if caps and pool_caps:
         for r in rows:
             bc = caps.get(r["benchmark"], {}).get(int(r["bench_index"]))
@@ -255,33 +307,137 @@ def fill_pair_signals(ws: Workspace, clip_tag: str, rows: list[dict], ths: Mappi
             if bc and pc:
                 r["text_sim"] = max(text_similarity(pc, c) for c in bc[1])
     if opts["keypoints"]:
-        _fill_keypoints(ws, rows, opts)
+        _fill_keypoints(ws, rows, opts, verifier, voted)
     return rows
 
 
-def _fill_keypoints(ws: Workspace, rows: list[dict], opts: dict) -> None:
-    """Keypoint inliers for the most promising pairs (detector score, else CLIP score, first)."""
-    order = sorted(range(len(rows)), key=lambda i: -(rows[i]["score_detector"] if rows[i]["score_detector"]
-                                                     is not None else (rows[i]["score_clip"] or -9)))
-    todo = order[: int(opts["keypoint_max_pairs"])]
-    if len(todo) < len(rows):
-        log(f"signals: keypoints on the first {len(todo)} of {len(rows)} pairs ([signals] keypoint_max_pairs)")
+def _fill_pdq(ws: Workspace, rows: list[dict]) -> None:
+    """``pdq_dist`` of every pair from the hash cache (None where a hash is missing)."""
+    p_uid, _, p_arr = pdq_table(ws, "pool", ensure=False)
+    pool = dict(zip(p_uid, p_arr))
+    bench = {}
+    for n in {r["benchmark"] for r in rows}:
+        u, _, a = pdq_table(ws, "bench", n, ensure=False)
+        bench.update(zip(u, a))
+    for r in rows:
+        a, b = bench.get(r["bench_uid"]), pool.get(r["pool_uid"])
+        r["pdq_dist"] = None if a is None or b is None else int(pdq_distance_matrix(a[:1], b[None])[0, 0])
+
+
+def _verify_candidates(rows: list[dict], k: int, voted: set = frozenset()) -> list[int]:
+    """Row indices to verify with keypoints: for each benchmark sample, its ``k`` best pairs by the
+    detector, by CLIP and by PDQ — the same candidates ``overlap calibrate`` verifies, so the
+    calibrated rule sees the pairs it was measured on — and the pairs the keypoint votes proposed
+    (``voted``). Ordered by detector, else CLIP, score."""
+    pick = {i for i, r in enumerate(rows) if (r["pool_uid"], r["benchmark"], int(r["bench_index"])) in voted}
+    by: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        by.setdefault((r["benchmark"], int(r["bench_index"])), []).append(i)
+    keys = [lambda r: r["score_detector"], lambda r: r["score_clip"],
+            lambda r: None if r["pdq_dist"] is None else -r["pdq_dist"]]
+    for idx in by.values():
+        for key in keys:
+            scored = [i for i in idx if key(rows[i]) is not None]
+            pick.update(sorted(scored, key=lambda i: -key(rows[i]))[:k])
+    return sorted(pick, key=lambda i: -(rows[i]["score_detector"] if rows[i]["score_detector"] is not None
+                                        else (rows[i]["score_clip"] or -9)))
+
+
+def _keypoint_candidates(ws: Workspace, ths: Mapping[str, Mapping], existing: set, opts: dict,
+                         verifier: PairVerifier) -> list[dict]:
+    """The ``keypoint_topk`` pool images with the most keypoint votes (at least 8) for each
+    benchmark image (:func:`clipcurate.overlap.verify.keypoint_votes`), when the pool has at most
+    ``keypoint_search_max_pool`` images; their features stay in ``verifier`` for the verification."""
+    uids = _pool_uid_list(ws)
+    if not uids or len(uids) > int(opts["keypoint_search_max_pool"]):
+        if uids:
+            log(f"signals: {len(uids)} pool images > signals.keypoint_search_max_pool: no keypoint search")
+        return []
+    pool = _images_by_uid(ws, set(uids))
+    p_keys = [("p", u) for u in pool]
+    p_feats = []
+    for key, data in zip(p_keys, pool.values()):
+        try:
+            p_feats.append(verifier.features_of(key, open_image(data)))
+        except Exception:  # an undecodable image: it proposes nothing
+            p_feats.append((np.zeros((0, 2), np.float32), None))
+    out = []
+    for name in ths:
+        b = _bench_images(ws, name, None)
+        b_keys = [("b", name, i) for i in b]
+        b_feats = []
+        for key, data in zip(b_keys, b.values()):
+            try:
+                b_feats.append(verifier.features_of(key, open_image(data)))
+            except Exception:
+                b_feats.append((np.zeros((0, 2), np.float32), None))
+        votes = keypoint_votes(b_feats, p_feats)
+        buid = _bench_uids(ws, name)
+        for bi, key in enumerate(b_keys):
+            for pj in np.argsort(-votes[bi], kind="stable")[: int(opts["keypoint_topk"])]:
+                if votes[bi, pj] < 8:  # a few chance matches between unrelated images are common
+                    break
+                k = (p_keys[pj][1], name, int(key[2]))
+                if k not in existing and k[2] in buid:
+                    existing.add(k)
+                    out.append({"pool_uid": k[0], "benchmark": name, "bench_index": k[2], "bench_uid": buid[k[2]],
+                                "origin": "keypoints"})
+    return out
+
+
+def _pool_uid_list(ws: Workspace) -> list[str]:
+    out = []
+    for f in sorted(ws.path("pool", "manifest").glob("*.parquet")):
+        try:
+            t = mf.read("pool", f, columns=["uid", "status"]).to_pydict()
+        except ClipcurateError:
+            continue
+        out += [u for u, st in zip(t["uid"], t["status"]) if st == "success"]
+    return out
+
+
+def _bench_uids(ws: Workspace, name: str) -> dict[int, str]:
+    p = ws.path("benchmarks", name, "samples.parquet")
+    if not p.is_file():
+        return {}
+    t = read_bench(p, ["index", "uid"]).to_pydict()
+    return {int(i): u for i, u in zip(t["index"], t["uid"])}
+
+
+def _fill_keypoints(ws: Workspace, rows: list[dict], opts: dict, verifier: PairVerifier | None = None,
+                    voted: set = frozenset()) -> None:
+    """Keypoint inliers and alignment for the candidate pairs (:func:`_verify_candidates`);
+    features computed once per image."""
+    todo = _verify_candidates(rows, int(opts["keypoint_topk"]), voted)[: int(opts["keypoint_max_pairs"])]
+    log(f"signals: keypoints verify {len(todo)} of {len(rows)} pairs (the best {opts['keypoint_topk']} per benchmark "
+        f"sample by detector, CLIP and PDQ; at most signals.keypoint_max_pairs)")
     pool_img = _images_by_uid(ws, {rows[i]["pool_uid"] for i in todo})
     bench_img: dict[str, dict[int, bytes]] = {}
     for n in {rows[i]["benchmark"] for i in todo}:
         bench_img[n] = _bench_images(ws, n, {int(rows[i]["bench_index"]) for i in todo if rows[i]["benchmark"] == n})
+    sift = opts["keypoint_method"] == "sift"
     cache = KeypointCache(opts["keypoint_method"])
+    verifier, decoded = verifier or PairVerifier(), {}
+
+    def image(key, data):  # decoded once per image
+        if key not in decoded:
+            decoded[key] = open_image(data)
+        return decoded[key]
+
     for i in todo:
         r = rows[i]
         a, b = pool_img.get(r["pool_uid"]), bench_img[r["benchmark"]].get(int(r["bench_index"]))
         if a is None or b is None:
             continue
+        ka, kb = ("p", r["pool_uid"]), ("b", r["benchmark"], r["bench_index"])
         try:
-            ka, kb = ("p", r["pool_uid"]), ("b", r["benchmark"], r["bench_index"])
-            r["kp_inliers"] = cache.inliers(ka, None if ka in cache.features else open_image(a),
-                                            kb, None if kb in cache.features else open_image(b))
+            ia, ib = image(ka, a), image(kb, b)
+            if sift:
+                r["kp_inliers"], r["kp_ncc"] = verifier.verify(kb, ib, ka, ia)
+            else:
+                r["kp_inliers"] = cache.inliers(ka, ia, kb, ib)
         except Exception:  # an undecodable image: no keypoint signal for this pair
-            r["kp_inliers"] = None
+            r["kp_inliers"] = r["kp_ncc"] = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,26 +464,48 @@ def _calib_detector(cs, q: np.ndarray, p: np.ndarray) -> np.ndarray:
     return full[q, p]
 
 
-def _calib_keypoints(cs, q: np.ndarray, p: np.ndarray, k: int = 3, method: str = "sift") -> np.ndarray:
-    """Inliers on candidate pairs only, as in the stage: the top-k pool images of each benchmark
-    image by the detector (when it ran), CLIP and pHash; every other pair stays NaN (not computed)."""
+def _pdq_full(cs) -> np.ndarray:
+    if getattr(cs, "_pdq_full", None) is None:
+        b = pack(np.stack([pdq_variants(im)[0] for im in cs.bench_images]))
+        p = pack(np.stack([pdq_variants(im) for im in cs.pool_images]))
+        cs._pdq_full = pdq_distance_matrix(b, p).astype(np.float64)
+    return cs._pdq_full
+
+
+def _calib_pdq(cs, q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return _pdq_full(cs)[q, p]
+
+
+def _verified(cs, k: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Inliers and alignment NCC on candidate pairs only, as in the stage: the top-k pool images of
+    each benchmark image by the detector (when it ran), CLIP and PDQ; other pairs: NaN (not computed)."""
+    if getattr(cs, "_verified", None) is not None:
+        return cs._verified
     nq, npool = len(cs.bench_images), len(cs.pool_images)
-    scores = [np.asarray(cs.bench_emb, np.float32) @ np.asarray(cs.pool_emb, np.float32).T]
+    scores = [np.asarray(cs.bench_emb, np.float32) @ np.asarray(cs.pool_emb, np.float32).T, -_pdq_full(cs)]
     if getattr(cs, "_detector_full", None) is not None:
         scores.append(cs._detector_full)
-    hb = np.array([image_hashes(im)[0] for im in cs.bench_images])
-    hp = np.array([image_hashes(im)[0] for im in cs.pool_images])
-    scores.append(-hamming_matrix(hb, hp).astype(np.float32))
     cand = np.zeros((nq, npool), bool)
     for s in scores:
-        top = np.argsort(-s, axis=1)[:, :k]
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
         cand[np.arange(nq)[:, None], top] = True
-    full = np.full((nq, npool), np.nan)
-    cache = KeypointCache(method)
+    inl, ncc = np.full((nq, npool), np.nan), np.full((nq, npool), np.nan)
+    v = PairVerifier()
     for i, j in zip(*np.nonzero(cand)):
-        full[i, j] = cache.inliers(("b", i), cs.bench_images[i], ("p", j), cs.pool_images[j])
-    return full[q, p]
+        n, c = v.verify(("b", i), cs.bench_images[i], ("p", j), cs.pool_images[j])
+        inl[i, j], ncc[i, j] = n, (np.nan if c is None else c)
+    cs._verified = (inl, ncc)
+    return cs._verified
+
+
+def _calib_keypoints(cs, q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return _verified(cs)[0][q, p]
+
+
+def _calib_ncc(cs, q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return _verified(cs)[1][q, p]
 
 
 def calibration_scorers() -> dict:
-    return {"detector": _calib_detector, "keypoints": _calib_keypoints}
+    """name → scorer (order matters: the detector first, so keypoint candidates can use it)."""
+    return {"detector": _calib_detector, "pdq": _calib_pdq, "keypoints": _calib_keypoints, "kp_ncc": _calib_ncc}

@@ -42,6 +42,7 @@ from clipcurate.core.stage import Stage, StageResult, check_upstream
 from clipcurate.core.workspace import Workspace
 from clipcurate.overlap.inputs import Bench, PoolShard, bench_names, load_bench, npy_shape, pick_tag, pool_shards
 from clipcurate.overlap.pairs import write_outputs
+from clipcurate.overlap.policy import decision_policy, flag_implausible
 from clipcurate.overlap.rules import thresholds_for
 from clipcurate.overlap.schema import FOLDER, options, publish_outputs
 from clipcurate.overlap.searchrun import SearchRun
@@ -62,12 +63,13 @@ class OverlapStage(Stage):
     name = "overlap"
 
     def __init__(self, ws: Workspace, opts: dict, tag: str, benches: list[Bench], shards: list[PoolShard],
-                 ths: dict, srun: SearchRun):
+                 ths: dict, srun: SearchRun, policy=None):
         # `force` is the SearchRun's: a forced or incompatible search is redone from scratch there.
         super().__init__(ws.root / FOLDER)
         self.reads = reads(tag)  # the runner checks they are complete and current
         self.ws, self.opts, self.tag, self.benches, self.pool, self.ths, self.srun = \
             ws, opts, tag, benches, shards, ths, srun
+        self.policy = policy
         self.result: Result | None = None
 
     @property
@@ -86,8 +88,9 @@ class OverlapStage(Stage):
         # before that leaves the previous set whole (clipcurate.core.io.publish)
         with publish_outputs(self.ws) as out:
             files = write_outputs(self.ws, self.opts, self.tag, self.benches, self.pool, self.srun.offsets,
-                                  self.srun.q_off, top, pairs, self.ths, out)
+                                  self.srun.q_off, top, pairs, self.ths, out, self.policy)
             per = refresh_splits(self.ws, self.opts, out)
+            flag_implausible(out, per)
         self.result = Result(self.tag, stats, per, files)
 
 
@@ -134,6 +137,8 @@ def run(ws: Workspace, overrides: dict | None = None, force: bool = False,
     check_upstream(ws.root, reads(pick_tag(ws, opts["model_tag"] or None)), "overlap")
     tag, benches, shards = _inputs(ws, opts)
     ths = {b.name: thresholds_for(opts, b.name) for b in benches}
+    policy = decision_policy(ws, opts, tag, overrides)
+    log(f"overlap: overlap decided by {policy.source}")
     floors = {b.name: ths[b.name]["clip"][1] for b in benches}
     log(f"overlap: {len(benches)} benchmark(s), {sum(len(b.vectors) for b in benches)} samples × "
         f"{sum(s.rows for s in shards)} pool samples in {len(shards)} shard(s), model {tag}")
@@ -142,6 +147,6 @@ def run(ws: Workspace, overrides: dict | None = None, force: bool = False,
     srun.open()
     if executor is not None and executor.kind != "local":  # --executor ray: runs of pool shards as Ray tasks
         srun.search_on_ray(executor)
-    stage = OverlapStage(ws, opts, tag, benches, shards, ths, srun)
+    stage = OverlapStage(ws, opts, tag, benches, shards, ths, srun, policy)
     stage.run()
     return stage.result

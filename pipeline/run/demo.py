@@ -97,10 +97,19 @@ def summary(ws: Workspace) -> list[tuple[str, str]]:
         rows.append(("overlap found (decontaminated pool samples)", f"{len(flagged)}: {tp} planted, {fp} other"))
         prec = tp / len(flagged) if flagged else float("nan")
         rec = tp / len(planted_in_pool) if planted_in_pool else float("nan")
-        rows.append(("detector precision / recall vs planted", f"{prec:.3f} / {rec:.3f}"))
+        # what it measures: the whole decontamination list (every signal, the rule, review), not one detector
+        rows.append(("decontamination list vs planted copies (precision / recall)", f"{prec:.3f} / {rec:.3f}"))
     cal = ws.path("overlap", "calibration", "thresholds.json")
     if cal.exists():
         c = read_json(cal)
+        comb = c.get("combined") or {}
+        if comb.get("rule") is not None:
+            def fig(k):
+                v, ci = comb.get(k), comb.get(f"{k}_ci")
+                return "—" if v is None else f"{v:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+            rows.append(("calibrated rule (held-apart planted copies)",
+                         f"{comb['rule']}: P {fig('precision')} R {fig('recall')}"))
         chosen = c.get("chosen", {})
         parts = []
         for sig, v in chosen.items():
@@ -108,12 +117,14 @@ def summary(ws: Workspace) -> list[tuple[str, str]]:
                 continue
             op = "≥" if sig not in SIGNALS or SIGNALS[sig].higher_is_better else "≤"
             if v.get("threshold") is not None:
-                parts.append(f"{sig} {op} {v['threshold']:.3g}: P {v.get('precision', float('nan')):.2f} "
-                             f"R {v.get('recall', float('nan')):.2f}")
+                def f2(x):
+                    return "—" if x is None else f"{x:.2f}"
+
+                parts.append(f"{sig} {op} {v['threshold']:.3g}: P {f2(v.get('precision'))} R {f2(v.get('recall'))}")
             else:
                 parts.append(f"{sig}: no threshold reaches the target precision")
         if parts:
-            rows.append(("calibration (planted App. C copies)", "; ".join(parts)))
+            rows.append(("calibration per signal (held-apart planted copies)", "; ".join(parts)))
     if "eval" in mf.REGISTRY:
         ev = mf.read_all("eval", ws.root).to_pylist()
         for r in ev:

@@ -8,19 +8,16 @@ step's parameters; one that also takes ``cfg`` gets the run's configuration, rea
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipcurate import bench
 from clipcurate.core.config import Config
 from clipcurate.core.errors import ClipcurateError
-from clipcurate.core.io import atomic_path, read_json
-from clipcurate.core.workspace import Workspace
+from clipcurate.core.io import atomic_path
 from clipcurate import curate as cu
 from clipcurate import detector as det
 from clipcurate import download as dl
@@ -104,60 +101,13 @@ def detector_train(ws, run_name="default", **options):
 
 @step("overlap", "clipcurate overlap")
 def overlap(ws, use_calibration=False, *, cfg: Config, **options):
-    """``use_calibration = true``: take the thresholds ``overlap calibrate`` chose (its
-    thresholds.json) unless the step sets them itself."""
+    """``use_calibration = true``: the rule ``overlap calibrate`` chose must decide overlap
+    ([overlap] calibration = "on"; the step's own thresholds then only shape the review band).
+    Without it the stage's default applies (calibration = "auto": the rule when it exists)."""
     if use_calibration:
-        options = {**calibrated_thresholds(ws, cfg), **options}
+        options = {**options, "calibration": "on"}
     res = ov.run(ws, overrides=options, cfg=cfg)
     return {"model_tag": res.tag, **{k: v for k, v in res.search.items() if isinstance(v, (int, float, str))}}
-
-
-def calibrated_thresholds(ws: Workspace, cfg: Config) -> dict:
-    """[overlap] overrides from ``overlap calibrate``'s chosen thresholds (thresholds.json).
-
-    For every signal whose sweep reached the target precision, its chosen threshold becomes the
-    ``overlap`` threshold (CLIP: ``high``) for every benchmark; the review band keeps its configured
-    lower edge unless that would lie past the new threshold. A signal that reached the target at no
-    threshold may not decide ``overlap`` on its own (its overlap threshold becomes unreachable); its
-    review band starts where its measured precision was best, so a reviewer sees those pairs."""
-    p = ws.path("overlap", "calibration", "thresholds.json")
-    if not p.exists():
-        raise ClipcurateError(f"{p} not found: run `clipcurate overlap calibrate` first (or drop use_calibration)")
-    chosen = read_json(p).get("chosen", {})
-    curve_p = p.with_name("curve.parquet")
-    curve = pq.read_table(curve_p) if curve_p.exists() else None
-    base = ov.options(ws, cfg=cfg)
-    out: dict = {}
-    signal_thresholds = dict(base.get("signal_thresholds") or {})
-    for name, c in chosen.items():
-        if not isinstance(c, dict) or name not in ov.SIGNALS:
-            continue
-        sig = ov.SIGNALS[name]
-        thr = c.get("threshold")
-        if thr is None:  # never precise enough: review only, from its most precise threshold
-            if curve is None:
-                continue
-            rows = curve.filter(pc.equal(curve["signal"], name)).to_pylist()
-            rows = [r for r in rows if r["tp"] + r["fp"] > 0]
-            if not rows:
-                continue
-            best = max(rows, key=lambda r: (r["precision"], r["recall"]))
-            never = math.inf if sig.higher_is_better else -math.inf
-            if name == "clip":
-                out["high"], out["low"] = never, float(best["threshold"])
-            else:
-                signal_thresholds[name] = {"overlap": never, "review": float(best["threshold"])}
-            continue
-        if name == "clip":
-            out["high"] = float(thr)
-            out["low"] = min(float(base["low"]), float(thr))
-            continue
-        review = float((signal_thresholds.get(name) or {}).get("review", sig.review))
-        review = min(review, thr) if sig.higher_is_better else max(review, thr)
-        signal_thresholds[name] = {"overlap": float(thr), "review": review}
-    if signal_thresholds:
-        out["signal_thresholds"] = signal_thresholds
-    return out
 
 
 @step("overlap.calibrate", "clipcurate overlap calibrate")

@@ -1,0 +1,109 @@
+"""Who decides overlap: the calibrated rule by default (CLI too), a random-init CLIP never, and an
+implausible result is flagged. Also: the combined rule is never worse than its best signal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from _overlap_helpers import make_workspace, write_model
+from clipcurate.core import manifest as mf
+from clipcurate.overlap import combined as comb
+from clipcurate.overlap.combined import Rule
+
+
+def _pairs(ws):
+    return mf.read("pairs", ws.path("overlap", "pairs.parquet")).to_pylist()
+
+
+def test_random_init_clip_sends_to_review_but_never_decides(ws, cli):
+    make_workspace(ws.root, plants=[("cifar10", 3, 0, 5, 0.99)])
+    write_model(ws.root, dim=32, pretrained="random")  # the same vectors, now a random-init CLIP's
+    r = cli("-w", ws.root, "overlap")
+    assert r.code == 0, r.err
+    assert "random-init CLIP: review at most" in r.err
+    pairs = _pairs(ws)
+    top = max(pairs, key=lambda p: p["score_clip"])
+    assert top["score_clip"] > 0.95 and top["decision"] == "review" and "no copy detector" in top["reason"]
+    assert not any(p["decision"] == "overlap" for p in pairs)
+
+
+def _write_rule(ws, rule: Rule, precision=0.97, recall=0.9):
+    d = ws.path("overlap", "calibration")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "thresholds.json").write_text(json.dumps({"rule": rule.to_json(), "combined": {
+        "precision": precision, "recall": recall}}))
+
+
+def test_calibrated_rule_decides_by_default_and_explicit_high_overrides_it(ws, cli):
+    make_workspace(ws.root, plants=[("cifar10", 3, 0, 5, 0.99), ("cifar10", 7, 1, 9, 0.97)])
+    # a calibrated rule on CLIP alone at 0.98: only the 0.99 plant passes it
+    _write_rule(ws, Rule("single", {"clip": 1.0}, 0.0, 0.98, 0.95))
+    r = cli("-w", ws.root, "overlap")
+    assert r.code == 0, r.err and "calibrated rule clip ≥ 0.980" in r.err
+    by = {p["bench_index"]: p for p in _pairs(ws) if p["benchmark"] == "cifar10" and p["score_clip"] > 0.95}
+    assert by[3]["decision"] == "overlap" and by[3]["reason"].startswith("calibrated rule")
+    assert by[7]["decision"] == "review"  # CLIP's own 0.95 threshold only sends it to review now
+    # an explicit --high: the thresholds decide, and the run says the rule is not used
+    r = cli("-w", ws.root, "overlap", "--high", "0.95")
+    assert r.code == 0 and "explicit high given" in r.err
+    by = {p["bench_index"]: p for p in _pairs(ws) if p["benchmark"] == "cifar10" and p["score_clip"] > 0.95}
+    assert by[3]["decision"] == by[7]["decision"] == "overlap"
+
+
+def test_implausible_result_is_flagged(ws, cli):
+    arrays = make_workspace(ws.root, benches={"cifar10": 6}, shards=1, per_shard=20)
+    # every benchmark sample gets a pool copy
+    from _overlap_helpers import near_copy, write_pool_shard
+
+    rng = np.random.default_rng(3)
+    x = arrays["pool"][0]
+    for i in range(6):
+        x[i] = near_copy(rng, arrays["bench"]["cifar10"][i], 0.99)
+    write_pool_shard(ws.root, arrays["shards"][0], x, arrays["pool_uids"])
+    r = cli("-w", ws.root, "overlap", "--force")
+    assert r.code == 0 and "implausible" in r.err
+    diag = json.loads(ws.path("overlap", "diagnostics.json").read_text())
+    assert "6 of 6 samples Overlap" in diag["implausible"]["cifar10"]
+
+
+def test_combined_rule_is_never_worse_than_its_best_signal_out_of_sample():
+    """Two signals that each see half of the copies (an OR); a third that is noise. On held-apart
+    rows the kept rule reaches the target and recalls at least as much as each signal alone."""
+    rng = np.random.default_rng(0)
+    n_rows, n_cols = 200, 40
+
+    def make(seed):
+        r = np.random.default_rng(seed)
+        truth = np.zeros((n_rows, n_cols), bool)
+        truth[np.arange(n_rows), r.integers(0, n_cols, n_rows)] = True
+        a, b = r.uniform(0, 0.7, truth.shape), r.uniform(0, 0.7, truth.shape)
+        which = r.random(n_rows) < 0.5
+        a[truth & which[:, None]] = r.uniform(0.8, 1.0, (which.sum(),))
+        b[truth & ~which[:, None]] = r.uniform(0.8, 1.0, ((~which).sum(),))
+        return {"kp_ncc": a, "detector": b, "clip": r.uniform(0, 1, truth.shape)}, truth
+
+    f_fit, t_fit = make(1)
+    f_test, t_test = make(2)
+    rule = comb.fit(f_fit, t_fit, 0.95)
+    assert "clip" not in rule.weights  # noise is not decisive: it never takes part in the decision
+    m = comb.measure(rule.predict(f_test), t_test)
+    assert m["precision"] >= 0.95 and m["recall"] > 0.9
+    for k in ("kp_ncc", "detector"):
+        single = comb.fit_single(k, f_fit[k], t_fit, 0.95)
+        assert m["recall"] >= comb.measure(single.predict({k: f_test[k]}), t_test)["recall"]
+    # a rule survives its JSON round trip exactly
+    again = Rule.from_json(json.loads(json.dumps(rule.to_json())))
+    assert (again.predict(f_test) == rule.predict(f_test)).all()
+    del rng
+
+
+def test_clopper_pearson_matches_scipy_and_edges():
+    from scipy.stats import binomtest
+
+    lo, hi = comb.clopper_pearson(45, 50)
+    ci = binomtest(45, 50).proportion_ci(method="exact")
+    assert (lo, hi) == pytest.approx((ci.low, ci.high))
+    assert comb.clopper_pearson(0, 0) is None and comb.clopper_pearson(10, 10)[1] == 1.0
