@@ -138,6 +138,8 @@ def write_outputs(ws: Workspace, opts: dict, tag: str, benches: list[Bench], sha
     write_json(out / "run.json", {"model_tag": tag, "k": int(opts["k"]),
                                      "thresholds": {b: {s: list(v) for s, v in t.items()} for b, t in ths.items()},
                                      "benchmarks": [b.name for b in benches],
+                                     # the CLIP low each benchmark was searched with: a refresh cannot go below it
+                                     "floors": {b: float(t["clip"][1]) for b, t in ths.items()},
                                      "decided_by": policy.source if policy else "per-signal thresholds"})
     return {"pairs": str(folder / "pairs.parquet"), "neighbors": str(folder / "neighbors.parquet")}
 
