@@ -398,6 +398,7 @@ def train(ws: Workspace, run: str = "default", *, force: bool = False, quiet: bo
         shutil.rmtree(rdir)
     if (rdir / "run.json").is_file():
         have = read_json(rdir / "run.json")
+        have.setdefault("data", "clean")  # runs from before the counterfactual trained on the clean set
         diff = {k: (have.get(k), v) for k, v in want.items() if k != "epochs" and have.get(k) != v}
         if diff:
             k, (a, b) = next(iter(diff.items()))
