@@ -331,3 +331,41 @@ def test_report_html_numbers_equal_eval_parquet_and_m_is_the_workspace_s(evalws)
         assert float(row[4]) == pytest.approx(r["amc_if_overlap"], abs=0.005)
         assert float(row[6]) == pytest.approx(r["amc_if_clean"], abs=0.005)
     assert (res.folder / "report.md").read_text().count("| shapes |") >= 4
+
+
+@pytest.mark.slow
+def test_compare_pairs_two_runs_on_the_same_samples(evalws, cli):
+    """`eval --compare A B`: per benchmark and split, McNemar on the same samples, from both predictions."""
+    import pyarrow.parquet as pq
+    from scipy import stats as ss
+
+    from clipcurate.core import manifest as mf
+
+    ws, _ = evalws
+    for run, seed in (("all", 1), ("clean", 2)):
+        d = ws.path("train", run, "checkpoints")
+        d.mkdir(parents=True)
+        _tiny_checkpoint(d / "epoch_1.pt", seed=seed)
+        (d.parent / "run.json").write_text(json.dumps({"model": "clipcurate-tiny", "run": run, "data": run}))
+    r = cli("-w", ws.root, "eval", "--compare", "all", "clean", "--workers", "0", "--device", "cpu", "--format", "json")
+    assert r.code == 0, r.err
+    rows = [json.loads(line) for line in r.out.splitlines()]
+    assert {(x["benchmark"], x["split"]) for x in rows} == {(b, s) for b in ("shapes", "capshapes")
+                                                           for s in ("overlap", "clean")}
+    cmp = pq.read_table(ws.path("eval", "compare-all-vs-clean", "compare.parquet")).to_pylist()
+    preds = mf.read_all("predictions", ws.root).to_pylist()
+    for c in cmp:
+        a = {p["bench_index"]: p["correct"] for p in preds if p["model_tag"] == c["model_a"]
+             and p["benchmark"] == c["benchmark"] and p["split"] == c["split"]}
+        b = {p["bench_index"]: p["correct"] for p in preds if p["model_tag"] == c["model_b"]
+             and p["benchmark"] == c["benchmark"] and p["split"] == c["split"]}
+        assert set(a) == set(b) and len(a) == c["n"]
+        only_a = sum(a[i] and not b[i] for i in a)
+        only_b = sum(b[i] and not a[i] for i in a)
+        assert (c["a_only"], c["b_only"]) == (only_a, only_b)
+        want = ss.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        assert c["p_value"] == pytest.approx(want, abs=1e-12)
+        assert c["diff"] == pytest.approx(100 * (sum(a.values()) - sum(b.values())) / len(a))
+    assert ws.path("eval", "compare-all-vs-clean", "report.html").is_file()
+    r = cli("-w", ws.root, "eval", "--compare", "all", "all")
+    assert r.code == 1 and "two different train runs" in r.err
