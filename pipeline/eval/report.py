@@ -249,7 +249,7 @@ def figure17(rows: list[dict], title: str = "") -> bytes:
                         textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_xlabel("Detected data overlap (%)")
         ax.grid(alpha=0.3)
-        ax.set_xlim(left=0)
+        ax.set_xlim(0, max([r["overlap_pct"] for r in pts] + [1.0]) * 1.35 + 2)  # room for the labels
     axes[0].set_ylabel("Difference in zero-shot accuracy (%)\nOverlap − Clean")
     axes[1].set_ylabel("Overall accuracy change due to overlap (%)\nAll − Clean")
     if not pts:
