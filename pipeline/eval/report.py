@@ -129,16 +129,7 @@ def blocks(rows: list[dict], info: dict, summary: dict, alpha: float, level: flo
         names = class_names.get(name) or [str(i) for i in range(len(counts))]
         out.append(("p", f"{name}: " + ", ".join(f"{c} {k}" for c, k in zip(names, counts))))
 
-    out += [("h", 2, "How overlap was decided"), ("table",
-             ["benchmark", "thresholds (overlap / review)", "pairs by automatic decision", "samples by split and decider",
-              "review band reviewed"],
-             [[n, "; ".join(f"{s} {v[0]:.4g} / {v[1]:.4g}" for s, v in d.get("thresholds", {}).items()) or "–",
-               ", ".join(f"{k} {v}" for k, v in sorted(d.get("pairs", {}).items())) or "–",
-               ", ".join(f"{k} {v}" for k, v in sorted(d.get("samples", {}).items())) or "–",
-               f"{d.get('band_reviewed', 0)} of {d.get('band_pairs', 0)} pairs"
-               + (f" ({100 * d['band_reviewed'] / d['band_pairs']:.0f} %)" if d.get("band_pairs") else "")]
-              for n, d in decisions.items()])]
-
+    out += decision_blocks(decisions)
     out += [("h", 2, "Figure 17"), ("img", "figure17.png", "Figure 17"), ("h", 2, "Provenance"),
             ("ul", [f"{k}: {v}" for k, v in info.get("provenance", {}).items()])]
     ret = [r for r in rows if r["kind"] == "captions"]
@@ -153,6 +144,20 @@ def blocks(rows: list[dict], info: dict, summary: dict, alpha: float, level: flo
                     + ", ".join(f"{r['benchmark']} {r['n_skipped']}" for r in skipped) + "."))
     out.append(("p", "Every number above is in eval.parquet; per-sample correctness in predictions.parquet."))
     return out
+
+
+def decision_blocks(decisions: dict) -> list[tuple]:
+    """How overlap was decided, per benchmark (clipcurate.eval.provenance.overlap_decisions)."""
+    return [("h", 2, "How overlap was decided"), ("table",
+             ["benchmark", "thresholds (overlap / review)", "pairs by automatic decision", "samples by split and decider",
+              "review band reviewed"],
+             [[n, "; ".join(f"{s} {v[0]:.4g} / {v[1]:.4g}" for s, v in d.get("thresholds", {}).items()) or "–",
+               ", ".join(f"{k} {v}" for k, v in sorted(d.get("pairs", {}).items())) or "–",
+               ", ".join(f"{k} {v}" for k, v in sorted(d.get("samples", {}).items())) or "–",
+               f"{d.get('band_reviewed', 0)} of {d.get('band_pairs', 0)} pairs"
+               + (f" ({100 * d['band_reviewed'] / d['band_pairs']:.0f} %)" if d.get("band_pairs") else "")]
+              for n, d in decisions.items()])]
+
 
 
 def _top_class(r: dict, class_names: dict[str, list[str]]) -> str:
