@@ -45,7 +45,8 @@ def curate(
         cols = ["set", "shard", "samples", "bytes_images", "skipped_missing", "skipped_incomplete",
                 "skipped_uid_mismatch"]
         echo_table(cols, [[data, s] + [per[s].get(c, 0) for c in cols[2:]] for s in res.shards])
-        out(f"train-data ({data}): {res.pattern}  samples: {res.samples}")
+        label = "train-data" if data == "clean" else "train-data (all)"
+        out(f"{label}: {res.pattern}  samples: {res.samples}")
 
 
 def register(app: typer.Typer) -> None:
