@@ -38,7 +38,11 @@ def overlap_decisions(ws: Workspace, names: list[str]) -> dict[str, dict]:
             if b in out:
                 out[b]["pairs"][d] = c
     if mf.get("splits").files(ws.root):
-        t = mf.read_all("splits", ws.root, columns=["benchmark", "split", "decided_by"])
+        t = mf.read_all("splits", ws.root)
+        if "pending_pairs" in t.column_names:  # undecided review pairs an unreviewed sample waits on
+            for b, n in zip(t["benchmark"].to_pylist(), t["pending_pairs"].to_pylist()):
+                if b in out:
+                    out[b]["pending_pairs"] = out[b].get("pending_pairs", 0) + int(n or 0)
         for (b, s, by), c in Counter(zip(t["benchmark"].to_pylist(), t["split"].to_pylist(),
                                          t["decided_by"].to_pylist())).items():
             if b in out:

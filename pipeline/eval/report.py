@@ -155,7 +155,8 @@ def decision_blocks(decisions: dict) -> list[tuple]:
                ", ".join(f"{k} {v}" for k, v in sorted(d.get("pairs", {}).items())) or "–",
                ", ".join(f"{k} {v}" for k, v in sorted(d.get("samples", {}).items())) or "–",
                f"{d.get('band_reviewed', 0)} of {d.get('band_pairs', 0)} pairs"
-               + (f" ({100 * d['band_reviewed'] / d['band_pairs']:.0f} %)" if d.get("band_pairs") else "")]
+               + (f" ({100 * d['band_reviewed'] / d['band_pairs']:.0f} %)" if d.get("band_pairs") else "")
+               + (f"; {d['pending_pairs']} pending" if "pending_pairs" in d else "")]
               for n, d in decisions.items()])]
 
 
