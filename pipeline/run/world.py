@@ -67,7 +67,7 @@ class WorldSize:
 SIZES = {
     "tiny": WorldSize(pool=160, bench_per_class=4, planted_fraction=0.25, repeats=4, articles=40, failures=4,
                       unmatched=6),
-    "small": WorldSize(pool=1200, bench_per_class=12, planted_fraction=0.3, repeats=4, articles=160, failures=12,
+    "small": WorldSize(pool=300, bench_per_class=12, planted_fraction=0.3, repeats=4, articles=160, failures=12,
                        unmatched=30),
 }
 
