@@ -160,3 +160,20 @@ def test_kill_9_mid_training_then_rerun_resumes_from_the_last_epoch(ws):
     log = ws.path("train", "k", "train.log").read_text()
     assert "=> resuming checkpoint" in log and f"(epoch {done})" in log
     assert ws.path("train", "k", "checkpoints", f"epoch_{done + 1}.pt").is_file()
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights(ws):
+    """Two runs with one seed on one machine end with the same weights (data order, threads, init pinned)."""
+    import torch
+
+    from clipcurate.curate import curate
+    from clipcurate.train import train
+
+    make_pool(ws, n=64, shards=2, size=32)
+    curate(ws, shard_size=32, decontam=False)
+    ck = [train(ws, name, batch_size=8, epochs=1, lr=1e-3, warmup=2, workers=1, device="cpu", quiet=True,
+                threads=1).checkpoint for name in ("a", "b")]
+    sa, sb = (torch.load(c, map_location="cpu", weights_only=True)["state_dict"] for c in ck)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert json.loads((ck[0].parent.parent / "run.json").read_text())["determinism"]["torch_threads"] == 1

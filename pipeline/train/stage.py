@@ -22,7 +22,9 @@ open_clip knows). What it adds around the call:
 Everything lands in ``train/{run}/``: ``train.log``, ``params.txt``, ``run.json`` (what we asked for),
 ``checkpoints/epoch_N.pt`` and ``epoch_latest.pt``.
 
-Two in-process adjustments, both invisible to the data: open_clip_train's ``setup_logging`` adds
+Three in-process adjustments. webdataset's sample shuffle seeds itself from the pid and the clock
+unless given a generator, and open_clip_train gives none: we hand it one seeded from ``--seed``, so
+the same seed gives the same data order. The other two are invisible to the data: open_clip_train's ``setup_logging`` adds
 handlers to the root logger on every call (removed again afterwards, so repeated runs do not log
 into each other's files), and webdataset >= 0.2.9x ends every shard with an empty end-of-shard
 dict that open_clip_train 3.3's ``group_by_keys_nothrow`` cannot read (``KeyError: 'fname'``); we
@@ -35,6 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import random
 import re
 import shutil
 from pathlib import Path
@@ -174,7 +177,7 @@ LOG_FILE = "train.log"  # open_clip_train's own log (it calls it out.log; we poi
 
 
 @contextlib.contextmanager
-def _open_clip_in_process(quiet: bool, bar: dict | None = None):
+def _open_clip_in_process(quiet: bool, bar: dict | None = None, seed: int = 0):
     """Patch the two things that make open_clip_train awkward to call in process; undo after."""
     # open_clip_train imports torch (2.6 s) and open_clip (6.4 s); `clipcurate --help` stays 0.5 s
     import open_clip_train.data as ocd  # open_clip_train: imports torch + open_clip (9 s), only when training
@@ -209,11 +212,20 @@ def _open_clip_in_process(quiet: bool, bar: dict | None = None):
         # webdataset's end-of-shard marker is an empty dict without "fname": skip it
         return orig_group((s for s in data if "fname" in s), *args, **kwargs)
 
-    ocm.setup_logging, ocd.group_by_keys_nothrow = setup_logging, group_by_keys_nothrow
+    orig_shuffle = ocd.wds.shuffle
+
+    def seeded_shuffle(*args, **kwargs):
+        # webdataset's sample shuffle seeds itself from the pid and the clock when given no rng, and
+        # open_clip_train gives none: the data order would change from run to run. Seed it.
+        if kwargs.get("rng") is None:
+            kwargs["rng"] = random.Random(seed)
+        return orig_shuffle(*args, **kwargs)
+
+    ocm.setup_logging, ocd.group_by_keys_nothrow, ocd.wds.shuffle = setup_logging, group_by_keys_nothrow, seeded_shuffle
     try:
         yield
     finally:
-        ocm.setup_logging, ocd.group_by_keys_nothrow = orig_setup, orig_group
+        ocm.setup_logging, ocd.group_by_keys_nothrow, ocd.wds.shuffle = orig_setup, orig_group, orig_shuffle
         for h in list(root.handlers):
             if h not in handlers:
                 root.removeHandler(h)
@@ -357,7 +369,8 @@ class TrainRun(Stage):
         from open_clip_train.main import main as train_main  # open_clip_train: imports torch + open_clip (9 s), only when training
 
         rdir = self.rdir
-        with _open_clip_in_process(self.quiet or console.quiet, self.bar), deterministic(self.threads):
+        seed = int(self.argv[self.argv.index("--seed") + 1]) if "--seed" in self.argv else 0
+        with _open_clip_in_process(self.quiet or console.quiet, self.bar, seed), deterministic(self.threads):
             try:
                 rc = train_main(self.argv)
             except (KeyboardInterrupt, ClipcurateError):
