@@ -184,12 +184,12 @@ def main() -> None:
                    warmup=10, precision=a.precision, workers=a.workers, device=a.device, log_every=2,
                    save_frequency=0, quiet=True)
         res["train_seconds"] = round(time.time() - t, 1)
-        res["train_samples_per_s"] = round(_steady(_rates(tr.run_dir / "out.log")), 1)
+        res["train_samples_per_s"] = round(_steady(_rates(tr.run_dir / "train.log")), 1)
         res["loss_first"] = tr.losses[0]["loss"] if tr.losses else None
         res["loss_last"] = tr.losses[-1]["loss"] if tr.losses else None
         res["loss_steps_logged"] = len(tr.losses)
         res["ratio_train_vs_synthetic"] = round(res["train_samples_per_s"] / res["baseline_samples_per_s"], 3)
-        shutil.copy(tr.run_dir / "out.log", out / "train_out.log")
+        shutil.copy(tr.run_dir / "train.log", out / "train_out.log")
         if base_log.is_file():
             shutil.copy(base_log, out / "synthetic_out.log")
 

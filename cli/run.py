@@ -57,9 +57,8 @@ def demo(ctx: typer.Context,
     t0 = time.time()
     rows = run_demo(ws, size=size.value, seed=seed, force=force)
     echo_table(["what", "measured"], [list(r) for r in rows], "table", title=f"clipcurate demo ({time.time() - t0:.0f} s)")
-    report = sorted(ws.path("eval").glob("*/report.md"))
-    if report:
-        console.print(f"report: {report[-1]} (figure: {report[-1].with_name('figure17.png')})")
+    for report in sorted(ws.path("eval").glob("*/report.html")):
+        console.print(f"report: {report} (and report.md beside it)")
     console.print(f"query it:   clipcurate -w {ws.root} sql --list")
     console.print(f"review it:  clipcurate -w {ws.root} review   (the demo's automatic decisions are marked auto-demo)")
 

@@ -28,6 +28,11 @@ def train(
     workers: Optional[int] = typer.Option(None, "--workers", help="Dataloader workers [config: 2]."),
     device: DeviceOption = None,
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [config: 0]."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="Training set: clean (curate/shards) or all (curate/all/shards, the pool as downloaded: "
+                             "`clipcurate curate --set all`) [config: clean]."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="torch threads, pinned for reproducibility (0: CPU count, at most 8) [config: 0]."),
     save_frequency: Optional[int] = typer.Option(None, "--save-frequency", help="Save epoch_N.pt every N epochs [config: 1]."),
     log_every: Optional[int] = typer.Option(None, "--log-every", help="Log the loss every N steps [config: 10]."),
     force: force_option("Delete train/NAME/ and start over.") = False,
@@ -45,6 +50,7 @@ def train(
     opts = cfg.get("train", {
         "model": model, "batch_size": batch_size, "epochs": epochs, "samples": samples, "lr": lr, "wd": wd,
         "warmup": warmup, "precision": precision, "workers": workers, "device": device, "seed": seed,
+        "data": data, "threads": threads,
         "save_frequency": save_frequency, "log_every": log_every})
     res = run(ws, name, force=force, quiet=globals_of(ctx).quiet, extra_args=extra, **opts)
     first = f"{res.losses[0]['loss']:.4f}" if res.losses else ""

@@ -59,7 +59,7 @@ STAGES: tuple[StageInfo, ...] = (
     StageInfo("train", package="train", folder="train", command="clipcurate train",
               modules=("stage",), cli="train"),
     StageInfo("eval", package="eval", folder="eval", command="clipcurate eval",
-              manifests=("predictions", "eval"), modules=("stage",), cli="eval"),
+              manifests=("predictions", "eval", "compare"), modules=("stage", "compare"), cli="eval"),
     # `clipcurate run` / `demo`: one step marker per pipeline step under run/
     StageInfo("run", package="run", folder="run", command="clipcurate run PIPELINE.toml", cli="run"),
 )

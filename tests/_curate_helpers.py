@@ -127,8 +127,9 @@ def make_caption_bench(ws: Workspace, tmp, name: str = "capshapes", n: int = 12,
     return bench.add(ws, name, str(root))
 
 
-def write_splits(ws: Workspace, overlap: dict[str, set[int]]) -> None:
-    """overlap/splits.parquet for every benchmark in the workspace: the given indices are Overlap."""
+def write_splits(ws: Workspace, overlap: dict[str, set[int]], unreviewed: dict[str, set[int]] | None = None) -> None:
+    """overlap/splits.parquet for every benchmark in the workspace: the given indices are Overlap
+    (and those in ``unreviewed`` unreviewed: their split waits on undecided review pairs)."""
     from clipcurate import bench
 
     ensure_manifests()
@@ -137,7 +138,8 @@ def write_splits(ws: Workspace, overlap: dict[str, set[int]]) -> None:
         b = bench.load(ws, meta["name"], columns=["uid", "index"])
         for uid, idx in zip(b.samples["uid"].to_pylist(), b.samples["index"].to_pylist()):
             ov = idx in overlap.get(meta["name"], set())
+            un = idx in (unreviewed or {}).get(meta["name"], set())
             rows.append({"benchmark": meta["name"], "bench_index": idx, "bench_uid": uid,
-                         "split": "overlap" if ov else "clean", "max_score": 0.99 if ov else 0.5,
+                         "split": "unreviewed" if un else "overlap" if ov else "clean", "max_score": 0.99 if ov else 0.5,
                          "nearest_pool_uid": None, "decided_by": "auto", "reason": "test"})
     mf.write("splits", rows, ws.path("overlap", "splits.parquet"))

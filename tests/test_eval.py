@@ -194,3 +194,178 @@ def test_empty_overlap_and_bonferroni_in_table(evalws):
     assert cap["n_overlap"] == 0 and cap["significant"] is None
     assert math.isnan(cap["p_value"]) and math.isnan(cap["acc_overlap"])
     assert res.summary["bonferroni_m"] == 1
+
+
+def test_class_mix_adjustment_equals_pandas():
+    """Clean's per-class accuracy applied to Overlap's classes, computed independently with pandas."""
+    import pandas as pd
+
+    from clipcurate.eval.table import class_mix
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(4, 120))
+        labels = rng.integers(0, int(rng.integers(2, 8)), n)
+        correct = rng.random(n) < rng.uniform(0.1, 0.9)
+        split = np.where(rng.random(n) < 0.3, "overlap", np.where(rng.random(n) < 0.1, "unreviewed", "clean"))
+        df = pd.DataFrame({"label": labels, "correct": correct.astype(float), "split": split})
+        clean, ov = df[df.split == "clean"], df[df.split == "overlap"]
+        got = class_mix(labels, correct, split)
+        if clean.empty or ov.empty:
+            assert all(math.isnan(v) for v in got)
+            continue
+        per_class = clean.groupby("label")["correct"].mean()
+        expected = ov["label"].map(per_class).fillna(clean["correct"].mean()).mean()
+        assert got[0] == pytest.approx(100 * expected, abs=1e-9)
+        assert got[1] == pytest.approx(100 * (ov["correct"].mean() - expected), abs=1e-9)
+
+
+def test_unreviewed_bounds_from_hand_made_splits():
+    """Unreviewed samples count in All only; the two ends count them all Overlap, then all Clean; with
+    none unreviewed both ends are the decided figure."""
+    from scipy import stats as ss
+
+    from clipcurate.eval.table import benchmark_row
+
+    rng = np.random.default_rng(8)
+    n = 60
+    labels = rng.integers(0, 4, n)
+    correct = rng.random(n) < 0.5
+    split = np.array(["overlap"] * 10 + ["unreviewed"] * 8 + ["clean"] * 42, dtype=object)
+    r = benchmark_row("classification", labels, labels, correct, correct, split, 4, 0.025)
+    ov, un, cl = split == "overlap", split == "unreviewed", split == "clean"
+    assert (r["n"], r["n_overlap"], r["n_clean"], r["n_unreviewed"]) == (60, 10, 42, 8)
+    assert r["acc_all"] == pytest.approx(100 * correct.mean())
+    assert r["acc_clean"] == pytest.approx(100 * correct[cl].mean())
+
+    def p(o, c):
+        return ss.binomtest(int(correct[o].sum()), int(o.sum()), correct[c].mean(), alternative="greater").pvalue
+
+    assert r["amc_if_overlap"] == pytest.approx(100 * (correct.mean() - correct[cl].mean()))
+    assert r["p_if_overlap"] == pytest.approx(p(ov | un, cl), abs=1e-12)
+    assert r["amc_if_clean"] == pytest.approx(100 * (correct.mean() - correct[cl | un].mean()))
+    assert r["p_if_clean"] == pytest.approx(p(ov, cl | un), abs=1e-12)
+    # every pending pair decided: the bounds collapse to the decided figure
+    decided = np.where(un, "clean", split)
+    r2 = benchmark_row("classification", labels, labels, correct, correct, decided, 4, 0.025)
+    assert r2["n_unreviewed"] == 0
+    assert r2["amc_if_overlap"] == r2["amc_if_clean"] == r2["all_minus_clean"]
+    assert r2["p_if_overlap"] == r2["p_if_clean"] == r2["p_value"]
+
+
+def _html_tables(text):
+    """Every <table> of an HTML page as a list of rows of cell texts (stdlib parser: an independent reader)."""
+    from html.parser import HTMLParser
+
+    class P(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.tables[-1][-1].append(self.cell)
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    p = P()
+    p.feed(text)
+    return p.tables
+
+
+@pytest.mark.slow
+def test_report_html_numbers_equal_eval_parquet_and_m_is_the_workspace_s(evalws):
+    """report.html is one self-contained file whose §5 and bounds tables say what eval.parquet holds; m
+    counts the workspace's benchmarks with Overlap samples whether one or all are evaluated."""
+    import re
+
+    from clipcurate.core import manifest as mf
+    from clipcurate.eval import evaluate
+
+    ws, ck = evalws
+    write_splits(ws, OVERLAP, unreviewed={"shapes": {20, 21, 22}})
+    one = evaluate(ws, model="clipcurate-tiny", pretrained=str(ck), device="cpu", workers=0, benchmarks=["shapes"])
+    assert one.rows[0]["bonferroni_m"] == 2 and one.rows[0]["threshold"] == pytest.approx(0.025)
+    res = evaluate(ws, model="clipcurate-tiny", pretrained=str(ck), device="cpu", workers=0)
+    table = {r["benchmark"]: r for r in mf.read(mf.get("eval"), res.folder / "eval.parquet").to_pylist()}
+    assert {r["bonferroni_m"] for r in table.values()} == {2} and res.summary["bonferroni_m"] == 2
+    assert table["shapes"]["n_unreviewed"] == 3 and table["capshapes"]["n_unreviewed"] == 0
+
+    text = (res.folder / "report.html").read_text()
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    imgs = re.findall(r"<img [^>]*src='([^']*)'", text)
+    assert len(imgs) == 2 and all(s.startswith("data:image/png;base64,") for s in imgs)
+    tables = _html_tables(text)
+    s5, bounds = tables[0], tables[1]
+    head = s5[0]
+    for row in s5[1:]:
+        r = table[row[0]]
+        cell = dict(zip(head, row))
+        assert int(cell["n"]) == r["n"] and int(cell["Overlap n"]) == r["n_overlap"]
+        for col, key in (("All", "acc_all"), ("Clean", "acc_clean"), ("Overlap", "acc_overlap"),
+                         ("All − Clean", "all_minus_clean"), ("Overlap − Clean", "overlap_minus_clean")):
+            assert float(cell[col]) == pytest.approx(r[key], abs=0.005), col
+        assert float(cell["p"]) == pytest.approx(r["p_value"], rel=1e-2)
+        lo, hi = (float(x) for x in cell["Clean CI"].strip("[]").split(","))
+        assert lo == pytest.approx(r["clean_ci_low"], abs=0.05) and hi == pytest.approx(r["clean_ci_high"], abs=0.05)
+        if math.isnan(r["amc_ci_low"]):  # an interval for decided splits only: none with unreviewed samples
+            assert r["n_unreviewed"] and cell["All − Clean CI"] == "–"
+        else:
+            lo, hi = (float(x) for x in cell["All − Clean CI"].strip("[]").split(","))
+            assert lo == pytest.approx(r["amc_ci_low"], abs=0.005) and hi == pytest.approx(r["amc_ci_high"], abs=0.005)
+        assert cell["threshold (m)"] == f"{r['threshold']:.4g} ({r['bonferroni_m']})"
+    for row in bounds[1:]:
+        r = table[row[0]]
+        assert int(row[1]) == r["n_unreviewed"]
+        assert float(row[4]) == pytest.approx(r["amc_if_overlap"], abs=0.005)
+        assert float(row[6]) == pytest.approx(r["amc_if_clean"], abs=0.005)
+    assert (res.folder / "report.md").read_text().count("| shapes |") >= 4
+
+
+@pytest.mark.slow
+def test_compare_pairs_two_runs_on_the_same_samples(evalws, cli):
+    """`eval --compare A B`: per benchmark and split, McNemar on the same samples, from both predictions."""
+    import pyarrow.parquet as pq
+    from scipy import stats as ss
+
+    from clipcurate.core import manifest as mf
+
+    ws, _ = evalws
+    for run, seed in (("all", 1), ("clean", 2)):
+        d = ws.path("train", run, "checkpoints")
+        d.mkdir(parents=True)
+        _tiny_checkpoint(d / "epoch_1.pt", seed=seed)
+        (d.parent / "run.json").write_text(json.dumps({"model": "clipcurate-tiny", "run": run, "data": run}))
+    r = cli("-w", ws.root, "eval", "--compare", "all", "clean", "--workers", "0", "--device", "cpu", "--format", "json")
+    assert r.code == 0, r.err
+    rows = [json.loads(line) for line in r.out.splitlines()]
+    assert {(x["benchmark"], x["split"]) for x in rows} == {(b, s) for b in ("shapes", "capshapes")
+                                                           for s in ("overlap", "clean")}
+    cmp = pq.read_table(ws.path("eval", "compare-all-vs-clean", "compare.parquet")).to_pylist()
+    preds = mf.read_all("predictions", ws.root).to_pylist()
+    for c in cmp:
+        a = {p["bench_index"]: p["correct"] for p in preds if p["model_tag"] == c["model_a"]
+             and p["benchmark"] == c["benchmark"] and p["split"] == c["split"]}
+        b = {p["bench_index"]: p["correct"] for p in preds if p["model_tag"] == c["model_b"]
+             and p["benchmark"] == c["benchmark"] and p["split"] == c["split"]}
+        assert set(a) == set(b) and len(a) == c["n"]
+        only_a = sum(a[i] and not b[i] for i in a)
+        only_b = sum(b[i] and not a[i] for i in a)
+        assert (c["a_only"], c["b_only"]) == (only_a, only_b)
+        want = ss.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        assert c["p_value"] == pytest.approx(want, abs=1e-12)
+        assert c["diff"] == pytest.approx(100 * (sum(a.values()) - sum(b.values())) / len(a))
+    assert ws.path("eval", "compare-all-vs-clean", "report.html").is_file()
+    r = cli("-w", ws.root, "eval", "--compare", "all", "all")
+    assert r.code == 1 and "two different train runs" in r.err

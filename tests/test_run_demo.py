@@ -86,25 +86,51 @@ def test_example_demo_pipeline_is_the_one_the_demo_runs():
     assert "embed" in [s["run"] for s in p.steps]
 
 
+def _run_cli(*args):
+    """The CLI in process, its stdout and stderr captured (for a module-scoped fixture: no capsys)."""
+    import contextlib
+    import io
+
+    from clipcurate.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """One tiny demo, shared: (workspace, exit code, stdout, stderr)."""
+    import os
+
+    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("CLIPCURATE_")]}
+    ws = tmp_path_factory.mktemp("tiny") / "demo"
+    code, out, err = _run_cli("demo", "--workspace", ws, "--size", "tiny")
+    yield ws, code, out, err
+    os.environ.update(saved)
+
+
 @pytest.mark.slow
-def test_demo_tiny_end_to_end_then_skips(tmp_path, cli, monkeypatch):
-    for k in [k for k in __import__("os").environ if k.startswith("CLIPCURATE_")]:
-        monkeypatch.delenv(k)
-    ws = tmp_path / "demo"
-    r = cli("demo", "--workspace", ws, "--size", "tiny")
-    assert r.code == 0, r.err[-3000:]
-    # open_clip_train's log stays in its file (train/{run}/out.log); the terminal gets one line per epoch
-    assert "INFO" not in r.err and "Train Epoch" not in r.err and "train: epoch 1" in r.err
-    assert "Train Epoch" in next((ws / "train").glob("*/out.log")).read_text()
+def test_demo_tiny_end_to_end_then_skips(tiny_demo, cli):
+    ws, code, out, err = tiny_demo
+    assert code == 0, err[-3000:]
+    # open_clip_train's log stays in its file (train/{run}/train.log); the terminal gets one progress bar
+    assert "INFO" not in err and "Train Epoch" not in err and "train epoch 10/10" in err
+    assert "Train Epoch" in (ws / "train" / "all" / "train.log").read_text()
     # every stage wrote its manifest
     from clipcurate.core import manifest as mf
 
     for name in ("queries", "candidates", "entry_counts", "pool", "benchmarks", "embeddings", "pairs", "splits",
-                 "decontam", "curated", "predictions", "eval"):
+                 "decontam", "curated", "predictions", "eval", "compare"):
         assert mf.count_rows(name, ws) > 0, name
     pool = pq.read_table(next((ws / "pool" / "manifest").glob("*.parquet"))).to_pylist()
     assert {p["status"] for p in pool} >= {"success"}
-    assert "planted copies in the pool" in r.out and "decontamination list vs planted copies" in r.out
+    assert "planted copies in the pool" in out and "decontamination list vs planted copies" in out
     # floors of the decontamination list against world/truth.parquet (measured, not the summary's text)
     from clipcurate.core.uid import pair_uid
 
@@ -128,3 +154,35 @@ def test_demo_tiny_end_to_end_then_skips(tmp_path, cli, monkeypatch):
     r3 = cli("demo", "--workspace", ws, "--size", "tiny")
     n_steps = len(runmod.Pipeline.load(ws / "pipeline.toml").steps)
     assert r3.code == 0 and r3.err.count("done earlier, skipping") == n_steps
+
+    # the counterfactual, in direction: the model trained on the pool as downloaded does better on
+    # Overlap than on Clean, and better on those same Overlap samples than the model trained on the
+    # decontaminated pool — by more than on Clean
+    cmp = pq.read_table(ws / "eval" / "compare-all-vs-clean" / "compare.parquet").to_pylist()
+    ev = {(r["model_tag"], r["benchmark"]): r for r in mf.read_all("eval", ws).to_pylist()}
+    by = {(r["benchmark"], r["split"]): r for r in cmp}
+    effects = []
+    for (bench, split), r in by.items():
+        if split != "overlap" or not r["n"]:
+            continue
+        s5 = ev[(r["model_a"], bench)]
+        effects.append((s5["acc_overlap"] - s5["acc_clean"], r["diff"] - by[(bench, "clean")]["diff"]))
+    assert effects and all(a > 0 and b > 0 for a, b in effects), effects
+    assert "counterfactual" in out and "§5" in out
+
+
+@pytest.mark.slow
+def test_demo_same_seed_same_machine_writes_identical_tables(tiny_demo, tmp_path):
+    """A second demo in another workspace: the same splits, decontamination list and tables."""
+    ws, code, _, _ = tiny_demo
+    assert code == 0
+    ws2 = tmp_path / "demo2"
+    code2, _, err2 = _run_cli("demo", "--workspace", ws2, "--size", "tiny")
+    assert code2 == 0, err2[-3000:]
+    # (pandas' equals: NaN equals NaN, as an empty split's accuracy must; pyarrow's does not)
+    for rel in ("overlap/splits.parquet", "overlap/decontam.parquet"):
+        assert pq.read_table(ws / rel).to_pandas().equals(pq.read_table(ws2 / rel).to_pandas()), rel
+    tables = sorted((ws / "eval").glob("*/eval.parquet")) + sorted((ws / "eval").glob("*/compare.parquet"))
+    assert len(tables) == 3  # the same checkpoints: their hashes name the same eval/ folders
+    for f in tables:
+        assert pq.read_table(f).to_pandas().equals(pq.read_table(ws2 / f.relative_to(ws)).to_pandas()), f

@@ -35,7 +35,7 @@ def test_tiny_model_trains_loss_falls_resumes_and_checkpoint_feeds_embed_and_eva
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.2, losses
     assert res.checkpoint.name == "epoch_2.pt" and res.epochs_done == 2
     assert json.loads((res.run_dir / "losses.json").read_text()) == res.losses
-    assert (res.run_dir / "out.log").is_file() and (res.run_dir / "checkpoints" / "epoch_latest.pt").is_file()
+    assert (res.run_dir / "train.log").is_file() and (res.run_dir / "checkpoints" / "epoch_latest.pt").is_file()
     from clipcurate.stages import status_rows
 
     assert next(r for r in status_rows(ws) if r["stage"] == "train")["state"] == "done"
@@ -107,7 +107,7 @@ def test_latest_checkpoint_prefers_the_finished_epoch(tmp_path):
 def test_parse_losses(tmp_path):
     from clipcurate.train import parse_losses
 
-    log = tmp_path / "out.log"
+    log = tmp_path / "train.log"
     log.write_text(
         "2026-01-01,00:00:00 | INFO | Start epoch 0\n"
         "2026-01-01,00:00:01 | INFO | Train Epoch: 0 [ 16/160 (10%)] Data (t): 0.1 Batch (t): 0.2, 80/s, 80/s/gpu "
@@ -157,6 +157,23 @@ def test_kill_9_mid_training_then_rerun_resumes_from_the_last_epoch(ws):
     r = subprocess.run(cmd(done + 1), env=env, cwd=repo, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"epochs: {done + 1}" in r.stdout
-    log = ws.path("train", "k", "out.log").read_text()
+    log = ws.path("train", "k", "train.log").read_text()
     assert "=> resuming checkpoint" in log and f"(epoch {done})" in log
     assert ws.path("train", "k", "checkpoints", f"epoch_{done + 1}.pt").is_file()
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights(ws):
+    """Two runs with one seed on one machine end with the same weights (data order, threads, init pinned)."""
+    import torch
+
+    from clipcurate.curate import curate
+    from clipcurate.train import train
+
+    make_pool(ws, n=64, shards=2, size=32)
+    curate(ws, shard_size=32, decontam=False)
+    ck = [train(ws, name, batch_size=8, epochs=1, lr=1e-3, warmup=2, workers=1, device="cpu", quiet=True,
+                threads=1).checkpoint for name in ("a", "b")]
+    sa, sb = (torch.load(c, map_location="cpu", weights_only=True)["state_dict"] for c in ck)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert json.loads((ck[0].parent.parent / "run.json").read_text())["determinism"]["torch_threads"] == 1

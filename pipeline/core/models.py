@@ -319,3 +319,62 @@ def _load_error(spec: ModelSpec, exc: Exception) -> ClipcurateError:
             f"could not download {spec.model} weights {spec.pretrained!r} ({msg[:160]}); no internet? "
             f"Copy the checkpoint to this machine and pass --pretrained /path/to/file")
     return ClipcurateError(f"could not load model {spec.model!r} / {spec.pretrained!r}: {msg[:200]}")
+
+
+# -- reproducibility ------------------------------------------------------------------------------
+
+MAX_THREADS = 8
+
+
+def pinned_threads(threads: int = 0) -> int:
+    """The intra-op thread count a run is pinned to: ``threads``, or (0) this machine's CPU count
+    (its affinity mask), at most MAX_THREADS — a property of the machine, never of its load."""
+    if threads and threads > 0:
+        return int(threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_THREADS, cores))
+
+
+def determinism_settings(threads: int) -> dict:
+    """What :func:`deterministic` pins, as recorded in run.json and the eval report's provenance."""
+    import torch  # torch: 2.6 s to import, only where a model runs
+
+    return {"torch_threads": threads, "omp_num_threads": threads, "deterministic_algorithms": True,
+            "cudnn_benchmark": False, "cublas_workspace_config": ":4096:8", "torch": torch.__version__}
+
+
+@contextmanager
+def deterministic(threads: int):
+    """Run the body with the settings a result depends on pinned, then restore them:
+
+    - torch's intra-op threads (float reductions split across threads sum in another order, so a
+      thread count that followed the load would change the last bits of every gradient) and
+      ``OMP_NUM_THREADS`` for worker processes started inside;
+    - ``torch.use_deterministic_algorithms(True)`` (warn-only: an op without a deterministic kernel
+      says so in the log instead of failing), cuDNN without autotuning, and the cuBLAS workspace
+      setting CUDA needs for deterministic matmuls.
+
+    Seeds are the caller's: open_clip_train seeds python, numpy and torch from ``--seed`` and its
+    webdataset shuffle from the seed and the epoch; model init uses :data:`SEED`."""
+    import torch  # torch: 2.6 s to import, only where a model runs
+
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
+              torch.backends.cudnn.deterministic)
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")}
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[3], before[4]
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

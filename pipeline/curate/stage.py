@@ -12,10 +12,11 @@ The algorithm, in two passes:
    manifest files happen to be split. Cut the kept list into output shards of ``shard_size``.
    A fingerprint of the plan is saved in ``curate/_curate.json``: a rerun with the same inputs resumes
    (finished shards are skipped), a rerun with different inputs is refused unless ``--force``.
-2. **Copy (streaming).** For each output shard, read the pool tars it draws from as a stream
-   (``tarfile`` mode ``r|``: one member at a time), group consecutive members by key (the
-   webdataset convention), and copy the wanted samples' bytes unchanged into a new tar written to a
-   temp file. Only one sample is ever held in memory. Then the shard's slice of the ``curated``
+2. **Copy (streaming).** For each output shard, index the pool tars it draws from in one streaming
+   pass (``tarfile`` mode ``r|``: each member's byte offset, grouped by key, the webdataset
+   convention), then copy the wanted samples' bytes unchanged, in sorted key order, into a new tar
+   written to a temp file. Only one sample is ever held in memory, and the output does not depend
+   on the order in which the downloader's threads happened to write the pool tars. Then the shard's slice of the ``curated``
    manifest, then its completion marker (clipcurate.core.stage), so a kill -9 at any moment loses nothing:
    the rerun redoes only the unfinished shard.
 
@@ -61,9 +62,12 @@ CURATED = mf.register(
     ],
 )
 
-config.section("curate", {"shard_size": 10000, "decontam": True}, {
+DATASETS = ("clean", "all")  # the curated set, and the pool as downloaded (the counterfactual's "all")
+
+config.section("curate", {"shard_size": 10000, "decontam": True, "sets": ["clean"]}, {
     "shard_size": "samples per output shard",
     "decontam": "drop the uids listed in overlap/decontam.parquet (false: keep every successful sample)",
+    "sets": "which training sets to write: clean (curate/shards) and/or all (curate/all/shards, nothing dropped)",
 })
 
 
@@ -79,23 +83,31 @@ class CurateResult:
     pattern: str  # brace pattern for open_clip_train --train-data
 
 
-def shards_dir(ws: Workspace) -> Path:
-    return ws.path("curate", "shards")
+def set_dir(ws: Workspace, data: str = "clean") -> Path:
+    """The folder of one training set: ``curate/`` for the clean set, ``curate/all/`` for the pool
+    as downloaded (successful samples, nothing decontaminated)."""
+    if data not in DATASETS:
+        raise ClipcurateError(f"training set {data!r} is not one of {', '.join(DATASETS)}")
+    return ws.stage_dir("curate") if data == "clean" else ws.path("curate", "all")
 
 
-def shard_pattern(ws: Workspace, shards: list[str]) -> str:
+def shards_dir(ws: Workspace, data: str = "clean") -> Path:
+    return set_dir(ws, data) / "shards"
+
+
+def shard_pattern(ws: Workspace, shards: list[str], data: str = "clean") -> str:
     """``.../curate/shards/{00000..00012}.tar`` — the brace pattern open_clip_train expands."""
-    d = shards_dir(ws)
+    d = shards_dir(ws, data)
     if len(shards) == 1:
         return str(d / f"{shards[0]}.tar")
     return str(d / f"{{{shards[0]}..{shards[-1]}}}.tar")
 
 
-def read_sizes(ws: Workspace) -> dict[str, int]:
+def read_sizes(ws: Workspace, data: str = "clean") -> dict[str, int]:
     """{"00000.tar": n, ...} of a finished curate, or a one-line error naming the command."""
-    path = shards_dir(ws) / SIZES_FILE
-    if not path.is_file() or not ws.path("curate", SUCCESS).exists():
-        raise MissingUpstream(f"curated shards ({path})", "clipcurate curate")
+    path = shards_dir(ws, data) / SIZES_FILE
+    if not path.is_file() or not (set_dir(ws, data) / SUCCESS).exists():
+        raise MissingUpstream(f"curated shards ({path})", "clipcurate curate" + (" --set all" if data == "all" else ""))
     return {k: int(v) for k, v in read_json(path).items()}
 
 
@@ -185,6 +197,48 @@ class TarBroken(Exception):
     pass
 
 
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # gzip, bzip2, xz: no byte offsets to seek to
+
+
+def iter_tar_samples_sorted(path: Path, wanted: set[str]):
+    """Yield (key, {ext: bytes}) for the ``wanted`` keys in sorted key order, whatever order the
+    tar's members are in (img2dataset's threads write them in completion order): one streaming pass
+    records each member's byte offset, then each sample is read by seeking. Only one sample is held
+    in memory. A compressed tar has no offsets: its samples come in member order instead. A truncated
+    tar yields what was indexed, then ``TarBroken``."""
+    with open(path, "rb") as fh:
+        compressed = fh.read(6).startswith(_COMPRESSED)
+    if compressed:
+        yield from ((k, f) for k, f in iter_tar_samples(path) if k in wanted)
+        return
+    index: dict[str, dict[str, tuple[int, int]]] = {}
+    broken = None
+    cur_key = None
+    try:
+        with tarfile.open(path, mode="r|") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                key, ext = _split_name(member.name)
+                if key in wanted and (key == cur_key or key not in index):  # a key's first group only
+                    index.setdefault(key, {})[ext] = (member.offset_data, member.size)
+                cur_key = key
+    except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
+        broken = f"{path.name}: {exc.__class__.__name__}: {exc}"
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        for key in sorted(index):
+            files = {}
+            for ext, (offset, n) in index[key].items():
+                if offset + n > size:  # cut off by truncation
+                    continue
+                fh.seek(offset)
+                files[ext] = fh.read(n)
+            yield key, files
+    if broken:
+        raise TarBroken(broken)
+
+
 def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     """Add one member with fixed metadata, so the same input always gives the same bytes."""
     info = tarfile.TarInfo(name)
@@ -198,11 +252,13 @@ class Curate(Stage):
     name = "curate"
     description = "curate"
 
-    def __init__(self, ws: Workspace, plan: dict, force: bool = False, decontam: bool = True):
-        super().__init__(ws.stage_dir("curate"), force=force)
+    def __init__(self, ws: Workspace, plan: dict, force: bool = False, decontam: bool = True,
+                 data: str = "clean"):
+        super().__init__(set_dir(ws, data), force=force)
         self.reads = ("pool", "overlap") if decontam else ("pool",)  # the runner checks them
         self.ws = ws
         self.plan = plan
+        self.data = data
 
     def shards(self):
         return list(self.plan)
@@ -216,7 +272,7 @@ class Curate(Stage):
         stats = {"samples": 0, "bytes_images": 0, "caption_chars": 0, "skipped_missing": 0,
                  "skipped_incomplete": 0, "skipped_uid_mismatch": 0}
         out_uids, out_caps = [], []
-        out_path = shards_dir(self.ws) / f"{shard}.tar"
+        out_path = shards_dir(self.ws, self.data) / f"{shard}.tar"
         with atomic_path(out_path) as tmp:
             with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as out:
                 for pshard, keys in wanted.items():
@@ -226,7 +282,7 @@ class Curate(Stage):
                         warn(f"curate: pool shard {src} is missing; {len(keys)} planned samples skipped")
                     else:
                         try:
-                            for key, files in iter_tar_samples(src):
+                            for key, files in iter_tar_samples_sorted(src, set(keys)):
                                 uid = keys.get(key)
                                 if uid is None or key in found:
                                     continue
@@ -252,7 +308,7 @@ class Curate(Stage):
                                  f"its remaining planned samples are skipped")
                     stats["skipped_missing"] += len(keys) - len(found)
         mf.write(CURATED, {"uid": out_uids, "shard": [shard] * len(out_uids), "key": out_uids,
-                           "caption": out_caps}, self.ws.path("curate", "manifest", f"{shard}.parquet"))
+                           "caption": out_caps}, self.folder / "manifest" / f"{shard}.parquet")
         return stats
 
     @staticmethod
@@ -276,27 +332,36 @@ class Curate(Stage):
             info = done_info(self.folder, s)
             sizes[f"{s}.tar"] = int(info.get("samples", 0))
             per_shard[s] = {k: v for k, v in info.items() if k not in ("shard", "finished_at")}
-        write_json(shards_dir(self.ws) / SIZES_FILE, sizes)
+        write_json(shards_dir(self.ws, self.data) / SIZES_FILE, sizes)
         self.per_shard = per_shard
 
 
-def curate(ws: Workspace, *, decontam: bool = True, shard_size: int = 10000, force: bool = False) -> CurateResult:
-    """Write curate/shards/*.tar + sizes.json + the curated manifest; see the module docstring."""
+def curate(ws: Workspace, *, decontam: bool = True, shard_size: int = 10000, force: bool = False,
+           data: str = "clean") -> CurateResult:
+    """Write curate/shards/*.tar + sizes.json + the curated manifest; see the module docstring.
+
+    ``data="all"`` writes the counterfactual's training set instead: the pool as downloaded (every
+    successful sample, nothing decontaminated) in ``curate/all/``, made the same way."""
     if shard_size < 1:
         raise ClipcurateError(f"shard_size {shard_size!r} must be at least 1")
-    Curate(ws, {}, decontam=decontam).check_upstream()  # before reading them (and --force deleting anything)
+    if data == "all":
+        decontam = False
+    Curate(ws, {}, decontam=decontam, data=data).check_upstream()  # before reading them (and --force deleting anything)
     plan, counts = _plan(ws, decontam, shard_size)
     if not plan:
         raise ClipcurateError(
             f"nothing to curate: the pool has {counts['pool_rows']} rows, "
             f"{counts['dropped_not_success']} not successful and {counts['dropped_decontam']} decontaminated; "
             f"download more data (`clipcurate download`) or check overlap/decontam.parquet")
-    folder = ws.stage_dir("curate")
+    folder = set_dir(ws, data)
     fingerprint = _fingerprint(plan, decontam, shard_size)
     meta_path = folder / META_FILE
+    # the clean set's folder holds the "all" set's folder: it is never part of the clean set's output
+    own = [p for p in folder.iterdir() if not (data == "clean" and p.name == "all")] if folder.is_dir() else []
     if force:
-        reset(folder)
-    elif folder.is_dir() and any(folder.iterdir()):
+        for p in own:
+            reset(p) if p.is_dir() else p.unlink()
+    elif own:
         prev = read_json(meta_path).get("fingerprint") if meta_path.is_file() else None
         if prev != fingerprint:
             raise ClipcurateError(
@@ -304,12 +369,12 @@ def curate(ws: Workspace, *, decontam: bool = True, shard_size: int = 10000, for
                 f"shard_size changed); pass --force to replace it")
     write_json(meta_path, {"fingerprint": fingerprint, "decontam": decontam, "shard_size": shard_size,
                            "plan_counts": counts})
-    stage = Curate(ws, plan, decontam=decontam)
+    stage = Curate(ws, plan, decontam=decontam, data=data)
     result = stage.run()
     totals = {**counts, **result.counts}
     write_json(folder / "stats.json", {"totals": totals, "shards": stage.per_shard})
     skipped = {k: v for k, v in totals.items() if k.startswith(("skipped_", "dropped_")) and v}
-    log(f"curate: {totals.get('samples', 0)} samples in {len(plan)} shards"
+    log(f"curate: {data} set, {totals.get('samples', 0)} samples in {len(plan)} shards"
         + (f"; {', '.join(f'{k}={v}' for k, v in sorted(skipped.items()))}" if skipped else ""))
     if totals.get("samples", 0) == 0:
         raise ClipcurateError(
@@ -317,4 +382,4 @@ def curate(ws: Workspace, *, decontam: bool = True, shard_size: int = 10000, for
             f"(see {folder / 'stats.json'}); rerun `clipcurate download`")
     shards = list(plan)
     return CurateResult(shards=shards, samples=int(totals.get("samples", 0)), counts=totals,
-                        pattern=shard_pattern(ws, shards))
+                        pattern=shard_pattern(ws, shards, data))

@@ -150,9 +150,11 @@ class PoolImages:
         for ti, path in enumerate(self.tars):
             try:
                 with tarfile.open(path, "r") as tf:
-                    for m in tf:
-                        if m.isfile() and m.name.lower().endswith(self.IMAGE_EXT):
-                            self.entries.append((ti, m.offset_data, m.size))
+                    # by member name, not tar order: the downloader's threads write members in
+                    # completion order, and the batches must not depend on it (reproducibility)
+                    members = sorted((m.name, m.offset_data, m.size) for m in tf
+                                     if m.isfile() and m.name.lower().endswith(self.IMAGE_EXT))
+                    self.entries += [(ti, off, size) for _, off, size in members]
             except (tarfile.TarError, OSError) as exc:
                 self.skipped_tars += 1
                 warn(f"{path}: unreadable tar ({exc.__class__.__name__}), skipped")

@@ -8,13 +8,17 @@ Public API (what the CLI, ``clipcurate run`` and other stages may call)::
     res = evaluation.evaluate(ws)          # the latest train/ checkpoint on every benchmark: an EvalResult
     evaluation.read_table(ws, res.tag)     # the §5 table rows of an evaluated model
     evaluation.resolve_spec(ws, model="ViT-B-32", pretrained="openai")   # (ModelSpec, checkpoint or None)
+    evaluation.compare(ws, "all", "clean")  # the counterfactual: two train runs on the same samples
 
-``PREDICTIONS`` and ``EVAL`` are the manifests it writes. Modules: ``stage`` (the stage),
-``stats`` (binomial test, Clopper-Pearson, Bonferroni), ``report`` (Markdown and the figure).
+``PREDICTIONS``, ``EVAL`` and ``COMPARE`` are the manifests it writes. Modules: ``stage`` (the
+stage), ``table`` (one benchmark's §5 row), ``stats`` (scipy.stats: binomial test, Clopper-Pearson,
+McNemar, power, Bonferroni), ``compare`` (the counterfactual), ``provenance`` (how overlap was
+decided, what made the predictions), ``report`` (Markdown, self-contained HTML, the figures).
 """
 
-from clipcurate.eval.stage import (EVAL, PREDICTIONS, EvalResult, evaluate, find_checkpoint, read_table,
-                                   resolve_spec, retrieval, zero_shot)
+from clipcurate.eval.stage import (EVAL, PREDICTIONS, EvalResult, bonferroni_m, evaluate, find_checkpoint,
+                                   read_table, resolve_spec, retrieval, zero_shot)
+from clipcurate.eval.compare import COMPARE, CompareResult, compare
 
-__all__ = ["evaluate", "read_table", "resolve_spec", "find_checkpoint", "zero_shot", "retrieval", "EvalResult",
-           "EVAL", "PREDICTIONS"]
+__all__ = ["evaluate", "compare", "bonferroni_m", "read_table", "resolve_spec", "find_checkpoint", "zero_shot",
+           "retrieval", "EvalResult", "CompareResult", "EVAL", "PREDICTIONS", "COMPARE"]

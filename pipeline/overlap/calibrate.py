@@ -217,9 +217,10 @@ def pool_images(ws: Workspace, n: int, rng: np.random.Generator) -> tuple[list[b
     for t in tars:
         try:
             with tarfile.open(t, "r:") as tf:
-                for m in tf:
-                    if m.isfile() and m.name.lower().endswith((".jpg", ".jpeg", ".png", ".webp")):
-                        found.append(tf.extractfile(m).read())
+                # by member name, not tar order (the downloader writes members in completion order)
+                members = sorted((m for m in tf if m.isfile() and m.name.lower().endswith(
+                    (".jpg", ".jpeg", ".png", ".webp"))), key=lambda m: m.name)
+                found += [tf.extractfile(m).read() for m in members]
         except (tarfile.TarError, OSError):
             warn(f"calibrate: {t} is not a readable tar; skipped")
         if len(found) >= 4 * n:

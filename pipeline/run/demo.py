@@ -7,7 +7,9 @@
    and identical to ``examples/demo/pipeline.toml``) runs every stage through
    :mod:`clipcurate.run.runner`: queries build → match → download (from a loopback server) → bench
    add → embed (tiny CLIP, random init) → overlap calibrate → overlap → review (automatic, marked
-   ``auto-demo``, :mod:`clipcurate.run.autoreview`) → curate → train (tiny CLIP) → eval;
+   ``auto-demo``, :mod:`clipcurate.run.autoreview`) → curate (the clean set, and the pool as
+   downloaded) → train twice with one recipe and seed (tiny CLIP: run ``all`` on the pool as
+   downloaded, run ``clean`` on the decontaminated pool) → eval --compare all clean;
 3. :func:`summary` measures what happened against the world's ground truth (which pool samples are
    planted copies) and prints it. Nothing in the summary is fixed in code: it is all read back from
    the manifests the stages wrote.
@@ -35,7 +37,7 @@ from clipcurate.run.world import build_world
 
 TEMPLATE = Path(__file__).with_name("demo_pipeline.toml")
 # `--size tiny` (the CI test): the same steps with less work each.
-TINY_OVERRIDES = {"detector.train": {"steps": 30, "batch_size": 16}, "train": {"epochs": 2, "batch_size": 16},
+TINY_OVERRIDES = {"detector.train": {"steps": 30, "batch_size": 16}, "train": {"epochs": 10, "batch_size": 16},
                   "overlap.calibrate": {"copies": 12, "distractors": 24}, "download": {"samples_per_shard": 60},
                   "curate": {"shard_size": 60},
                   # a dozen planted copies cannot calibrate anything: fixed, strict thresholds instead
@@ -126,16 +128,42 @@ def summary(ws: Workspace) -> list[tuple[str, str]]:
         if parts:
             rows.append(("calibration per signal (held-apart planted copies)", "; ".join(parts)))
     if "eval" in mf.REGISTRY:
-        ev = mf.read_all("eval", ws.root).to_pylist()
-        for r in ev:
-            def pct(v):
-                return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.1f}"
+        rows += eval_lines(ws)
+    return rows
 
-            p = r.get("p_value")
-            rows.append((f"eval {r['benchmark']} ({r['model_tag']})",
-                         f"n {r['n']}, overlap {r['n_overlap']} ({pct(r['overlap_pct'])}%); "
-                         f"acc All {pct(r['acc_all'])} / Clean {pct(r['acc_clean'])} / Overlap {pct(r['acc_overlap'])}; "
-                         f"All−Clean {pct(r['all_minus_clean'])}; p {('n/a' if p is None or np.isnan(p) else f'{p:.3g}')}"))
+
+def _pct(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.1f}"
+
+
+def _p(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3g}"
+
+
+def eval_lines(ws: Workspace) -> list[tuple[str, str]]:
+    """The §5 line of each evaluated model and, where both runs were compared, the counterfactual
+    line: read back from eval.parquet and compare.parquet."""
+    rows: list[tuple[str, str]] = []
+    cmp_files = sorted(ws.path("eval").glob("compare-*/compare.parquet")) if ws.path("eval").is_dir() else []
+    runs: dict[str, str] = {}  # model tag -> train run name
+    cmp = []
+    for f in cmp_files:
+        cmp += pq.read_table(f).to_pylist()
+    for r in cmp:
+        runs[r["model_a"]], runs[r["model_b"]] = r["run_a"], r["run_b"]
+    for r in mf.read_all("eval", ws.root).to_pylist():
+        who = runs.get(r["model_tag"], r["model_tag"])
+        sig = {True: "significant", False: "not significant", None: "no test"}[r["significant"]]
+        rows.append((f"§5 {r['benchmark']} (trained on {who})",
+                     f"Overlap {_pct(r['acc_overlap'])} % (n {r['n_overlap']}) vs Clean {_pct(r['acc_clean'])} % "
+                     f"(n {r['n_clean']}); All−Clean {_pct(r['all_minus_clean'])}; p {_p(r['p_value'])} vs "
+                     f"{r['threshold']:.3g} (m {r['bonferroni_m']}): {sig}"))
+    for r in cmp:
+        sig = {True: "significant", False: "not significant", None: "no test"}[r["significant"]]
+        rows.append((f"counterfactual {r['benchmark']} {r['split']} ({r['run_a']} − {r['run_b']})",
+                     f"{_pct(r['acc_a'])} vs {_pct(r['acc_b'])} % on the same {r['n']}: "
+                     f"{_pct(r['diff'])} [{_pct(r['diff_low'])}, {_pct(r['diff_high'])}]; McNemar p {_p(r['p_value'])} "
+                     f"vs {r['threshold']:.3g}: {sig}"))
     return rows
 
 

@@ -19,7 +19,9 @@ the steps that take it (``cfg``). Each finished step leaves a marker ``run/{NN}-
 holding a hash of its parameters: a rerun skips a step whose marker matches, reruns one whose
 parameters changed, and the stages themselves skip their finished shards, so a run killed in the
 middle of a stage continues where it stopped. A failing step stops the run with one line naming the
-step and the fix.
+step and the fix. Every step runs with its thread count and torch's deterministic algorithms pinned
+(:func:`clipcurate.core.models.deterministic`), so the same seed on the same machine gives the same
+manifests.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from clipcurate.core.config import Config, read_file
 from clipcurate.core.console import log
 from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.io import read_json
+from clipcurate.core.models import deterministic, pinned_threads
 from clipcurate.core.stage import Stage, marker
 from clipcurate.core.workspace import Workspace
 from clipcurate.run.steps import STEPS
@@ -150,7 +153,10 @@ class PipelineRun(Stage):
         t0 = time.time()
         extra = {"cfg": self.cfg} if "cfg" in inspect.signature(fn).parameters else {}
         try:
-            summary = fn(self.ws, **params, **extra) or {}
+            # every step with the settings its result depends on pinned (threads, deterministic
+            # algorithms): the same seed on the same machine gives the same manifests
+            with deterministic(pinned_threads()):
+                summary = fn(self.ws, **params, **extra) or {}
         except ClipcurateError as exc:
             raise ClipcurateError(
                 f"step {sid} ({command}) failed: {exc} — fix it and rerun `clipcurate run {self.pipeline.path}`; "

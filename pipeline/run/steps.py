@@ -123,10 +123,16 @@ def review_auto(ws, rule="agree", *, cfg: Config, **options):
 
 @step("curate", "clipcurate curate")
 def curate(ws, *, cfg: Config, **options):
+    """``sets = ["clean", "all"]`` writes the counterfactual's second training set too."""
     conf = cfg.get("curate", options)
-    res = cu.curate(ws, decontam=conf["decontam"], shard_size=conf["shard_size"])
-    return {"samples": res.samples, "shards": len(res.shards),
-            **{k: v for k, v in res.counts.items() if isinstance(v, (int, float))}}
+    out = {}
+    for data in conf["sets"]:
+        res = cu.curate(ws, decontam=conf["decontam"], shard_size=conf["shard_size"], data=data)
+        out[f"{data}_samples"] = res.samples
+        if data == "clean":
+            out.update({"samples": res.samples, "shards": len(res.shards),
+                        **{k: v for k, v in res.counts.items() if isinstance(v, (int, float))}})
+    return out
 
 
 @step("train", "clipcurate train")
@@ -135,6 +141,13 @@ def train(ws, run_name="default", **options):
     losses = [r["loss"] for r in res.losses]
     return {"epochs": res.epochs_done, "checkpoint": str(res.checkpoint),
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+
+
+@step("eval.compare", "clipcurate eval --compare RUN_A RUN_B")
+def evaluate_compare(ws, run_a="all", run_b="clean", **options):
+    """The counterfactual: both train runs on the same splits, compared sample by sample."""
+    res = ev.compare(ws, run_a, run_b, **options)
+    return {"report": str(res.folder / "report.html"), "model_a": res.a.tag, "model_b": res.b.tag}
 
 
 @step("eval", "clipcurate eval")

@@ -7,7 +7,10 @@
   (links, templates, refs, tables, categories) so that ``queries build`` strips it for real;
 - ``pageviews-20240101-000000.gz``: hourly page views for those article titles;
 - ``images/``: the web pool's images (``photo`` style) and the *planted* copies: App. C
-  transformations of benchmark images, each with a caption that names its label;
+  transformations of benchmark images, each with a caption that names its label; each planted
+  benchmark image recurs ``repeats`` times (separate copies, as popular images recur on the web),
+  so that a small model trained on the pool as downloaded can memorise it — the contamination
+  effect the demo's counterfactual measures;
 - ``candidates.parquet``: (url, caption) pairs whose URLs use the placeholder host
   :data:`PLACEHOLDER`, pointed at a loopback server at download time (uids stay those of the
   placeholder URLs, so they do not depend on the server's port), including URLs that will fail (404) and captions that match no
@@ -55,14 +58,17 @@ class WorldSize:
     pool: int  # clean web images
     bench_per_class: int  # per benchmark, per class
     planted_fraction: float  # of each benchmark's samples copied into the pool
+    repeats: int  # web copies of each planted benchmark image: popular images recur on many pages
     articles: int
     failures: int  # URLs that will 404
     unmatched: int  # captions that match no query
 
 
 SIZES = {
-    "tiny": WorldSize(pool=160, bench_per_class=4, planted_fraction=0.25, articles=40, failures=4, unmatched=6),
-    "small": WorldSize(pool=1200, bench_per_class=12, planted_fraction=0.2, articles=160, failures=12, unmatched=30),
+    "tiny": WorldSize(pool=160, bench_per_class=4, planted_fraction=0.25, repeats=4, articles=40, failures=4,
+                      unmatched=6),
+    "small": WorldSize(pool=300, bench_per_class=12, planted_fraction=0.3, repeats=4, articles=160, failures=12,
+                       unmatched=30),
 }
 
 BENCHMARKS = {"shapes-checker": "bench", "shapes-texture": "texture"}
@@ -163,13 +169,16 @@ def build_world(folder: str | Path, size: str = "small", seed: int = 0) -> dict:
                 fname = f"{j:04d}.png"
                 (bdir / cls / fname).write_bytes(png_bytes(img))
                 if rng.random() < sz.planted_fraction:
-                    copy = app_c_copy(img, int(rng.integers(1 << 31)), strength=PLANT_STRENGTH)
-                    name = f"plant-{bench}-{cls}-{j:04d}.jpg"
-                    (img_dir / name).write_bytes(jpeg_bytes(copy, quality=int(rng.integers(60, 95))))
-                    caption = f"{cls} {prng.choice(['picture', 'pattern', 'wallpaper', 'print'])}"
-                    rows.append({"url": f"{PLACEHOLDER}/{name}", "caption": caption})
-                    truth.append({"url": f"{PLACEHOLDER}/{name}", "caption": caption, "benchmark": bench,
-                                  "class_name": cls, "file": f"{cls}/{fname}"})
+                    # a planted image recurs `repeats` times, each a separate web copy (own URL,
+                    # transformation, caption): what a model can memorise, as popular images are
+                    for rep in range(sz.repeats):
+                        copy = app_c_copy(img, int(rng.integers(1 << 31)), strength=PLANT_STRENGTH)
+                        name = f"plant-{bench}-{cls}-{j:04d}" + (f"-{rep}" if rep else "") + ".jpg"
+                        (img_dir / name).write_bytes(jpeg_bytes(copy, quality=int(rng.integers(60, 95))))
+                        caption = f"{cls} {prng.choice(['picture', 'pattern', 'wallpaper', 'print'])}"
+                        rows.append({"url": f"{PLACEHOLDER}/{name}", "caption": caption})
+                        truth.append({"url": f"{PLACEHOLDER}/{name}", "caption": caption, "benchmark": bench,
+                                      "class_name": cls, "file": f"{cls}/{fname}"})
                 index += 1
 
     # 3. noise the pipeline must account for: dead links and captions that match no query

@@ -16,13 +16,15 @@ open_clip knows). What it adds around the call:
 3. **Resumability.** Always ``--resume latest --save-most-recent``: open_clip writes
    ``epoch_latest.pt`` through a temp file + rename, so a kill -9 never leaves a torn checkpoint to
    resume from; a rerun continues at the last finished epoch, and a finished run is a no-op.
-4. **The loss curve.** ``--log-every-n-steps`` lines in ``train/{run}/out.log`` are parsed into
+4. **The loss curve.** ``--log-every-n-steps`` lines in ``train/{run}/train.log`` are parsed into
    ``train/{run}/losses.json`` so tests and users can see the loss fall.
 
-Everything lands in ``train/{run}/``: ``out.log``, ``params.txt``, ``run.json`` (what we asked for),
+Everything lands in ``train/{run}/``: ``train.log``, ``params.txt``, ``run.json`` (what we asked for),
 ``checkpoints/epoch_N.pt`` and ``epoch_latest.pt``.
 
-Two in-process adjustments, both invisible to the data: open_clip_train's ``setup_logging`` adds
+Three in-process adjustments. webdataset's sample shuffle seeds itself from the pid and the clock
+unless given a generator, and open_clip_train gives none: we hand it one seeded from ``--seed``, so
+the same seed gives the same data order. The other two are invisible to the data: open_clip_train's ``setup_logging`` adds
 handlers to the root logger on every call (removed again afterwards, so repeated runs do not log
 into each other's files), and webdataset >= 0.2.9x ends every shard with an empty end-of-shard
 dict that open_clip_train 3.3's ``group_by_keys_nothrow`` cannot read (``KeyError: 'fname'``); we
@@ -35,6 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import random
 import re
 import shutil
 from pathlib import Path
@@ -43,7 +46,8 @@ from clipcurate.core import config
 from clipcurate.core.console import console, log
 from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.io import read_json, write_json
-from clipcurate.core.models import register_configs, resolve_device
+from clipcurate.core.models import deterministic, determinism_settings, pinned_threads, register_configs, \
+    resolve_device
 from clipcurate.core.stage import Stage, is_done, marker
 from clipcurate.core.workspace import Workspace
 from clipcurate.curate import read_sizes, shard_pattern
@@ -60,6 +64,8 @@ DEFAULTS = {
     "workers": 2,
     "device": "auto",
     "seed": 0,
+    "data": "clean",
+    "threads": 0,
     "save_frequency": 1,
     "log_every": 10,
 }
@@ -75,6 +81,8 @@ config.section("train", DEFAULTS, {
     "workers": "dataloader workers",
     "device": "auto, cpu, cuda, cuda:N",
     "seed": "random seed",
+    "data": "training set: clean (curate/shards) or all (curate/all/shards, the pool as downloaded)",
+    "threads": "torch intra-op threads, pinned for reproducibility (0: the machine's CPU count, at most 8)",
     "save_frequency": "save epoch_N.pt every N epochs (the last epoch is always saved)",
     "log_every": "log the loss every N steps",
 })
@@ -119,7 +127,8 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def parse_losses(log_file: Path) -> list[dict]:
-    """The ``Train Epoch: E [seen/total ...] ... Loss: X (avg)`` lines of open_clip's out.log."""
+    """The ``Train Epoch: E [seen/total ...] ... Loss: X (avg)`` lines of open_clip_train's log
+    (train/{run}/train.log)."""
     out = []
     if not Path(log_file).is_file():
         return out
@@ -130,29 +139,45 @@ def parse_losses(log_file: Path) -> list[dict]:
     return out
 
 
-class _StepLine(logging.Handler):
-    """open_clip_train's per-step log record ("Train Epoch: 3 [ 64/1216 (5%)] ... Loss: 4.05 ...") as
-    one short line on the console: epoch, samples seen in the epoch, loss. Everything else it logs
-    stays in its file."""
+class _StepBar(logging.Handler):
+    """open_clip_train's per-step log records ("Train Epoch: 3 [ 64/1216 (5%)] ... Loss: 4.05 ...") as
+    one progress bar on the console: epoch, step and loss. Everything else it logs stays in its file
+    (train/{run}/train.log)."""
 
     STEP = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+).*?Loss: ([\d.]+)")
 
-    def __init__(self):
+    def __init__(self, epochs: int, per_epoch: int, batch_size: int):
         super().__init__(level=logging.INFO)
-        self.last_epoch = None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.epochs, self.batch = epochs, max(1, batch_size)
+        self.steps = max(1, math.ceil(per_epoch / self.batch))  # steps per epoch
+        self.bar = Progress(TextColumn("[bold]train[/] epoch {task.fields[epoch]}/{task.fields[epochs]} "
+                                       "step {task.fields[step]}/{task.fields[steps]} loss {task.fields[loss]}"),
+                            BarColumn(), TimeElapsedColumn(), console=console, transient=False)
+        self.task = self.bar.add_task("train", total=epochs * self.steps, epoch=0, epochs=epochs, step=0,
+                                      steps=self.steps, loss="–")
+        self.bar.start()
 
     def emit(self, record: logging.LogRecord) -> None:
         m = self.STEP.search(record.getMessage())
         if m is None:
             return
-        epoch, seen, total, loss = m.groups()
-        if epoch != self.last_epoch:  # one line per epoch: its first step, so the terminal stays short
-            self.last_epoch = epoch
-            log(f"train: epoch {epoch}, {seen}/{total} samples, loss {float(loss):.4f}")
+        epoch, seen, _, loss = int(m.group(1)), int(m.group(2)), m.group(3), float(m.group(4))
+        step = min(self.steps, math.ceil(seen / self.batch))
+        self.bar.update(self.task, completed=epoch * self.steps + step, epoch=epoch + 1, step=step,
+                        loss=f"{loss:.4f}")
+
+    def close(self) -> None:
+        self.bar.stop()
+        super().close()
+
+
+LOG_FILE = "train.log"  # open_clip_train's own log (it calls it out.log; we point it here)
 
 
 @contextlib.contextmanager
-def _open_clip_in_process(quiet: bool):
+def _open_clip_in_process(quiet: bool, bar: dict | None = None, seed: int = 0):
     """Patch the two things that make open_clip_train awkward to call in process; undo after."""
     # open_clip_train imports torch (2.6 s) and open_clip (6.4 s); `clipcurate --help` stays 0.5 s
     import open_clip_train.data as ocd  # open_clip_train: imports torch + open_clip (9 s), only when training
@@ -171,24 +196,36 @@ def _open_clip_in_process(quiet: bool):
     orig_setup, orig_group = ocm.setup_logging, ocd.group_by_keys_nothrow
 
     def setup_logging(log_file, level, include_host=False):
+        # open_clip_train's file log goes to train/{run}/train.log (it names it out.log); its stderr
+        # lines (the model's repr, every hyper-parameter, a line per step) never reach the terminal:
+        # one progress bar does
+        if log_file:
+            log_file = str(Path(log_file).with_name(LOG_FILE))
         orig_setup(log_file, level, include_host)
-        # keep open_clip_train's file log (train/{run}/out.log); its stderr lines (the model's repr,
-        # every hyper-parameter, a line per step) never reach the terminal: one status line does
         for h in list(root.handlers):
             if h not in handlers and type(h) is logging.StreamHandler:
                 root.removeHandler(h)
-        if not quiet:
-            root.addHandler(_StepLine())
+        if not quiet and bar:
+            root.addHandler(_StepBar(**bar))
 
     def group_by_keys_nothrow(data, *args, **kwargs):
         # webdataset's end-of-shard marker is an empty dict without "fname": skip it
         return orig_group((s for s in data if "fname" in s), *args, **kwargs)
 
-    ocm.setup_logging, ocd.group_by_keys_nothrow = setup_logging, group_by_keys_nothrow
+    orig_shuffle = ocd.wds.shuffle
+
+    def seeded_shuffle(*args, **kwargs):
+        # webdataset's sample shuffle seeds itself from the pid and the clock when given no rng, and
+        # open_clip_train gives none: the data order would change from run to run. Seed it.
+        if kwargs.get("rng") is None:
+            kwargs["rng"] = random.Random(seed)
+        return orig_shuffle(*args, **kwargs)
+
+    ocm.setup_logging, ocd.group_by_keys_nothrow, ocd.wds.shuffle = setup_logging, group_by_keys_nothrow, seeded_shuffle
     try:
         yield
     finally:
-        ocm.setup_logging, ocd.group_by_keys_nothrow = orig_setup, orig_group
+        ocm.setup_logging, ocd.group_by_keys_nothrow, ocd.wds.shuffle = orig_setup, orig_group, orig_shuffle
         for h in list(root.handlers):
             if h not in handlers:
                 root.removeHandler(h)
@@ -238,7 +275,7 @@ def _options(run: str, options: dict) -> dict:
 
 def _curated_inputs(ws: Workspace, opts: dict) -> dict:
     """The curated shards' pattern and what one epoch holds, checked against the batch size."""
-    sizes = read_sizes(ws)
+    sizes = read_sizes(ws, opts["data"])
     total = sum(sizes.values())
     if total == 0:
         raise ClipcurateError("the curated set is empty (curate/shards/sizes.json sums to 0): "
@@ -250,7 +287,7 @@ def _curated_inputs(ws: Workspace, opts: dict) -> dict:
     resampled = int(opts["samples"]) > 0
     per_epoch = math.ceil(int(opts["samples"]) / epochs) if resampled else total
     workers = _workers_and_batch(sizes, int(opts["workers"]), int(opts["batch_size"]), resampled)
-    return {"pattern": shard_pattern(ws, shards), "epochs": epochs, "resampled": resampled,
+    return {"pattern": shard_pattern(ws, shards, opts["data"]), "epochs": epochs, "resampled": resampled,
             "per_epoch": per_epoch, "workers": workers}
 
 
@@ -312,10 +349,11 @@ class TrainRun(Stage):
     name = "train"
     description = "train"
 
-    def __init__(self, ws: Workspace, run: str, argv: list[str], quiet: bool):
+    def __init__(self, ws: Workspace, run: str, argv: list[str], quiet: bool, bar: dict | None = None,
+                 threads: int = 1):
         super().__init__(ws.path("train"))
-        self.reads = ("curate",)  # the runner checks it is complete and current
-        self.run_name, self.argv, self.quiet = run, argv, quiet
+        self.reads = ("curate",)  # the runner checks it is complete and current (the clean set)
+        self.run_name, self.argv, self.quiet, self.bar, self.threads = run, argv, quiet, bar, threads
         self.rdir = ws.path("train", run)
         self.losses: list[dict] = []
         self.checkpoint: Path | None = None
@@ -332,7 +370,8 @@ class TrainRun(Stage):
         from open_clip_train.main import main as train_main  # open_clip_train: imports torch + open_clip (9 s), only when training
 
         rdir = self.rdir
-        with _open_clip_in_process(self.quiet or console.quiet):
+        seed = int(self.argv[self.argv.index("--seed") + 1]) if "--seed" in self.argv else 0
+        with _open_clip_in_process(self.quiet or console.quiet, self.bar, seed), deterministic(self.threads):
             try:
                 rc = train_main(self.argv)
             except (KeyboardInterrupt, ClipcurateError):
@@ -340,11 +379,11 @@ class TrainRun(Stage):
             except BaseException as exc:  # SystemExit from argparse, assertion, CUDA error, ...
                 msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
                 raise ClipcurateError(f"open_clip_train failed ({exc.__class__.__name__}: {msg}); "
-                                      f"see {rdir / 'out.log'}") from None
+                                      f"see {rdir / 'train.log'}") from None
         if rc not in (None, 0):
-            raise ClipcurateError(f"open_clip_train returned {rc}; see {rdir / 'out.log'}")
+            raise ClipcurateError(f"open_clip_train returned {rc}; see {rdir / 'train.log'}")
 
-        self.losses = parse_losses(rdir / "out.log")
+        self.losses = parse_losses(rdir / "train.log")
         write_json(rdir / "losses.json", self.losses)
         self.checkpoint = latest_checkpoint(rdir / "checkpoints")
         if self.checkpoint is not None:
@@ -368,18 +407,21 @@ def train(ws: Workspace, run: str = "default", *, force: bool = False, quiet: bo
     want = {"model": opts["model"], "train_data": inputs["pattern"], "train_num_samples": inputs["per_epoch"],
             "resampled": inputs["resampled"], "batch_size": int(opts["batch_size"]), "epochs": inputs["epochs"],
             "lr": float(opts["lr"]), "wd": float(opts["wd"]), "warmup": int(opts["warmup"]),
-            "precision": precision, "seed": int(opts["seed"])}
+            "precision": precision, "seed": int(opts["seed"]), "data": opts["data"]}
     if force and rdir.exists():
         shutil.rmtree(rdir)
     if (rdir / "run.json").is_file():
         have = read_json(rdir / "run.json")
+        have.setdefault("data", "clean")  # runs from before the counterfactual trained on the clean set
         diff = {k: (have.get(k), v) for k, v in want.items() if k != "epochs" and have.get(k) != v}
         if diff:
             k, (a, b) = next(iter(diff.items()))
             raise ClipcurateError(f"run {run!r} was started with {k}={a!r}, now {k}={b!r}: "
                                   f"resume it unchanged, pick another --name, or pass --force to restart it")
     rdir.mkdir(parents=True, exist_ok=True)
-    write_json(rdir / "run.json", {**want, "run": run, "device": device, "workers": inputs["workers"]})
+    threads = pinned_threads(int(opts["threads"]))
+    write_json(rdir / "run.json", {**want, "run": run, "device": device, "workers": inputs["workers"],
+                                   "determinism": determinism_settings(threads)})
     # `status`: train/{run}.done marks a finished run; a rerun always goes back to open_clip_train
     # (it resumes at the last epoch, or does nothing when the run is complete), so its marker goes.
     marker(ws.path("train"), run).unlink(missing_ok=True)
@@ -388,7 +430,10 @@ def train(ws: Workspace, run: str = "default", *, force: bool = False, quiet: bo
     argv = _argv(ws, run, want, opts, device, inputs["workers"], extra_args)
     write_json(rdir / "argv.json", argv)
     log(f"train: open_clip_train {' '.join(argv)}")
-    stage = TrainRun(ws, run, argv, quiet)
+    bar = {"epochs": inputs["epochs"], "per_epoch": inputs["per_epoch"], "batch_size": int(opts["batch_size"])}
+    stage = TrainRun(ws, run, argv, quiet, bar, threads)
+    if opts["data"] == "all":
+        stage.reads = ("curate/all",)  # the counterfactual's training set: the pool as downloaded
     stage.run()
     losses, ckpt = stage.losses, stage.checkpoint
     if losses:
