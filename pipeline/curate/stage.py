@@ -254,7 +254,7 @@ class Curate(Stage):
 
     def __init__(self, ws: Workspace, plan: dict, force: bool = False, decontam: bool = True,
                  data: str = "clean"):
-        super().__init__(set_dir(ws, data), force=force)
+        super().__init__(set_dir(ws, data), force=force, root=ws.root)  # curate/all: the workspace is two up
         self.reads = ("pool", "overlap") if decontam else ("pool",)  # the runner checks them
         self.ws = ws
         self.plan = plan
