@@ -73,6 +73,8 @@ KEYMAP: list[tuple[str, str, str, str]] = [
 SIGNAL_LABELS = {"clip": "CLIP", "detector": "detector", "phash": "pHash dist", "dhash": "dHash dist",
                  "keypoints": "keypoint inliers", "text": "text sim"}
 
+# the same, short, for the sample view's tiles
+TILE_LABELS = {"clip": "CLIP", "detector": "det", "phash": "pH", "dhash": "dH", "keypoints": "kp", "text": "txt"}
 
 _local = threading.local()
 _HEX = [f"{i:02x}" for i in range(256)]
@@ -452,7 +454,7 @@ class ReviewApp(App):
         for name, (col, _) in SIGNALS.items():
             if pair[col] is not None:
                 digits = 3 if col.startswith(("score", "text")) else 0
-                parts.append(f"{SIGNAL_LABELS[name]} [b]{_fmt(pair[col], digits)}[/b]")
+                parts.append(f"{TILE_LABELS[name]} [b]{_fmt(pair[col], digits)}[/b]")
         return f"queue #{pair['position']}  " + "  ".join(parts)
 
     def _from_tile_worker(self, fut, tile: Vertical) -> None:
@@ -469,7 +471,10 @@ class ReviewApp(App):
                 pass
 
     def _apply_tile(self, tile: Vertical, media: PairMedia) -> None:
-        if not tile.is_attached or not self.is_running:
+        if not self.is_running or all(t is not tile for t in self._tiles.values()):
+            return  # the sample view moved on to other candidates
+        if not tile.is_attached:  # decoded before the tile was mounted (a prefetched pair)
+            self.call_after_refresh(self._apply_tile, tile, media)
             return
         img = tile.query_one(".tile-image")
         data = media.pool
