@@ -230,8 +230,8 @@ class ReviewApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "clipcurate review"
     BINDINGS = [Binding(keys, action, label, show=label in ("duplicate", "not dup", "skip", "undo", "flag", "sort",
-                                                             "sample view", "none is a copy", "audit", "help",
-                                                             "save+quit"))
+                                                             "benchmark", "sample view", "none is a copy",
+                                                             "audit", "help", "save+quit"))
                 for keys, action, label, _ in KEYMAP]
 
     def __init__(self, session: ReviewSession, loader: MediaLoader, *, images: str = "halfcell",
