@@ -1,14 +1,19 @@
-"""Decisions needed to settle every benchmark sample: the triaged queue vs the score-ordered one.
+"""Reviewer actions needed to settle every benchmark sample: score order, triage, the sample view.
 
 A reviewer who always answers right (the oracle: the world's planted copies) works through the
-review queue of a finished demo workspace in two orders, each from an empty decision log:
+review queue of a finished demo workspace three ways, each from an empty decision log:
 
-- ``score``: the queue's own order (highest CLIP score first), deciding every pair in turn;
-- ``triage``: ``clipcurate review``'s default order, where pairs that can no longer change a split
-  are skipped.
+- ``score``: the queue's own order (highest CLIP score first), one pair at a time, deciding every
+  pair in turn (one key per pair);
+- ``triage``: ``clipcurate review``'s default order, one pair at a time, where pairs that can no
+  longer change a split are skipped;
+- ``triage + sample view``: the same order, one benchmark sample at a time (``v``): when the truth
+  says no candidate shown is a copy, one ``x`` rejects them all; otherwise the oracle moves the
+  highlight to the copy (``j``, counted as keys) and marks it (``y``).
 
-Each run counts the decisions until no benchmark sample is left unreviewed (no pair matters any
-more), and the splits that result must be the same. Then the oracle audits 30 random automatic
+Each run counts the actions (verdict keys), the keys including the sample view's highlight moves,
+and the pair verdicts written to the log, until no benchmark sample is left unreviewed (no pair
+matters any more); the splits that result must be the same. Then the oracle audits 30 random automatic
 overlaps and 30 random automatic cleans from the audit queue, and the script prints
 `review status`'s agreement rows: the rule's precision measured against the truth. Usage::
 
@@ -49,19 +54,36 @@ def planted_pairs(ws: Path) -> set[tuple[str, str, int]]:
     return out
 
 
-def settle(ws: Workspace, sort: str, truth: set) -> tuple[int, dict]:
-    """Decide pairs in ``sort`` order with the oracle until no pair matters; (decisions, splits)."""
+def is_copy(p: dict, truth: set) -> bool:
+    return (p["pool_uid"], p["benchmark"], int(p["bench_index"])) in truth
+
+
+def settle(ws: Workspace, sort: str, truth: set, by_sample: bool = False) -> tuple[dict, dict]:
+    """Decide with the oracle in ``sort`` order (``by_sample``: the sample view) until no pair
+    matters; ({actions, keys, verdicts}, splits)."""
     decisions.log_path(ws).unlink(missing_ok=True)
     s = ReviewSession(ws, "oracle", sort=sort)
-    n = 0
-    while s.triage.matter and n <= len(s):
-        p = s.pair()
-        s.decide("duplicate" if (p["pool_uid"], p["benchmark"], int(p["bench_index"])) in truth else "not_duplicate")
-        n += 1
+    actions = keys = 0
+    while s.triage.matter and actions <= len(s):
+        if by_sample:
+            shown = s.group()
+            copy = [i for i in shown if is_copy(s.pair(i), truth)]
+            if copy:
+                keys += abs(shown.index(copy[0]) - (shown.index(s.pos) if s.pos in shown else 0))
+                s.goto(copy[0])
+                s.decide("duplicate")
+            else:
+                s.reject_group()
+        else:
+            s.decide("duplicate" if is_copy(s.pair(), truth) else "not_duplicate")
+        actions += 1
+        keys += 1
+    keys += by_sample  # the `v` that opens the sample view
+    verdicts = len(decisions.effective(ws))
     tri = s.triage
     split = {k: "overlap" if tri.proven_overlap(k) else "unreviewed" if tri.matter_of[k] else "settled"
              for k in tri.pairs_of}
-    return n, split
+    return {"actions": actions, "keys": keys, "verdicts": verdicts}, split
 
 
 def audit(ws: Workspace, truth: set, per: int) -> list[dict]:
@@ -92,12 +114,18 @@ def main(src: str, per: int = 30) -> None:
         q = pq.read_table(ws.root / "overlap" / "review_queue.parquet", columns=["benchmark", "bench_index"])
         samples = len(set(zip(q.column("benchmark").to_pylist(), q.column("bench_index").to_pylist())))
         counts, splits = {}, {}
-        for sort in ("score", "triage"):
-            counts[sort], splits[sort] = settle(ws, sort, truth)
-        assert splits["score"] == splits["triage"], "the two orders must settle every sample the same way"
+        for name, sort, by_sample in (("score order, one pair at a time", "score", False),
+                                      ("triage, one pair at a time", "triage", False),
+                                      ("triage + sample view", "triage", True)):
+            counts[name], splits[name] = settle(ws, sort, truth, by_sample)
+        assert len({repr(sorted(v.items())) for v in splits.values()}) == 1, \
+            "every way must settle every sample the same way"
         print(f"queue: {q.num_rows} pairs of {samples} benchmark samples; planted copies: {len(truth)}")
-        print(f"decisions to settle every sample: score order {counts['score']}, triage {counts['triage']} "
-              f"(ratio {counts['triage'] / counts['score']:.3f})")
+        base = counts["score order, one pair at a time"]["actions"]
+        print("to settle every sample:")
+        for name, c in counts.items():
+            print(f"  {name:<32} {c['actions']:>6} actions (ratio {c['actions'] / base:.3f} of score order), "
+                  f"{c['keys']:>6} keys, {c['verdicts']:>6} pair verdicts")
         for a in audit(ws, truth, per):
             print(f"audit, automatic {a['automatic']}: {a['agreed']}/{a['audited']} agree with the truth "
                   f"(rate {a['rate']}, 95% Clopper-Pearson [{a['ci_low']}, {a['ci_high']}])")

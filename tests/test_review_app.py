@@ -232,6 +232,27 @@ def test_snapshot_help(rws, snap_compare):
     assert snap_compare(app, terminal_size=(120, 36), run_before=before)
 
 
+def test_snapshot_sample_view(tmp_path, snap_compare):
+    """The sample view: one benchmark sample (6 candidates) beside its benchmark image, the
+    highlighted candidate second after one move."""
+    ws = build(tmp_path / "ws", 12, benchmarks=("cifar10",), bench_size=2)
+    app = make_app(ws, sort="score")
+
+    async def before(pilot):
+        await drawn(app, pilot)
+        await pilot.press("v")
+        await pilot.press("j")
+        for _ in range(500):
+            tiles = list(app._tiles.values())
+            if tiles and all(t.query_one(".tile-image").image is not None for t in tiles):
+                break
+            await pilot.pause(0.02)
+        await drawn(app, pilot)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(130, 40), run_before=before)
+
+
 @pytest.mark.parametrize("mode", ["auto", "sixel", "kitty"])
 def test_other_image_modes_draw_and_decide(rws, mode):
     async def run():

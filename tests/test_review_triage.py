@@ -116,6 +116,76 @@ def test_triage_settles_every_sample_in_at_most_half_the_decisions(tws, tmp_path
     assert {k for k, v in a.items() if v == "overlap"} == {(bb, i) for _, bb, i in truth}
 
 
+async def _settle_by_sample(app, truth) -> tuple[int, int, int]:
+    """The oracle in the sample view (triage order): per sample, `x` when no candidate shown is a
+    planted copy, else move the highlight to the copy and `y`. (verdict keys, all keys, records)."""
+    actions = keys = 0
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        s = app.session
+        await pilot.press("v")
+        keys += 1
+        assert app.group_mode and app.query_one("#group").display
+        while s.triage.matter and actions <= len(s):
+            shown = [s.pair(i) for i in s.group()]
+            assert [t for t in app._tiles] == [p["pair_id"] for p in shown]  # every candidate on screen
+            copy = [p["pair_id"] for p in shown if oracle_key(p, truth) == "y"]
+            if not copy:
+                await pilot.press("x")
+            else:
+                while s.pair_id != copy[0]:
+                    await pilot.press("j")
+                    keys += 1
+                assert app._tiles[copy[0]].has_class("-current")
+                await pilot.press("y")
+            actions += 1
+            keys += 1
+        assert "matter 0" in str(app.query_one("#topbar").render())
+        records = len(decisions.load(app.session.ws)[0])
+        await pilot.press("q")
+    return actions, keys, records
+
+
+@pytest.mark.slow
+def test_sample_view_settles_every_sample_in_at_most_half_the_actions(tws, tmp_path):
+    ws, truth = tws
+    shutil.copytree(ws.root, tmp_path / "ws2")
+    ws2 = Workspace(tmp_path / "ws2")
+    n_score = asyncio.run(_settle(make_app(ws, sort="score"), truth))
+    actions, keys, records = asyncio.run(_settle_by_sample(make_app(ws2, sort="triage"), truth))
+    print(f"score order {n_score} decisions; sample view {actions} actions ({keys} keys), {records} pair verdicts")
+    assert actions * 2 <= n_score
+    assert records > actions  # a rejection writes one record per pair shown
+    # the splits follow after quit, exactly as after one pair at a time
+    a, b = _splits(ws), _splits(ws2)
+    assert a == b and "unreviewed" not in b.values()
+    assert {k for k, v in b.items() if v == "overlap"} == {(bb, i) for _, bb, i in truth}
+
+
+def test_sample_view_rejects_all_shown_and_undo_takes_them_back(tws):
+    ws, truth = tws
+    s = ReviewSession(ws, "ana", sort="triage")
+    total = s.triage.matter
+    key = s.triage.sample_of[s.pair_id]
+    shown = [s.pair(i)["pair_id"] for i in s.group()]
+    assert set(shown) == set(s.triage.pairs_of[key]) and len(shown) > 1
+    recs = s.reject_group()
+    assert [r["pair_id"] for r in recs] == shown and {r["decision"] for r in recs} == {"not_duplicate"}
+    assert s.triage.matter == total - len(shown) and s.triage.matter_of[key] == 0
+    assert s.triage.sample_of[s.pair_id] != key  # on to the next sample
+    # the log holds one ordinary record per pair, which every reader takes as it is
+    eff = decisions.effective(ws)
+    assert all(eff[p]["verdict"] == "not_duplicate" for p in shown)
+    # another session's vote on one of them survives this session's undo of the group
+    other = ReviewSession(ws, "ana", sort="score")
+    other.goto(other.view_pos[shown[0]])
+    other.decide("duplicate")
+    s.undo()
+    assert s.pair_id == shown[0] and s.triage.sample_of[s.pair_id] == key
+    eff = decisions.effective(ws)
+    assert eff[shown[0]]["verdict"] == "duplicate" and not any(p in eff for p in shown[1:])
+
+
 def test_triage_order_skips_pairs_that_no_longer_matter(tws):
     ws, truth = tws
     s = ReviewSession(ws, "ana", sort="triage")

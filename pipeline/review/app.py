@@ -31,7 +31,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.strip import Strip
 from textual.widget import Widget
@@ -48,9 +48,13 @@ KEYMAP: list[tuple[str, str, str, str]] = [
     ("n", "decide('not_duplicate')", "not dup", "not a duplicate"),
     ("s", "decide('skip')", "skip", "skip for now (logged; the pair stays undecided)"),
     ("f", "decide('flag')", "flag", "flag the pair for a second look (keeps your vote)"),
-    ("u", "undo", "undo", "undo this session's last action and go back to its pair"),
-    ("j,down,right", "move(1)", "next", "next pair"),
-    ("k,up,left", "move(-1)", "prev", "previous pair"),
+    ("v", "toggle_group", "sample view", "sample view: the benchmark sample beside all its undecided candidates, "
+     "then back to one pair"),
+    ("x", "reject_group", "none is a copy", "in the sample view: none of the candidates shown is a copy "
+     "(a not-duplicate for each)"),
+    ("u", "undo", "undo", "undo this session's last action (a sample view's: all its pairs) and go back"),
+    ("j,down,right", "move(1)", "next", "next pair (in the sample view: next candidate)"),
+    ("k,up,left", "move(-1)", "prev", "previous pair (in the sample view: previous candidate)"),
     ("home", "jump('first')", "first", "first pair of the view"),
     ("end", "jump('last')", "last", "last pair of the view"),
     ("o", "cycle_sort", "sort", "next sort order: " + ", ".join(SORTS)),
@@ -69,6 +73,8 @@ KEYMAP: list[tuple[str, str, str, str]] = [
 SIGNAL_LABELS = {"clip": "CLIP", "detector": "detector", "phash": "pHash dist", "dhash": "dHash dist",
                  "keypoints": "keypoint inliers", "text": "text sim"}
 
+# the same, short, for the sample view's tiles
+TILE_LABELS = {"clip": "CLIP", "detector": "det", "phash": "pH", "dhash": "dH", "keypoints": "kp", "text": "txt"}
 
 _local = threading.local()
 _HEX = [f"{i:02x}" for i in range(256)]
@@ -223,8 +229,9 @@ class ReviewApp(App):
 
     CSS_PATH = "app.tcss"
     TITLE = "clipcurate review"
-    BINDINGS = [Binding(keys, action, label, show=label in ("duplicate", "not dup", "skip", "undo", "flag",
-                                                             "sort", "benchmark", "audit", "help", "save+quit"))
+    BINDINGS = [Binding(keys, action, label, show=label in ("duplicate", "not dup", "skip", "undo", "flag", "sort",
+                                                             "benchmark", "sample view", "none is a copy",
+                                                             "audit", "help", "save+quit"))
                 for keys, action, label, _ in KEYMAP]
 
     def __init__(self, session: ReviewSession, loader: MediaLoader, *, images: str = "halfcell",
@@ -239,6 +246,8 @@ class ReviewApp(App):
         self.drawn_cpu: float = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ui_thread: int | None = None
+        self.group_mode = False  # the sample view is on
+        self._tiles: dict[str, Vertical] = {}  # the sample view's candidates on screen, by pair_id
 
     # -- layout -----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -252,6 +261,8 @@ class ReviewApp(App):
                     else:
                         yield _image_widget(self.images, f"{side}-image")
                     yield Static(id=f"{side}-text", classes="text")
+                if side == "pool":  # the sample view: every undecided candidate in place of the one pair
+                    yield VerticalScroll(id="group")
         yield Static(id="signals")
         yield Static(id="verdict")
         yield Footer()
@@ -288,6 +299,9 @@ class ReviewApp(App):
         if s.sample is not None:
             bench = f"{s.sample[0]} #{s.sample[1]}"
         mode = "[b]AUDIT[/b] " if s.audit else ""
+        if self.group_mode:
+            self._draw_group()
+            mode += f"[b]SAMPLE VIEW[/b] {len(self._tiles)} candidate(s)  "
         matter = "" if s.audit else f"   matter [b]{s.matter()}[/b]"
         top = (f"{mode}[b]clipcurate review[/b]  reviewer [b]{s.reviewer}[/b]   "
                f"pair [b]{s.pos + 1 if pair else 0} / {total}[/b]{matter}   decided {decided}/{total}   "
@@ -406,7 +420,103 @@ class ReviewApp(App):
             line += f"   — {s.message}"
         self.query_one("#verdict", Static).update(line)
 
+    def _draw_group(self) -> None:
+        """The sample view: one tile per undecided candidate of the current pair's benchmark sample
+        (the pool image, its position and scores), the current one highlighted. Tiles are rebuilt
+        only when the candidates change; their images come from the loader like a pair's."""
+        s = self.session
+        grid = self.query_one("#group", VerticalScroll)
+        shown = s.group()
+        pids = [s.queue.pair_ids[s.order[i]] for i in shown]
+        if pids != list(self._tiles):
+            grid.remove_children()
+            self._tiles = {}
+            for k, i in enumerate(shown):
+                pair = s.pair(i)
+                image = (Static(classes="text-only") if self.images == "none"
+                         else _image_widget(self.images, None))
+                image.add_class("tile-image")
+                tile = Vertical(image, Static(self._tile_text(pair), classes="tile-text"), classes="tile")
+                tile.border_title = f"{k + 1}"
+                self._tiles[pair["pair_id"]] = tile
+                fut = self.loader.request(pair)
+                fut.add_done_callback(lambda f, t=tile: self._from_tile_worker(f, t))
+            grid.mount_all(self._tiles.values())
+        for pid, tile in self._tiles.items():
+            tile.set_class(pid == s.pair_id, "-current")
+        cur = self._tiles.get(s.pair_id)
+        if cur is not None:
+            self.call_after_refresh(cur.scroll_visible, animate=False)
+
+    @staticmethod
+    def _tile_text(pair: dict) -> str:
+        parts = []
+        for name, (col, _) in SIGNALS.items():
+            if pair[col] is not None:
+                digits = 3 if col.startswith(("score", "text")) else 0
+                parts.append(f"{TILE_LABELS[name]} [b]{_fmt(pair[col], digits)}[/b]")
+        return f"queue #{pair['position']}  " + "  ".join(parts)
+
+    def _from_tile_worker(self, fut, tile: Vertical) -> None:
+        try:
+            media = fut.result()
+        except Exception:  # cancelled at exit
+            return
+        if threading.get_ident() == self._ui_thread:
+            self._apply_tile(tile, media)
+        elif self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._apply_tile, tile, media)
+            except RuntimeError:
+                pass
+
+    def _apply_tile(self, tile: Vertical, media: PairMedia) -> None:
+        if not self.is_running or all(t is not tile for t in self._tiles.values()):
+            return  # the sample view moved on to other candidates
+        if not tile.is_attached:  # decoded before the tile was mounted (a prefetched pair)
+            self.call_after_refresh(self._apply_tile, tile, media)
+            return
+        img = tile.query_one(".tile-image")
+        data = media.pool
+        if self.images == "none":
+            img.update(f"[image {data.size[0]}×{data.size[1]} {data.format}]" if data.size else "[no image]")
+        elif isinstance(img, HalfcellView):
+            img.set_image(data.image)
+        else:
+            img.image = data.image
+
     # -- actions (the keymap points here) ---------------------------------------------------
+    def check_action(self, action: str, parameters) -> bool | None:
+        """``x`` exists in the sample view only (hidden from the footer elsewhere)."""
+        if action == "reject_group":
+            return self.group_mode
+        return True
+
+    def action_toggle_group(self) -> None:
+        s = self.session
+        if s.audit:
+            s.message = "the sample view shows undecided pairs: not in the audit"
+            self.show()
+            return
+        self.group_mode = not self.group_mode
+        self.query_one("#sides").set_class(self.group_mode, "-group")
+        if self.group_mode:
+            shown = s.group()
+            if shown and s.pos not in shown:
+                s.goto(shown[0])
+            s.message = "sample view: y marks the highlighted candidate a copy, x rejects them all"
+        else:
+            self.query_one("#group", VerticalScroll).remove_children()
+            self._tiles = {}
+            s.message = "one pair at a time"
+        self.refresh_bindings()
+        self.show()
+
+    def action_reject_group(self) -> None:
+        if self.group_mode:
+            self.session.reject_group()
+            self.show()
+
     def action_decide(self, decision: str) -> None:
         self.session.decide(decision)
         self.show()
@@ -416,8 +526,15 @@ class ReviewApp(App):
         self.show()
 
     def action_move(self, delta: int) -> None:
-        self.session.message = ""
-        self.session.move(delta)
+        s = self.session
+        s.message = ""
+        shown = s.group() if self.group_mode else []
+        if shown:  # the sample view: from candidate to candidate
+            k = shown.index(s.pos) + delta if s.pos in shown else 0
+            s.sync()
+            s.goto(shown[min(max(0, k), len(shown) - 1)])
+        else:
+            s.move(delta)
         self.show()
 
     def action_jump(self, where: str) -> None:
@@ -450,6 +567,8 @@ class ReviewApp(App):
 
     def action_toggle_audit(self) -> None:
         s = self.session
+        if self.group_mode:
+            self.action_toggle_group()
         try:
             s.set_audit(not s.audit)
         except ClipcurateError as exc:

@@ -18,7 +18,8 @@ when a ``duplicate``/``not_duplicate`` vote is on their stack. Keys map to actio
     y / n   vote duplicate / not duplicate, then go to the next pair this reviewer has not decided
     s       skip: log it (time spent counts), go to the next pair; the pair stays undecided
     f       flag for a second look (stays on the pair; does not change the vote)
-    u       undo this session's last action (pops it from the log's stack) and go back to that pair
+    x       in the sample view: none of the sample's undecided pairs is a copy (one record per pair)
+    u       undo this session's last action (pops its records from the log's stacks) and go back
     j / k   move
 
 Opening a session resumes at the first pair (in the view's order) this reviewer has neither
@@ -217,7 +218,7 @@ class ReviewSession:
         self.stacks: dict[tuple[str, str], list[dict]] = {}
         self.reviewers_of: dict[str, set[str]] = {}
         self.mine: set[str] = set()  # pair_ids this reviewer has a vote on
-        self.history: list[str] = []  # pair_ids of this session's actions, for undo
+        self.history: list[tuple[str, ...]] = []  # pair_ids of each of this session's actions, for undo
         self.session_id = uuid.uuid4().hex  # in each record: an undo removes this session's records only
         self.changed = False  # did this session write anything
         self.message = ""
@@ -276,21 +277,31 @@ class ReviewSession:
         return len(new)
 
     def _append(self, decision: str, pid: str) -> dict:
-        row = self.queue.row(self.order[self.view_pos[pid]]) if pid in self.view_pos else None
-        rec = {"pair_id": pid, "decision": decision, "reviewer": self.reviewer, "source": self.source,
-               "session": self.session_id}
-        if row is not None:
-            rec.update(pool_uid=row["pool_uid"], benchmark=row["benchmark"], bench_index=int(row["bench_index"]))
-        if decision != "undo":
-            rec["seconds"] = round(max(0.0, self.clock() - self.shown_at), 3)
+        return self._append_many(decision, [pid])[0]
+
+    def _append_many(self, decision: str, pids: list[str]) -> list[dict]:
+        """One record per pair, written in one locked append; the time spent on screen is shared
+        among them (a group verdict took one look, not one per pair)."""
+        seconds = round(max(0.0, self.clock() - self.shown_at) / len(pids), 3)
+        recs = []
+        for pid in pids:
+            row = self.queue.row(self.order[self.view_pos[pid]]) if pid in self.view_pos else None
+            rec = {"pair_id": pid, "decision": decision, "reviewer": self.reviewer, "source": self.source,
+                   "session": self.session_id}
+            if row is not None:
+                rec.update(pool_uid=row["pool_uid"], benchmark=row["benchmark"],
+                           bench_index=int(row["bench_index"]))
+            if decision != "undo":
+                rec["seconds"] = seconds
+            recs.append(rec)
         if self._flusher is not None:
-            decisions.append(self.ws, [rec], fsync=False)
+            decisions.append(self.ws, recs, fsync=False)
             self._flusher.submit(decisions.flush, self.ws)
         else:
-            decisions.append(self.ws, [rec])
+            decisions.append(self.ws, recs)
         self.changed = True
         self.sync()
-        return rec
+        return recs
 
     # -- the view ---------------------------------------------------------------------------
     def set_view(self, sort: str = "score", benchmarks: Iterable[str] | None = None,
@@ -424,7 +435,7 @@ class ReviewSession:
         if pid is None:
             return None
         rec = self._append(decision, pid)
-        self.history.append(pid)
+        self.history.append((pid,))
         if decision in decisions.VERDICTS:
             self.message = f"saved: {decision.replace('_', ' ')}"
             self.goto(self.next_undecided())
@@ -437,16 +448,43 @@ class ReviewSession:
         return rec
 
     def undo(self) -> dict | None:
-        """Undo this session's last action and go back to its pair."""
+        """Undo this session's last action (a sample-view verdict: all its records) and go back
+        to its (first) pair."""
         if not self.history:
             self.message = "nothing to undo in this session"
             return None
-        pid = self.history.pop()
-        rec = self._append("undo", pid)
-        if pid in self.view_pos:
-            self.goto(self.view_pos[pid])
-        self.message = "undone"
-        return rec
+        pids = self.history.pop()
+        recs = self._append_many("undo", list(pids))
+        if pids[0] in self.view_pos:
+            self.goto(self.view_pos[pids[0]])
+        self.message = "undone" if len(pids) == 1 else f"undone: {len(pids)} pairs"
+        return recs[0]
+
+    # -- the sample view --------------------------------------------------------------------
+    def group(self) -> list[int]:
+        """View positions of the current pair's benchmark sample whose pairs are still undecided
+        (no verdict from anyone, no vote of mine), in view order: what the sample view shows."""
+        pid = self.pair_id
+        if pid is None or self.audit:
+            return []
+        tri = self.triage
+        key = tri.sample_of.get(pid)
+        return sorted(self.view_pos[p] for p in tri.pairs_of.get(key, ())
+                      if p in self.view_pos and p not in tri.verdict and p not in self.mine)
+
+    def reject_group(self) -> list[dict]:
+        """"None of these is a copy": a ``not_duplicate`` record for every pair :meth:`group`
+        shows (one action; :meth:`undo` takes them all back), then the next pair as after a vote."""
+        shown = self.group()
+        if not shown:
+            self.message = "no undecided pair of this sample to reject"
+            return []
+        pids = [self.queue.pair_ids[self.order[i]] for i in shown]
+        recs = self._append_many("not_duplicate", pids)
+        self.history.append(tuple(pids))
+        self.message = f"saved: none of {len(pids)} is a copy"
+        self.goto(self.next_undecided())
+        return recs
 
     def progress(self) -> tuple[int, int]:
         """(pairs I decided in this view, pairs in this view)."""
