@@ -37,6 +37,7 @@ DIR=$(cd "$DIR" && pwd); WS=$DIR/ws
 "$PY" - "$HERE" "$DIR" <<'EOF'
 import shutil, sys
 from pathlib import Path
+from PIL import Image
 sys.path.insert(0, sys.argv[1])
 import realphoto_devset as d
 out = Path(sys.argv[2])
@@ -45,6 +46,9 @@ dst = out / "bench_by_source"
 shutil.rmtree(dst, ignore_errors=True)
 for i, origin in enumerate(ds.origin):
     src = out / "devset" / "bench" / "tile" / f"{i:04d}.png"
+    # A set written with another --seed would get wrong labels: the saved tile must be the rebuilt one.
+    if list(Image.open(src).convert("RGB").getdata()) != list(ds.bench[i].convert("RGB").getdata()):
+        sys.exit(f"{src} is not tile {i} of the seed-0 dev set: rebuild DIR/devset with the default seed")
     (dst / origin.split(":")[0]).mkdir(parents=True, exist_ok=True)
     shutil.copy(src, dst / origin.split(":")[0] / src.name)
 EOF
