@@ -69,6 +69,17 @@ def test_implausible_result_is_flagged(ws, cli):
     assert "6 of 6 samples Overlap" in diag["implausible"]["cifar10"]
 
 
+def test_a_band_that_holds_most_of_the_benchmark_is_flagged(ws, cli):
+    """Every pair in the review band (a band as wide as a random-init CLIP makes it): no sample is
+    Overlap, most are unreviewed, and the summary and diagnostics.json say so."""
+    make_workspace(ws.root, benches={"cifar10": 6}, shards=1, per_shard=20)
+    r = cli("-w", ws.root, "overlap", "--force", "--low", "-1", "--high", "0.99999")
+    assert r.code == 0, r.err
+    diag = json.loads(ws.path("overlap", "diagnostics.json").read_text())
+    assert "6 of 6 samples unreviewed" in diag["implausible"]["cifar10"]
+    assert "samples unreviewed" in r.err and "Overlap:" not in diag["implausible"]["cifar10"]
+
+
 def test_combined_rule_is_never_worse_than_its_best_signal_out_of_sample():
     """Two signals that each see half of the copies (an OR); a third that is noise. On held-apart
     rows the kept rule reaches the target and recalls at least as much as each signal alone."""

@@ -73,13 +73,23 @@ def decision_policy(ws: Workspace, opts: dict, tag: str, overrides: dict | None 
 
 def flag_implausible(out: Path, per_benchmark: list[dict]) -> dict[str, str]:
     """Warn about, and record in ``out``/diagnostics.json (the generation being published),
-    benchmarks more than half Overlap."""
+    benchmarks whose split says more about the settings than about the pool: more than half of the
+    samples Overlap, or more than half left unreviewed (the review band holds most of the benchmark:
+    a model that is no copy detector, such as a random-init CLIP, or a band set too wide)."""
     flags = {}
     for r in per_benchmark:
         n, k = int(r.get("n") or 0), int(r.get("n_overlap") or 0)
+        u, pending = int(r.get("n_unreviewed") or 0), int(r.get("pending_pairs") or 0)
+        msgs = []
         if n and k > n / 2:
-            flags[r["benchmark"]] = (f"{k} of {n} samples Overlap: implausible for a real benchmark; check the "
-                                     f"thresholds (`clipcurate overlap calibrate`, then `clipcurate overlap`)")
+            msgs.append(f"{k} of {n} samples Overlap: implausible for a real benchmark; check the "
+                        f"thresholds (`clipcurate overlap calibrate`, then `clipcurate overlap`)")
+        if n and u > n / 2:
+            msgs.append(f"{u} of {n} samples unreviewed ({pending} pending pairs): the review band holds most of "
+                        f"the benchmark; calibrate (`clipcurate overlap calibrate`) or narrow [overlap] low/high, "
+                        f"then `clipcurate overlap refresh`")
+        if msgs:
+            flags[r["benchmark"]] = "; ".join(msgs)
     if flags:
         for b, msg in flags.items():
             warn(f"overlap: {b}: {msg}")
