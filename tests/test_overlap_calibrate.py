@@ -155,6 +155,38 @@ def test_strong_distractors_are_reported_apart_not_counted_as_false_positives():
     assert rep["combined"]["fp"] == 0 and rep["combined"]["precision"] == 1.0
 
 
+def test_real_copies_among_distractors_are_found_when_independent_families_agree():
+    """A contaminated pool: 20 distractors are real copies of benchmark images (every family scores
+    them like copies), 10 are look-alikes that fool the detector alone. The real copies are left
+    out of the precision (at most one pair per distractor), the look-alikes still count as false
+    positives, and without the criterion the real copies would have made every signal look useless."""
+    r = np.random.default_rng(3)
+    nq, npool = 40, 90
+    q, p = np.repeat(np.arange(nq), npool), np.tile(np.arange(npool), nq)
+    truth = p == q  # columns 0-39: planted copies of queries 0-39
+    real = (p >= 40) & (p < 60) & (q == p - 40)  # columns 40-59: real copies of queries 0-19
+    look = (p >= 60) & (p < 70) & (q == p - 50)  # columns 60-69: detector look-alikes of queries 10-19
+    copy_like = truth | real
+    det = np.where(copy_like, r.uniform(0.9, 1.0, len(q)), r.uniform(0.0, 0.8, len(q)))
+    det[look] = r.uniform(0.95, 1.0, look.sum())
+    pdq = np.where(copy_like, r.integers(20, 60, len(q)), r.integers(90, 140, len(q))).astype(float)
+    pdq[real] = r.integers(32, 60, real.sum())  # beyond PDQ's own match threshold: only the families see them
+    ncc = np.where(copy_like, r.uniform(0.85, 1.0, len(q)), r.uniform(-0.2, 0.6, len(q)))
+    values = {"detector": det, "pdq": pdq, "kp_ncc": ncc}
+    held = np.arange(nq) % 2 == 1
+    rep = cal.choose_and_report(values, truth, q, held, 0.95, pool=p)
+    strong = rep["strong"]
+    assert (strong & real).sum() >= 15 and not (strong & look).any() and not (strong & truth).any()
+    assert all(np.bincount(p[strong], minlength=npool) <= 1)  # one pair per distractor at most
+    assert rep["suspected_real_copies"] == strong.sum() <= 22
+    # the look-alikes still count: detector alone cannot reach the target precision
+    assert not rep["signals"]["detector"]["decisive"] or rep["signals"]["detector"]["threshold"] > 0.95
+    # without the family criterion (no pool columns) the real copies count as false positives
+    plain = cal.choose_and_report(values, truth, q, held, 0.95)
+    assert plain["suspected_real_copies"] == 0
+    assert (plain["combined"]["recall"] or 0) < rep["combined"]["recall"]
+
+
 @pytest.mark.slow
 def test_calibrate_command_with_the_tiny_model(ws, cli):
     """The CLI path: the model named by embed/{tag}/model.json (clipcurate-tiny, random weights)."""

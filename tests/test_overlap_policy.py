@@ -118,3 +118,37 @@ def test_clopper_pearson_matches_scipy_and_edges():
     ci = binomtest(45, 50).proportion_ci(method="exact")
     assert (lo, hi) == pytest.approx((ci.low, ci.high))
     assert comb.clopper_pearson(0, 0) is None and comb.clopper_pearson(10, 10)[1] == 1.0
+
+
+def test_weak_signals_add_evidence_but_never_decide_alone():
+    """The logistic rule over all signals: dHash alone cannot reach the target (a fifth of the
+    other pairs share its best value), yet it helps a borderline detector. It must never decide
+    by itself: at its best value with the detector at its worst, no overlap."""
+    r = np.random.default_rng(4)
+    n = 6000
+    truth = r.random(n) < 0.1
+    det = np.where(truth, r.normal(0.85, 0.08, n), r.normal(0.55, 0.12, n))
+    dh = np.where(truth, r.integers(0, 6, n), np.where(r.random(n) < 0.2, 0, r.integers(6, 40, n))).astype(float)
+    feats = {"detector": det, "dhash": comb.as_feature("dhash", dh)}
+    assert comb.fit_single("dhash", feats["dhash"], truth, 0.95).threshold is None  # not decisive
+    rule = comb.fit_logistic_all(feats, truth, 0.95, {"detector"})
+    assert rule is not None and rule.threshold is not None
+    assert comb.never_alone(rule, feats, ["dhash"]) == []
+    probe = {"detector": np.array([det.min()]), "dhash": np.array([feats["dhash"].max()])}
+    assert not rule.predict(probe)[0]
+    # and it adds recall over the detector alone at the same target, on fresh pairs
+    t2 = r.random(n) < 0.1
+    d2 = np.where(t2, r.normal(0.85, 0.08, n), r.normal(0.55, 0.12, n))
+    h2 = np.where(t2, r.integers(0, 6, n), np.where(r.random(n) < 0.2, 0, r.integers(6, 40, n))).astype(float)
+    f2 = {"detector": d2, "dhash": comb.as_feature("dhash", h2)}
+    alone = comb.fit_single("detector", det, truth, 0.95)
+    both, single = comb.measure(rule.predict(f2), t2), comb.measure(alone.predict({"detector": d2}), t2)
+    assert both["precision"] >= 0.9 and both["recall"] > single["recall"]
+
+
+def test_never_alone_names_a_signal_that_would_decide_by_itself():
+    feats = {"detector": np.array([0.1, 0.5, 0.9]), "dhash": np.array([0.2, 0.6, 1.0])}
+    loud = Rule("logistic", {"detector": 1.0, "dhash": 10.0}, 0.0, 5.0, 0.95)  # dhash 1.0 alone: 10.1 ≥ 5
+    assert comb.never_alone(loud, feats, ["dhash"]) == ["dhash"]
+    quiet = Rule("logistic", {"detector": 10.0, "dhash": 1.0}, 0.0, 5.0, 0.95)  # dhash alone: 2.0 < 5
+    assert comb.never_alone(quiet, feats, ["dhash"]) == []

@@ -69,3 +69,33 @@ def test_keypoint_votes_rank_copies_first_even_with_several_copies_in_the_pool()
     assert set(np.argsort(-votes[0])[:2]) == {1, 2} and votes[0, 1] >= 8 and votes[0, 2] >= 8
     assert np.argmax(votes[1]) == 3
     assert votes[2].max() < votes[0, 1]  # an image without a copy gets only chance votes
+
+
+def test_direct_alignment_when_keypoints_fail():
+    """A small drawing gives SIFT no fit; its copy still aligns by ECC (kp_ncc without inliers),
+    a different drawing of the same kind aligns worse, and a flat image not at all."""
+    from clipcurate.core.synth import make_image
+
+    a = make_image(3, 1, "bench", 64)
+    copy = a.crop((3, 2, 61, 60)).resize((64, 64), Image.Resampling.BILINEAR).rotate(2, fillcolor=(128, 128, 128))
+    other = make_image(3, 2, "bench", 64)
+    ga, gc, go = (verify.grey_frame(im) for im in (a, copy, other))
+    c = verify.ecc_align(ga, gc)
+    o = verify.ecc_align(ga, go)
+    assert c is not None and c > 0.85
+    assert o is None or o < c - 0.2
+    assert verify.ecc_align(ga, verify.grey_frame(Image.new("RGB", (64, 64), (90, 90, 90)))) is None
+    # through verify_pair: no keypoint fit, the direct alignment's score
+    pv = verify.PairVerifier()
+    n, ncc = pv.verify("a", a, "c", copy)
+    assert ncc is not None and ncc > 0.85 and (n > 0 or ncc == c)
+
+
+def test_keypoint_votes_are_reproducible():
+    """FLANN's randomised kd-trees are seeded: the same inputs give the same votes every call."""
+    imgs = [blobs(20 + i, 128) for i in range(6)]
+    pool = [im.rotate(2) for im in imgs[:3]] + [blobs(80 + i, 128) for i in range(12)]
+    fa = [verify.features(verify.grey_frame(im)) for im in imgs]
+    fb = [verify.features(verify.grey_frame(im)) for im in pool]
+    first = verify.keypoint_votes(fa, fb)
+    assert all((verify.keypoint_votes(fa, fb) == first).all() for _ in range(3))

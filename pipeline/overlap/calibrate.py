@@ -47,7 +47,7 @@ from clipcurate.core.synth import make_image, png_bytes
 from clipcurate.core.workspace import Workspace
 from clipcurate.overlap.combined import Rule
 from clipcurate.overlap.edits import everyday_copy
-from clipcurate.overlap.honest import choose_and_report, decision_pairs, strong_candidates
+from clipcurate.overlap.honest import choose_and_report, decision_pairs
 from clipcurate.overlap.inputs import model_info, pick_tag
 from clipcurate.overlap.rules import SIGNALS
 from clipcurate.overlap.search import Searcher
@@ -352,10 +352,10 @@ def run(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None 
     extra_pairs, n_dec = _decisions(ws, values, opts)
     # a random-init CLIP is reported, never part of the rule (it is no copy detector)
     never = frozenset({"clip"}) if embed_random(ws, tag) else frozenset()
-    rep = choose_and_report(values, truth, q, held, target, never_decide=never)
+    rep = choose_and_report(values, truth, q, held, target, never_decide=never, pool=p)
     result = _result(name, tag, pool_kind, n_copies, kinds, dist_bytes, nq, npool, target, rep)
     if extra_pairs is not None:
-        with_dec = choose_and_report(values, truth, q, held, target, extra=extra_pairs, never_decide=never)
+        with_dec = choose_and_report(values, truth, q, held, target, extra=extra_pairs, never_decide=never, pool=p)
         result["with_decisions"] = {"decisions": n_dec, "rule": with_dec["rule"].to_json(),
                                     "combined": with_dec["combined"], "chosen_on": with_dec["chosen_on"]}
         result["decisions_note"] = _decisions_note(rep, with_dec, n_dec)
@@ -389,8 +389,9 @@ def _result(name, tag, pool_kind, n_copies, kinds, dist_bytes, nq, npool, target
             "held_apart": rep["held_apart"], "chosen_on": rep["chosen_on"], "chosen": chosen,
             "combined": c, "rule": rule.to_json(), "verdict": verdict,
             "suspected_real_copies": rep["suspected_real_copies"],
-            "note": (f"{rep['suspected_real_copies']} distractor pair(s) look like real copies (PDQ ≤ 31 or an aligned "
-                     f"keypoint fit): left out of the choice and of the precision, reported here apart")}
+            "note": (f"{rep['suspected_real_copies']} distractor pair(s) look like real copies (PDQ ≤ 31, an aligned "
+                     f"keypoint fit, or two signal families placing a distractor's best match among the planted "
+                     f"copies): left out of the choice and of the precision, reported here apart")}
 
 
 def _decisions(ws: Workspace, values: dict, opts: dict) -> tuple[tuple | None, int]:
@@ -419,7 +420,7 @@ def _decisions_note(rep: dict, with_dec: dict, n: int) -> str:
 
 def _write(ws, name, tag, values, truth, q, held, rep, target, result) -> None:
     """curve.parquet (per signal, on the held-apart half), curve.png, thresholds.json."""
-    ho = held[q] & ~strong_candidates(values, truth)
+    ho = held[q] & ~rep["strong"]
     rows, curves = [], {}
     for sname, v in values.items():
         sig = SIGNALS[sname]

@@ -176,6 +176,38 @@ def fit_logistic(feats: dict[str, np.ndarray], truth: np.ndarray, target: float,
     return rule
 
 
+def never_alone(rule: Rule, feats: dict[str, np.ndarray], names) -> list[str]:
+    """The signals among ``names`` that would decide overlap by themselves under ``rule``: at the
+    best value seen, with every other signal at its worst seen value, the score reaches the threshold."""
+    if rule.threshold is None:
+        return []
+    lo = {k: np.array([float(np.min(v))]) for k, v in feats.items() if k in rule.weights}
+    out = []
+    for k in names:
+        if k in rule.weights and rule.weights[k] > 0:
+            probe = dict(lo, **{k: np.array([float(np.max(feats[k]))])})
+            if bool(rule.predict(probe)[0]):
+                out.append(k)
+    return out
+
+
+def fit_logistic_all(feats: dict[str, np.ndarray], truth: np.ndarray, target: float,
+                     decisive: set[str]) -> Rule | None:
+    """The logistic rule over every signal, decisive or not: a signal too weak to reach the target
+    alone still adds evidence (a hash distance that is merely small makes a borderline detector
+    score more convincing). But such a signal must never decide by itself: after the fit, each
+    non-decisive signal is probed at its best value with the others at their worst
+    (:func:`never_alone`); one that would decide alone is dropped and the rule refitted."""
+    names = set(feats)
+    while len(names) >= 2:
+        rule = fit_logistic({k: feats[k] for k in sorted(names)}, truth, target)
+        alone = never_alone(rule, feats, sorted(names - decisive))
+        if not alone:
+            return rule
+        names -= set(alone)
+    return None
+
+
 def _candidates(feats: dict[str, np.ndarray], truth: np.ndarray, target: float) -> dict[str, Rule]:
     singles = {k: fit_single(k, v, truth, target) for k, v in feats.items()}
     decisive = {k: feats[k] for k, r in singles.items() if r.threshold is not None}
@@ -183,6 +215,10 @@ def _candidates(feats: dict[str, np.ndarray], truth: np.ndarray, target: float) 
     if len(decisive) >= 2:
         out["max"] = fit_max(decisive, truth, target)
         out["logistic"] = fit_logistic(decisive, truth, target)
+    if decisive and len(feats) > len(decisive):
+        rule = fit_logistic_all(feats, truth, target, set(decisive))
+        if rule is not None and rule.threshold is not None:
+            out["logistic-all"] = rule
     return out
 
 
@@ -213,7 +249,7 @@ def fit(feats: dict[str, np.ndarray], truth: np.ndarray, target: float, groups: 
     seen = [k for k in final if k in tp and tp[k] + fp[k]]
     ok = [k for k in seen if clopper_pearson(tp[k], tp[k] + fp[k])[1] >= target]
     if ok:
-        best = max(ok, key=lambda k: (tp[k], -fp[k], k in ("max", "logistic")))
+        best = max(ok, key=lambda k: (tp[k], -fp[k], k in ("max", "logistic", "logistic-all")))
     elif seen:
         best = max(seen, key=lambda k: (tp[k] / (tp[k] + fp[k]), tp[k]))
     else:

@@ -39,7 +39,7 @@ SIGNAL_COLUMNS = [
     ("text_sim", pa.float32(), "caption/label text similarity (null until computed)"),
     ("pdq_dist", pa.int32(), "PDQ Hamming distance, 0-256, smallest over mirror / border-trimmed variants "
                              "(null until computed)"),
-    ("kp_ncc", pa.float32(), "correlation of the pair aligned by its guarded keypoint fit (null: no fit)"),
+    ("kp_ncc", pa.float32(), "correlation of the pair after alignment: its guarded keypoint fit, else a direct ECC fit (null: neither)"),
 ]
 PAIR_KEY = [
     ("pool_uid", pa.string(), "pool sample uid"),

@@ -45,11 +45,7 @@ TINY_OVERRIDES = {"detector.train": {"steps": 30, "batch_size": 16}, "train": {"
                       "detector": {"overlap": 0.999, "review": 0.99}, "phash": {"overlap": 2, "review": 6},
                       "dhash": {"overlap": 2, "review": 6}}}}
 DEMO_CONFIG = """# Written by `clipcurate demo` (edit freely; the demo never overwrites it).
-[signals]
-# SIFT on 64 px generated shapes finds the same corners on every checkerboard: two different
-# benchmark images get dozens of RANSAC inliers (docs/detector.md), so keypoints would confirm
-# false copies here. On real photos at full resolution leave it on.
-keypoints = false
+# Every section keeps its defaults; the demo's steps set their own options in pipeline.toml.
 """
 
 
