@@ -113,8 +113,15 @@ def features(g: np.ndarray, max_features: int = 500):
     default finds almost no keypoints on them."""
     import cv2  # OpenCV: 0.2 s to import (see grey_frame)
 
-    kps, desc = cv2.SIFT_create(nfeatures=max_features, contrastThreshold=0.01).detectAndCompute(
-        np.clip(g, 0, 255).astype(np.uint8), None)
+    img = np.clip(g, 0, 255).astype(np.uint8)
+    sift = cv2.SIFT_create(nfeatures=max_features, contrastThreshold=0.01)
+    # OpenCV finds the extrema on several threads and concatenates them in the order the threads
+    # finish; sorted here (strongest first, then position), the matches, the FLANN index and RANSAC's
+    # samples do not depend on the machine's load (same seed, same manifests)
+    kps = sorted(sift.detect(img, None), key=lambda k: (-k.response, k.pt[0], k.pt[1], k.size, k.angle, k.octave))
+    if not kps:
+        return np.zeros((0, 2), np.float32), None
+    kps, desc = sift.compute(img, kps)
     if desc is None or not kps:
         return np.zeros((0, 2), np.float32), None
     return np.array([k.pt for k in kps], np.float32), desc
