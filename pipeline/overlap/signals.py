@@ -353,8 +353,9 @@ def _keypoint_candidates(ws: Workspace, ths: Mapping[str, Mapping], existing: se
         if uids:
             log(f"signals: {len(uids)} pool images > signals.keypoint_search_max_pool: no keypoint search")
         return []
-    pool = _images_by_uid(ws, set(uids))
-    p_keys = [("p", u) for u in pool]
+    got = _images_by_uid(ws, set(uids))
+    pool = {u: got[u] for u in sorted(got)}  # uid order, not the tars' (the downloader's threads write
+    p_keys = [("p", u) for u in pool]       # members as they finish): the FLANN index is then the same
     p_feats = []
     for key, data in zip(p_keys, pool.values()):
         try:
