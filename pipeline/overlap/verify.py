@@ -27,9 +27,10 @@ two different pictures of one scene. So a fit only counts when it passes guards,
    (0.6-1.0 even after gamma or greyscale); a neighbouring crop or a look-alike does not.
 
 **Direct alignment when keypoints fail** (:func:`ecc_align`). Thumbnails, drawings and repetitive
-textures give SIFT too few distinctive keypoints for any fit, though their copies still align: for
-such pairs an intensity-based affine fit (OpenCV's ECC, coarse to fine, from the identity) takes
-the keypoint fit's place, under the same guard, and is scored by the same correlation.
+textures give SIFT too few distinctive matches for any fit, though their copies still align: for
+such pairs (fewer than 8 ratio-test matches) an intensity-based affine fit (OpenCV's ECC, coarse to
+fine, from the identity) takes the keypoint fit's place, under the same guard, and is scored by
+the same correlation. Matches that no guarded fit explains are kept as evidence against a copy.
 
 The pair's ``kp_inliers`` is the inlier count when the keypoint guards pass (else 0), and ``kp_ncc``
 the correlation after alignment — by the keypoint fit, else by ECC (null when neither aligned).
@@ -196,18 +197,21 @@ def ecc_align(ga: np.ndarray, gb: np.ndarray) -> float | None:
 def verify_pair(fa, fb, ga: np.ndarray, gb: np.ndarray, ratio: float = 0.8, reproj_px: float = 5.0,
                 min_matches: int = 8) -> tuple[int, float | None]:
     """(inliers, ncc) for one pair: features ``fa``/``fb`` (:func:`features`) and grey
-    frames ``ga``/``gb`` (:func:`grey_frame`). When no guarded affine fit exists, inliers is 0 and
-    ncc comes from the direct alignment (:func:`ecc_align`; None when that fails too)."""
-    n, ncc = _keypoint_fit(fa, fb, ga, gb, ratio, reproj_px, min_matches)
-    return (n, ncc) if n else (0, ecc_align(ga, gb))
+    frames ``ga``/``gb`` (:func:`grey_frame`). With too few keypoint matches to fit anything,
+    inliers is 0 and ncc comes from the direct alignment (:func:`ecc_align`; None when that fails
+    too). Matches that no guarded fit explains are evidence against a copy (a neighbouring crop
+    shares a strip of matches): then (0, None), without ECC."""
+    n, ncc, matched = _keypoint_fit(fa, fb, ga, gb, ratio, reproj_px, min_matches)
+    return (n, ncc) if matched else (0, ecc_align(ga, gb))
 
 
-def _keypoint_fit(fa, fb, ga, gb, ratio, reproj_px, min_matches) -> tuple[int, float | None]:
+def _keypoint_fit(fa, fb, ga, gb, ratio, reproj_px, min_matches) -> tuple[int, float | None, bool]:
+    """(inliers, ncc, whether there were enough ratio-test matches to attempt a fit)."""
     import cv2  # OpenCV: 0.2 s to import (see grey_frame)
 
     (xa, da), (xb, db) = fa, fb
     if da is None or db is None or len(xa) < min_matches or len(xb) < min_matches:
-        return 0, None
+        return 0, None, False
     best: dict[int, tuple[float, int]] = {}
     for pair in cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2):
         if len(pair) == 2 and pair[0].distance < ratio * pair[1].distance:
@@ -215,19 +219,19 @@ def _keypoint_fit(fa, fb, ga, gb, ratio, reproj_px, min_matches) -> tuple[int, f
             if m.trainIdx not in best or m.distance < best[m.trainIdx][0]:
                 best[m.trainIdx] = (m.distance, m.queryIdx)
     if len(best) < min_matches:
-        return 0, None
+        return 0, None, False
     src = np.float32([xa[q] for _, q in best.values()])
     dst = np.float32([xb[t] for t in best])
     m, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=reproj_px, maxIters=2000,
                                    confidence=0.995)
     if m is None or mask is None:
-        return 0, None
+        return 0, None, True
     inl = mask.ravel().astype(bool)
     n = int(inl.sum())
     if (n < min_matches or not _plausible(m)
             or _spread(src[inl], ga.shape) < 0.04 or _spread(dst[inl], gb.shape) < 0.04):
-        return 0, None
-    return n, align_ncc(ga, gb, m)
+        return 0, None, True
+    return n, align_ncc(ga, gb, m), True
 
 
 class PairVerifier:
