@@ -95,8 +95,9 @@ def detector_rule(votes: Mapping[str, str | None]) -> str:
     on two photos of the same species — App. C), the detector is the copy authority, pHash / dHash
     and keypoints are exact but narrow, and keypoints are fooled by repetitive patterns. So:
 
-    1. detector ``overlap`` → overlap; a pHash, PDQ, alignment (``kp_ncc``) or caption-text
-       ``overlap`` (near-identical file, aligned copy or caption) → overlap on its own;
+    1. detector ``overlap`` → overlap; a pHash, PDQ, alignment (``kp_ncc`` of a keypoint fit; an
+       ECC alignment never votes) or caption-text ``overlap`` (near-identical file, aligned copy or
+       caption) → overlap on its own;
     2. detector in its review band → overlap when an exact signal confirms it (keypoints or pHash at
        least in their review band), else review;
     3. detector ``clean``: review when keypoints or CLIP still say ``overlap`` (a human looks at what
@@ -150,6 +151,10 @@ def decide(row: dict, th: dict[str, tuple[float, float]], rule=None, no_decide: 
     votes, why, named, capped = [], [], {}, False
     for name, sig in SIGNALS.items():
         v = row.get(sig.column)
+        if name == "kp_ncc" and not row.get("kp_inliers"):
+            # aligned by ECC, not by a keypoint fit: a look-alike drawing or texture can correlate
+            # highly, so that score is only a feature of the calibrated rule, never a vote
+            continue
         hi, lo = th[name]
         vote = sig.vote(v, hi, lo)
         if vote is None:
