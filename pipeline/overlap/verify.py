@@ -28,9 +28,12 @@ two different pictures of one scene. So a fit only counts when it passes guards,
 
 **Direct alignment when keypoints fail** (:func:`ecc_align`). Thumbnails, drawings and repetitive
 textures give SIFT too few distinctive matches for any fit, though their copies still align: for
-such pairs (fewer than 8 ratio-test matches) an intensity-based affine fit (OpenCV's ECC, coarse to
-fine, from the identity) takes the keypoint fit's place, under the same guard, and is scored by
-the same correlation. Matches that no guarded fit explains are kept as evidence against a copy.
+such pairs (fewer than 8 ratio-test matches, and one image at most 64 px on its longer side) an
+intensity-based affine fit (OpenCV's ECC, coarse to fine, from the identity) takes the keypoint
+fit's place, under the same guard, and is scored by the same correlation. Matches that no guarded
+fit explains, or no matches between images large enough for SIFT, are kept as evidence against a
+copy: on a contaminated pool of real photographs, ECC's alignments of unmatched pairs cost the
+calibration more than they found.
 
 The pair's ``kp_inliers`` is the inlier count when the keypoint guards pass (else 0), and ``kp_ncc``
 the correlation after alignment — by the keypoint fit, else by ECC (null when neither aligned).
@@ -194,15 +197,19 @@ def ecc_align(ga: np.ndarray, gb: np.ndarray) -> float | None:
     return align_ncc(a, b, m)
 
 
+ECC_MAX_SIDE = 64  # ECC only for thumbnails: an image this small on its longer side gives SIFT too few pixels
+
+
 def verify_pair(fa, fb, ga: np.ndarray, gb: np.ndarray, ratio: float = 0.8, reproj_px: float = 5.0,
-                min_matches: int = 8) -> tuple[int, float | None]:
+                min_matches: int = 8, ecc: bool = True) -> tuple[int, float | None]:
     """(inliers, ncc) for one pair: features ``fa``/``fb`` (:func:`features`) and grey
-    frames ``ga``/``gb`` (:func:`grey_frame`). With too few keypoint matches to fit anything,
-    inliers is 0 and ncc comes from the direct alignment (:func:`ecc_align`; None when that fails
-    too). Matches that no guarded fit explains are evidence against a copy (a neighbouring crop
-    shares a strip of matches): then (0, None), without ECC."""
+    frames ``ga``/``gb`` (:func:`grey_frame`). With too few keypoint matches to fit anything and
+    ``ecc`` (a thumbnail in the pair: :data:`ECC_MAX_SIDE`), inliers is 0 and ncc comes from the
+    direct alignment (:func:`ecc_align`; None when that fails too). Matches that no guarded fit
+    explains are evidence against a copy (a neighbouring crop shares a strip of matches): then
+    (0, None), without ECC; so is a lack of matches between two images large enough for SIFT."""
     n, ncc, matched = _keypoint_fit(fa, fb, ga, gb, ratio, reproj_px, min_matches)
-    return (n, ncc) if matched else (0, ecc_align(ga, gb))
+    return (n, ncc) if matched or not ecc else (0, ecc_align(ga, gb))
 
 
 def _keypoint_fit(fa, fb, ga, gb, ratio, reproj_px, min_matches) -> tuple[int, float | None, bool]:
@@ -243,7 +250,7 @@ class PairVerifier:
     def _get(self, key, img: Image.Image):
         if key not in self.cache:
             g = grey_frame(img)
-            self.cache[key] = (features(g), g)
+            self.cache[key] = (features(g), g, max(img.size))
         return self.cache[key]
 
     def features_of(self, key, img: Image.Image):
@@ -251,8 +258,8 @@ class PairVerifier:
         return self._get(key, img)[0]
 
     def verify(self, key_a, img_a: Image.Image, key_b, img_b: Image.Image) -> tuple[int, float | None]:
-        (fa, ga), (fb, gb) = self._get(key_a, img_a), self._get(key_b, img_b)
-        return verify_pair(fa, fb, ga, gb)
+        (fa, ga, sa), (fb, gb, sb) = self._get(key_a, img_a), self._get(key_b, img_b)
+        return verify_pair(fa, fb, ga, gb, ecc=min(sa, sb) <= ECC_MAX_SIDE)
 
 
 def keypoint_votes(bench_feats: list, pool_feats: list, k: int = 8, ratio: float = 0.8) -> np.ndarray:
