@@ -66,9 +66,9 @@ FAMILIES = {"hashes": ("pdq", "phash", "dhash"), "detector": ("detector",), "ali
 AGREE, QUANTILE = 2, 0.25  # families that must agree; the planted copies' quantile they must reach
 
 
-def family_features(values: dict[str, np.ndarray], never: frozenset = frozenset()) -> dict[str, np.ndarray]:
-    """family → per-pair feature (the most copy-like of its signals); ``never``: signals left out."""
-    feats = features(values)
+def family_features(feats: dict[str, np.ndarray], never: frozenset = frozenset()) -> dict[str, np.ndarray]:
+    """family → per-pair feature (the most copy-like of its signals' features, :func:`features`);
+    ``never``: signals left out."""
     out = {}
     for fam, names in FAMILIES.items():
         have = [feats[k] for k in names if k in feats and k not in never]
@@ -77,14 +77,14 @@ def family_features(values: dict[str, np.ndarray], never: frozenset = frozenset(
     return out
 
 
-def suspected_sources(values: dict[str, np.ndarray], pool: np.ndarray, reference: np.ndarray,
+def suspected_sources(feats: dict[str, np.ndarray], pool: np.ndarray, reference: np.ndarray,
                       never: frozenset = frozenset()) -> np.ndarray:
     """Booleans over pairs: the pair of each distractor (``pool``: each pair's pool column) with its
     best-matching query, when at least :data:`AGREE` families score it at least at the
     :data:`QUANTILE` of the ``reference`` pairs (planted copies)."""
     from scipy.stats import rankdata  # scipy.stats: 0.9 s to import; only calibration pays it
 
-    fam = family_features(values, never)
+    fam = family_features(feats, never)
     out = np.zeros(pool.shape, bool)
     if not fam or not reference.any():
         return out
@@ -97,10 +97,12 @@ def suspected_sources(values: dict[str, np.ndarray], pool: np.ndarray, reference
 
 
 def strong_candidates(values: dict[str, np.ndarray], truth: np.ndarray, reference: np.ndarray | None = None,
-                      pool: np.ndarray | None = None, never: frozenset = frozenset()) -> np.ndarray:
+                      pool: np.ndarray | None = None, never: frozenset = frozenset(),
+                      feats: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Pairs that are not planted copies but look like real ones by the fixed criteria (module
     docstring, 2); booleans like ``truth``. ``reference`` (the planted copies that set the level)
-    and ``pool`` (each pair's pool column): without them the family criterion is not applied."""
+    and ``pool`` (each pair's pool column): without them the family criterion is not applied.
+    ``feats``: :func:`features` of ``values`` when the caller has them already."""
     strong = np.zeros(truth.shape, bool)
     if "pdq" in values:
         strong |= np.nan_to_num(values["pdq"], nan=256) <= PDQ_STRONG
@@ -108,7 +110,7 @@ def strong_candidates(values: dict[str, np.ndarray], truth: np.ndarray, referenc
         strong |= (np.nan_to_num(values["kp_ncc"], nan=-1) >= NCC_STRONG) & \
                   (np.nan_to_num(values["keypoints"], nan=0) >= INLIERS_STRONG)
     if reference is not None and pool is not None:
-        strong |= suspected_sources(values, pool, reference, never)
+        strong |= suspected_sources(features(values) if feats is None else feats, pool, reference, never)
     return strong & ~truth
 
 
@@ -137,9 +139,9 @@ def choose_and_report(values: dict[str, np.ndarray], truth: np.ndarray, query: n
     ``never_decide``: signals reported but kept out of the rule (a random-init CLIP is no copy
     detector, whatever a sample of copies says)."""
     in_held = held[query]
-    strong = strong_candidates(values, truth, truth & ~in_held, pool, never_decide)
-    keep = ~strong
     feats = features(values)
+    strong = strong_candidates(values, truth, truth & ~in_held, pool, never_decide, feats)
+    keep = ~strong
     ch, ho = keep & ~in_held, keep & in_held
     f_ch = {k: v[ch] for k, v in feats.items()}
     t_ch, g_ch = truth[ch], query[ch]
