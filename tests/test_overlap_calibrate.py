@@ -175,16 +175,44 @@ def test_real_copies_among_distractors_are_found_when_independent_families_agree
     values = {"detector": det, "pdq": pdq, "kp_ncc": ncc}
     held = np.arange(nq) % 2 == 1
     rep = cal.choose_and_report(values, truth, q, held, 0.95, pool=p)
-    strong = rep["strong"]
+    strong = rep["suspected"]
     assert (strong & real).sum() >= 15 and not (strong & look).any() and not (strong & truth).any()
     assert all(np.bincount(p[strong], minlength=npool) <= 1)  # one pair per distractor at most
     assert rep["suspected_real_copies"] == strong.sum() <= 22
+    # every distractor pair of an image with a suspected copy is left out too; planted pairs never
+    images = np.unique(q[strong])
+    assert rep["suspected_images"] == len(images)
+    assert (rep["strong"] == (strong | (np.isin(q, images) & (p >= 40)))).all() and not (rep["strong"] & truth).any()
     # the look-alikes still count: detector alone cannot reach the target precision
     assert not rep["signals"]["detector"]["decisive"] or rep["signals"]["detector"]["threshold"] > 0.95
     # without the family criterion (no pool columns) the real copies count as false positives
     plain = cal.choose_and_report(values, truth, q, held, 0.95)
     assert plain["suspected_real_copies"] == 0
     assert (plain["combined"]["recall"] or 0) < rep["combined"]["recall"]
+
+
+def test_an_image_with_a_suspected_real_copy_loses_its_other_distractor_pairs():
+    """Copies recur: query 0 has a real copy every criterion sees (PDQ 5) and a second one that
+    escapes them all (PDQ 36, beyond Meta's 31) yet outscores most planted copies. Counted as a
+    false positive, that second copy would cap the rule; left out with the rest of query 0's
+    distractor pairs, it does not. Query 1's distractor pairs stay: it has no suspected copy."""
+    nq, npool = 12, 30  # columns 0-11: planted copies of queries 0-11; 12-29: distractors
+    q, p = np.repeat(np.arange(nq), npool), np.tile(np.arange(npool), nq)
+    truth = p == q
+    pdq = np.full(len(q), 120.0)
+    pdq[truth] = np.tile([34.0, 38.0, 42.0], nq // 3)
+    pdq[(q == 0) & (p == 20)] = 5  # the real copy the criteria see
+    hidden = (q == 0) & (p == 21)
+    pdq[hidden] = 36  # the one they do not
+    held = np.arange(nq) % 2 == 1
+    rep = cal.choose_and_report({"pdq": pdq}, truth, q, held, 0.95, pool=p)
+    assert rep["suspected_real_copies"] == 1 and rep["suspected_images"] == 1
+    assert rep["strong"][hidden] and rep["excluded_pairs"] == npool - nq
+    assert not rep["strong"][(q == 1)].any() and not rep["strong"][truth].any()
+    assert rep["combined"]["recall"] == 1.0 and rep["combined"]["fp"] == 0
+    # pair by pair only, the hidden copy is a false positive on the choose half and caps the rule
+    capped = cal.choose_and_report({"pdq": pdq}, truth, q, held, 0.95)
+    assert capped["combined"]["recall"] < 1.0
 
 
 @pytest.mark.slow

@@ -24,11 +24,17 @@
      alignment, ``kp_ncc``; a trained CLIP), and that one pair is a suspected real copy when at
      least two families score it at least as copy-like as the lower quartile of the *choose
      half's* planted copies (the held-apart copies do not shape the criterion that filters their
-     negatives).
+     negatives); and
+   - **a benchmark image with a suspected real copy loses all its distractor pairs**: copies
+     recur (a popular image is posted many times, each copy edited its own way), so its other
+     real copies may sit among the distractors, too far from it for the criteria above but close
+     enough to pin a threshold. Its planted copy still counts as a copy, and its pairs with the
+     other images' planted copies as negatives.
 
    The price: a look-alike that two families mistake for a copy of its best match is excluded, not
-   counted as a false positive. At most one pair per distractor can be excluded; the count is
-   reported (``suspected_real_copies``), and on a pool without real copies
+   counted as a false positive, and so are the other distractor pairs of its benchmark image. The
+   counts are reported (``suspected_real_copies``: pairs, ``suspected_images``: benchmark images,
+   ``excluded_pairs``: all the pairs left out), and on a pool without real copies
    (``benchmarks/copy_detection.py``'s development set) that count is the price, measured.
 3. **Human decisions as labels** (:func:`decision_pairs`): when enough reviewed pairs exist, they
    join the choose half as labelled pairs (duplicate → copy, not_duplicate → not), and the report
@@ -114,6 +120,19 @@ def strong_candidates(values: dict[str, np.ndarray], truth: np.ndarray, referenc
     return strong & ~truth
 
 
+def suspected_images(strong: np.ndarray, truth: np.ndarray, query: np.ndarray, pool: np.ndarray
+                     ) -> tuple[np.ndarray, int]:
+    """(every distractor pair of the benchmark images with a suspected real copy, how many images):
+    copies recur, so such an image's other real copies may be among the distractors, too far from
+    it for :func:`strong_candidates` — none of its distractor pairs is a trusted negative. A
+    distractor is a pool column with no planted copy."""
+    planted = np.zeros(int(pool.max()) + 1 if len(pool) else 0, bool)
+    planted[np.unique(pool[truth])] = True
+    distractor = ~planted[pool]
+    images = np.unique(query[strong & distractor])
+    return np.isin(query, images) & distractor & ~truth, len(images)
+
+
 def _report_rule(rule: comb.Rule, feats: dict, truth: np.ndarray) -> dict:
     m = comb.measure(rule.predict(feats), truth)
     return {"rule": rule.describe(), **{k: _r(v) for k, v in m.items()}}
@@ -141,6 +160,10 @@ def choose_and_report(values: dict[str, np.ndarray], truth: np.ndarray, query: n
     in_held = held[query]
     feats = features(values)
     strong = strong_candidates(values, truth, truth & ~in_held, pool, never_decide, feats)
+    suspected, n_images = strong, 0
+    if pool is not None and truth.any():
+        more, n_images = suspected_images(suspected, truth, query, pool)
+        strong = suspected | more
     keep = ~strong
     ch, ho = keep & ~in_held, keep & in_held
     f_ch = {k: v[ch] for k, v in feats.items()}
@@ -159,7 +182,8 @@ def choose_and_report(values: dict[str, np.ndarray], truth: np.ndarray, query: n
     return {"rule": rule, "signals": signals, "combined": _report_rule(rule, f_ho, truth[ho]),
             "held_apart": {"copies": int(truth[ho].sum()), "pairs": int(ho.sum())},
             "chosen_on": {"copies": int(t_ch.sum()), "pairs": int(len(t_ch))},
-            "suspected_real_copies": int(strong.sum()), "strong": strong}
+            "suspected_real_copies": int(suspected.sum()), "suspected_images": n_images,
+            "excluded_pairs": int(strong.sum()), "suspected": suspected, "strong": strong}
 
 
 def _native_threshold(name: str, t: float | None) -> float | None:
