@@ -151,6 +151,12 @@ def calibrate_cmd(
         f"{res['verdict']}")
     if res.get("decisions_note"):
         log(f"calibrate: {res['decisions_note']}")
+    log(f"calibrate: {res['note']}")
+    qe = res.get("query_expansion")
+    if qe and qe["found_copies"]:
+        log(f"calibrate: query expansion: the {qe['found_copies']} held-apart copies the rule found took "
+            f"{qe['taken']} of the other {qe['pairs']} pairs with the same rule: {qe['true']} copies of the same "
+            f"image, {qe['false']} wrong")
     echo_table(["signal", "threshold", "precision", "precision_95ci", "recall", "recall_95ci", "note"], rows, "table")
 
 

@@ -152,3 +152,55 @@ def test_never_alone_names_a_signal_that_would_decide_by_itself():
     assert comb.never_alone(loud, feats, ["dhash"]) == ["dhash"]
     quiet = Rule("logistic", {"detector": 10.0, "dhash": 1.0}, 0.0, 5.0, 0.95)  # dhash alone: 2.0 < 5
     assert comb.never_alone(quiet, feats, ["dhash"]) == []
+
+
+def test_query_expansion_follows_found_copies_through_the_same_rule(monkeypatch):
+    """Sample 0 has one copy the rule found (A). A matches B, B matches C (not A): both join, C
+    through B, and C's reason names B. D matches nothing; E matches A but its pair is degenerate
+    (flat images stay as they are); F's sample has no found copy, so nothing queries it, however
+    close it is to A."""
+    from clipcurate.overlap import expand as ex
+
+    pdq = {("A", "B"): 10, ("B", "C"): 12, ("A", "C"): 120, ("A", "D"): 130, ("B", "D"): 125, ("C", "D"): 128,
+           ("A", "E"): 5, ("B", "E"): 5, ("C", "E"): 5}
+    calls = []
+
+    def fake(ws, pairs, names, verify_if=None):
+        calls.append(list(pairs))
+        return [{"pdq_dist": pdq.get(p, 200)} for p in pairs]
+
+    monkeypatch.setattr(ex, "pool_pair_signals", fake)
+    row = lambda uid, i, d: {"pool_uid": uid, "benchmark": "b", "bench_index": i, "decision": d, "reason": "r"}  # noqa: E731
+    rows = [row("A", 0, "overlap"), row("B", 0, "review"), row("C", 0, "review"), row("D", 0, "clean"),
+            row("E", 0, "degenerate"), row("F", 1, "review"), row("A", 1, "review")]
+    pdq[("A", "F")] = 0
+    rule = Rule("single", {"pdq": 1.0}, 0.0, 1 - 31 / 256, 0.95)
+    assert ex.expand(None, rows, rule) == 2
+    got = {(r["pool_uid"], r["bench_index"]): r for r in rows}
+    assert got[("B", 0)]["decision"] == got[("C", 0)]["decision"] == "overlap"
+    assert "pool sample B" in got[("C", 0)]["reason"] and got[("C", 0)]["reason"].endswith("; r")
+    assert got[("D", 0)]["decision"] == "clean" and got[("E", 0)]["decision"] == "degenerate"
+    assert got[("F", 1)]["decision"] == got[("A", 1)]["decision"] == "review"
+    scored = [p for c in calls for p in c]
+    assert len(scored) == len(set(scored)) and ("A", "F") not in scored  # each pair once; only found copies query
+    # a rule that decides nothing expands nothing
+    assert ex.expand(None, [dict(r) for r in rows], Rule("single", {"pdq": 1.0}, 0.0, None, 0.95)) == 0
+
+
+def test_query_expansion_skips_a_keypoint_fit_that_cannot_change_the_verdict():
+    """Every rule is monotone: with the fit at its best (every keypoint an inlier, perfect
+    alignment) the score bounds what the fit could give. Far hashes and a weak detector: no fit can
+    make it a copy, skip it; near hashes: the fit could, run it."""
+    from clipcurate.overlap.expand import could_take
+    from clipcurate.overlap.verify import MAX_FEATURES
+
+    rule = Rule("logistic", {"detector": 4.0, "pdq": 10.0, "keypoints": 1.0, "kp_ncc": 1.0}, -14.0, 0.0, 0.95)
+    weak = {"score_detector": 0.1, "pdq_dist": 200}
+    near = {"score_detector": 0.8, "pdq_dist": 40}
+    assert not could_take(rule, weak) and could_take(rule, near)
+    for row in (weak, near):  # the bound is never below a real fit
+        for inl, ncc in ((0, -1.0), (50, 0.5), (MAX_FEATURES, 1.0), (MAX_FEATURES + 20, 1.0)):
+            real = {**row, "kp_inliers": inl, "kp_ncc": ncc}
+            feats = {k: comb.as_feature(k, [v]) for k, v in (("detector", real["score_detector"]),
+                     ("pdq", real["pdq_dist"]), ("keypoints", inl), ("kp_ncc", ncc))}
+            assert could_take(rule, row) or not rule.predict(feats)[0]

@@ -47,7 +47,7 @@ from clipcurate.core.synth import make_image, png_bytes
 from clipcurate.core.workspace import Workspace
 from clipcurate.overlap.combined import Rule
 from clipcurate.overlap.edits import everyday_copy
-from clipcurate.overlap.honest import choose_and_report, decision_pairs
+from clipcurate.overlap.honest import choose_and_report, decision_pairs, features
 from clipcurate.overlap.inputs import model_info, pick_tag
 from clipcurate.overlap.rules import SIGNALS
 from clipcurate.overlap.search import Searcher
@@ -100,6 +100,7 @@ class CalibSet:
     bench_emb: np.ndarray  # float16 [nq, d]
     pool_emb: np.ndarray  # float16 [np, d]
     ws: Workspace | None = None  # for scorers that read the workspace (the detector's descriptors)
+    verifier: object | None = None  # keypoint features per image, shared by sets with the same pool images
 
 
 def _clip_scores(cs: CalibSet, q: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -288,9 +289,10 @@ def _plant(b_imgs: list[Image.Image], n_copies: int, rng: np.random.Generator, s
 
 
 def run(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None = None,
-        embed: Callable[[list[Image.Image]], np.ndarray] | None = None) -> dict:
+        embed: Callable[[list[Image.Image]], np.ndarray] | None = None, write: bool = True) -> dict:
     """Plant, embed, score; choose on one half of the benchmark images and report on the other
-    (:mod:`clipcurate.overlap.honest`); write curve.parquet, curve.png, thresholds.json."""
+    (:mod:`clipcurate.overlap.honest`); write curve.parquet, curve.png, thresholds.json (``write``
+    false: only return the result, the workspace's calibration stays as it is)."""
     ws.require()
     cfg = cfg or config.Config.load(ws.root)
     opts = cfg.get("overlap_calibrate", overrides or {})
@@ -362,8 +364,41 @@ def run(ws: Workspace, overrides: dict | None = None, cfg: config.Config | None 
         if opts["use_decisions"]:
             result["rule"] = with_dec["rule"].to_json()
             result["combined"] = with_dec["combined"]
-    _write(ws, name, tag, values, truth, q, held, rep, target, result)
+    final = Rule.from_json(result["rule"])
+    result["query_expansion"] = expansion_check(cs, final, values, truth, q, p, held, rep["strong"], copy_of)
+    if write:
+        _write(ws, name, tag, values, truth, q, held, rep, target, result)
     return result
+
+
+def expansion_check(cs: CalibSet, rule: Rule, values: dict, truth: np.ndarray, q: np.ndarray, p: np.ndarray,
+                    held: np.ndarray, strong: np.ndarray, copy_of: np.ndarray) -> dict | None:
+    """Query expansion (:mod:`clipcurate.overlap.expand`) on the held-apart half: each planted copy
+    the rule found for its source queries every other image of the calibration pool with the same
+    rule (a pool image scored higher against another query is left to that one). A pool image it
+    takes is right when it is a copy of the same source (sources with two
+    copies), wrong otherwise — except a distractor left out as a suspected real copy of that source
+    (:mod:`clipcurate.overlap.honest`). None when the rule decides nothing."""
+    if rule.threshold is None:
+        return None
+    names = [k for k in rule.weights if k in values]
+    feats = features({k: values[k] for k in names})
+    found = np.flatnonzero(truth & held[q] & rule.predict(feats))
+    if not len(found):
+        return {"found_copies": 0, "pairs": 0, "taken": 0, "true": 0, "false": 0}
+    cols, src = p[found], q[found]
+    sub = CalibSet([cs.pool_images[j] for j in cols], cs.pool_images, cs.pool_emb[cols], cs.pool_emb, cs.ws,
+                   cs.verifier)
+    nf, npool = len(cols), len(cs.pool_images)
+    qq, pp = np.repeat(np.arange(nf), npool), np.tile(np.arange(npool), nf)
+    vals = {k: np.asarray(SCORERS[k](sub, qq, pp), np.float64) for k in names}
+    took = rule.predict(features(vals)) & (pp != cols[qq])
+    z = rule.score(feats).reshape(-1, npool)  # a pool image joins only its best query, as in the stage
+    took &= z[src[qq], pp] >= z.max(axis=0)[pp]
+    took &= ~strong.reshape(-1, npool)[src[qq], pp]  # suspected real copies of the source: left out
+    same = copy_of[pp] == src[qq]
+    return {"found_copies": int(nf), "pairs": int(len(qq) - nf), "taken": int(took.sum()),
+            "true": int((took & same).sum()), "false": int((took & ~same).sum())}
 
 
 def _result(name, tag, pool_kind, n_copies, kinds, dist_bytes, nq, npool, target, rep) -> dict:
@@ -388,10 +423,13 @@ def _result(name, tag, pool_kind, n_copies, kinds, dist_bytes, nq, npool, target
             "measured_on": "held-apart half of the benchmark images (thresholds and rule chosen on the other half)",
             "held_apart": rep["held_apart"], "chosen_on": rep["chosen_on"], "chosen": chosen,
             "combined": c, "rule": rule.to_json(), "verdict": verdict,
-            "suspected_real_copies": rep["suspected_real_copies"],
+            "suspected_real_copies": rep["suspected_real_copies"], "suspected_images": rep["suspected_images"],
+            "excluded_pairs": rep["excluded_pairs"],
             "note": (f"{rep['suspected_real_copies']} distractor pair(s) look like real copies (PDQ ≤ 31, an aligned "
                      f"keypoint fit, or two signal families placing a distractor's best match among the planted "
-                     f"copies): left out of the choice and of the precision, reported here apart")}
+                     f"copies), of {rep['suspected_images']} benchmark image(s); as copies recur, every distractor "
+                     f"pair of those images ({rep['excluded_pairs']} pairs in all) is left out of the choice and of "
+                     f"the precision, reported here apart")}
 
 
 def _decisions(ws: Workspace, values: dict, opts: dict) -> tuple[tuple | None, int]:

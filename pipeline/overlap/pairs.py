@@ -21,6 +21,7 @@ import numpy as np
 from clipcurate.core import manifest as mf
 from clipcurate.core.io import write_json
 from clipcurate.core.workspace import Workspace
+from clipcurate.overlap.expand import expand
 from clipcurate.overlap.images import bench_image_stats, degenerate_reason, pool_image_stats
 from clipcurate.overlap.inputs import Bench, PoolShard, pool_uids
 from clipcurate.overlap.rules import decide
@@ -102,7 +103,8 @@ def pair_rows(qs: Queries, pairs: Pairs, top_entries: tuple, shards: list[PoolSh
 def decide_pairs(ws: Workspace, rows: list[dict], benches: list[Bench], opts: dict, ths: dict, policy=None) -> None:
     """Set ``decision`` and ``reason`` of every row: the signals' rule (``policy``: the calibrated
     rule or the random-init CLIP cap, :mod:`clipcurate.overlap.policy`), then the degenerate check
-    (benchmark side always, pool side when the tars exist)."""
+    (benchmark side always, pool side when the tars exist); under a calibrated rule, query expansion
+    (:mod:`clipcurate.overlap.expand`, ``[overlap] expand``)."""
     bstats = {b.name: bench_image_stats(ws, b.name, {r["bench_index"] for r in rows if r["benchmark"] == b.name})
               for b in benches}
     pstats = pool_image_stats(ws, {r["pool_uid"] for r in rows})
@@ -114,6 +116,8 @@ def decide_pairs(ws: Workspace, rows: list[dict], benches: list[Bench], opts: di
             if deg:
                 decision, reason = "degenerate", f"{deg}; {reason}"
         r["decision"], r["reason"] = decision, reason
+    if policy is not None and policy.rule is not None and opts.get("expand", True):
+        expand(ws, rows, policy.rule)
 
 
 def write_outputs(ws: Workspace, opts: dict, tag: str, benches: list[Bench], shards: list[PoolShard],

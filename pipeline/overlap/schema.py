@@ -122,6 +122,7 @@ config.section("overlap", {
     "degenerate_min_side": 16,
     "diag_sample": 2000,
     "calibration": "auto",
+    "expand": True,
 }, {
     "model_tag": "embeddings to search (embed/{tag}); default: the only/first CLIP tag present",
     "k": "top-k neighbours kept per benchmark sample (neighbors.parquet)",
@@ -138,6 +139,8 @@ config.section("overlap", {
     "diag_sample": "clean samples whose images are measured for the diagnostics (overlap: all)",
     "calibration": "auto: the rule `overlap calibrate` chose decides overlap when it exists (an explicit --high or "
                    "per-signal thresholds for the run override it); on: it must exist; off: per-signal thresholds",
+    "expand": "query expansion under the calibrated rule: a sample's candidates that the same rule takes as copies "
+              "of its found copies are overlap too (clipcurate.overlap.expand)",
 })
 
 

@@ -21,7 +21,7 @@ the planted pairs of ``overlap calibrate`` (:func:`calibration_scorers`).
 from __future__ import annotations
 
 import tarfile
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -34,8 +34,8 @@ from clipcurate.core.io import read_json
 from clipcurate.core.workspace import Workspace
 from clipcurate.detector import load_descriptor
 from clipcurate.overlap.captions import text_matches, text_similarity
-from clipcurate.overlap.hashes import compute_hashes, iter_pool_tar, open_image, pair_hash_distances, pdq_table, \
-    read_bench
+from clipcurate.overlap.hashes import compute_hashes, hamming, hash_lookup, iter_pool_tar, open_image, \
+    pair_hash_distances, pdq_table, read_bench
 from clipcurate.overlap.inputs import load_bench, model_tags, pool_shards, pool_uids
 from clipcurate.overlap.keypoints import KeypointCache
 from clipcurate.overlap.verify import PairVerifier, keypoint_votes, pack, pdq_distance_matrix, pdq_variants
@@ -491,9 +491,11 @@ def _verified(cs, k: int = 6) -> tuple[np.ndarray, np.ndarray]:
         top = np.argsort(-s, axis=1, kind="stable")[:, :k]
         cand[np.arange(nq)[:, None], top] = True
     inl, ncc = np.full((nq, npool), np.nan), np.full((nq, npool), np.nan)
-    v = PairVerifier()
+    if getattr(cs, "verifier", None) is None:
+        cs.verifier = PairVerifier()  # a set made from the same pool images shares it (their features)
+    v, mine = cs.verifier, id(cs)
     for i, j in zip(*np.nonzero(cand)):
-        n, c = v.verify(("b", i), cs.bench_images[i], ("p", j), cs.pool_images[j])
+        n, c = v.verify(("b", mine, i), cs.bench_images[i], ("p", j), cs.pool_images[j])
         inl[i, j], ncc[i, j] = n, (np.nan if c is None else c)
     cs._verified = (inl, ncc)
     return cs._verified
@@ -510,3 +512,56 @@ def _calib_ncc(cs, q: np.ndarray, p: np.ndarray) -> np.ndarray:
 def calibration_scorers() -> dict:
     """name → scorer (order matters: the detector first, so keypoint candidates can use it)."""
     return {"detector": _calib_detector, "pdq": _calib_pdq, "keypoints": _calib_keypoints, "kp_ncc": _calib_ncc}
+
+
+# ----------------------------------------------------------------------------------------------
+# Pool image against pool image, for query expansion (clipcurate.overlap.expand)
+
+POOL_PAIR_SIGNALS = ("detector", "phash", "dhash", "pdq", "keypoints", "kp_ncc")
+
+
+def pool_pair_signals(ws: Workspace, pairs: list[tuple[str, str]], names=POOL_PAIR_SIGNALS,
+                      verify_if: Callable[[dict], bool] | None = None) -> list[dict]:
+    """The signal columns (``score_detector``, ``phash_dist``, ...) of (pool uid A, pool uid B) pairs,
+    A in the role the benchmark image has in the stage's pairs: the detector's cosine, the cached
+    hashes (A's PDQ as taken, B's with its mirror / trimmed variants) and the keypoint fit with its
+    alignment. Only the signals in ``names`` are computed; a signal that cannot be (no detector
+    embeddings, no hash, no image) stays None. ``verify_if(row)``: called with a pair's other
+    signals before its keypoint fit; False skips the fit (its columns stay None)."""
+    out = [dict.fromkeys(("score_detector", "phash_dist", "dhash_dist", "pdq_dist", "kp_inliers", "kp_ncc"))
+           for _ in pairs]
+    if not pairs:
+        return out
+    opts = _opts(ws)
+    uids = {u for p in pairs for u in p}
+    dtag = detector_tag(ws, opts["detector_tag"]) if "detector" in names else None
+    if dtag:
+        pu, pv = _pool_vectors(ws, dtag, uids)
+        at = {u: i for i, u in enumerate(pu)}
+        for o, (a, b) in zip(out, pairs):
+            if a in at and b in at:
+                o["score_detector"] = float(pv[at[a]] @ pv[at[b]])
+    if opts["hashes"] and {"phash", "dhash", "pdq"} & set(names):
+        table = hash_lookup(ws, "pool", ensure=False)
+        p_uid, _, p_arr = pdq_table(ws, "pool", ensure=False)
+        pdq = dict(zip(p_uid, p_arr))
+        for o, (a, b) in zip(out, pairs):
+            ha, hb = table.get(a, (None, None)), table.get(b, (None, None))
+            o["phash_dist"] = None if ha[0] is None or hb[0] is None else int(hamming(ha[0], hb[0]))
+            o["dhash_dist"] = None if ha[1] is None or hb[1] is None else int(hamming(ha[1], hb[1]))
+            if a in pdq and b in pdq:
+                o["pdq_dist"] = int(pdq_distance_matrix(pdq[a][:1], pdq[b][None])[0, 0])
+    if opts["keypoints"] and opts["keypoint_method"] == "sift" and {"keypoints", "kp_ncc"} & set(names):
+        data = _images_by_uid(ws, {u for o, p in zip(out, pairs) if verify_if is None or verify_if(o) for u in p})
+        verifier, decoded = PairVerifier(), {}
+        for o, (a, b) in zip(out, pairs):
+            if a not in data or b not in data or (verify_if is not None and not verify_if(o)):
+                continue
+            try:
+                for u in (a, b):
+                    if u not in decoded:
+                        decoded[u] = open_image(data[u])
+                o["kp_inliers"], o["kp_ncc"] = verifier.verify(("p", a), decoded[a], ("p", b), decoded[b])
+            except Exception:  # an undecodable image: no keypoint signal for this pair
+                o["kp_inliers"] = o["kp_ncc"] = None
+    return out

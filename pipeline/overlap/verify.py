@@ -111,7 +111,10 @@ def grey_frame(img: Image.Image) -> np.ndarray:
     return cv2.resize(g, (max(8, round(g.shape[1] * s)), max(8, round(g.shape[0] * s))), interpolation=cv2.INTER_AREA)
 
 
-def features(g: np.ndarray, max_features: int = 500):
+MAX_FEATURES = 500  # SIFT keypoints kept per image (the strongest; OpenCV keeps ties with the last one too)
+
+
+def features(g: np.ndarray, max_features: int = MAX_FEATURES):
     """(xy [K, 2], SIFT descriptors [K, 128] or None) of a grey frame (:func:`grey_frame`). The contrast
     threshold is a quarter of OpenCV's default: web thumbnails are small and often upscaled, and the
     default finds almost no keypoints on them."""
