@@ -142,3 +142,17 @@ def test_bonferroni_uses_the_given_m():
     assert stats.bonferroni([0.01, 0.02, math.nan, 0.5]) == [True, False, None, False]  # m = 3 by default
     assert stats.bonferroni([0.02], m=1) == [True] and stats.bonferroni([0.02], m=3) == [False]
     assert stats.bonferroni([math.nan]) == [None]
+
+
+def test_mcnemar_interval_at_the_tests_level_excludes_zero_exactly_when_significant():
+    """At level 1 − alpha the conditional exact interval and the exact McNemar test agree: the
+    discordant counts are binomial with p 0.5 under the null, a symmetric distribution, so the
+    two-sided p-value is twice the smaller tail and the equal-tailed interval excludes 0 iff p < alpha."""
+    alpha = 0.025
+    for d in range(1, 41):
+        for b in range(d + 1):
+            a_right = [True] * b + [False] * (d - b) + [True, False]
+            b_right = [False] * b + [True] * (d - b) + [True, False]
+            res = stats.mcnemar(a_right, b_right, level=1 - alpha)
+            excludes = res["diff_low"] > 1e-9 or res["diff_high"] < -1e-9
+            assert (res["p_value"] < alpha) == excludes, (b, d, res)

@@ -46,8 +46,9 @@ COMPARE = mf.register(
         ("acc_a", pa.float64(), "accuracy of A on them (in %)"),
         ("acc_b", pa.float64(), "accuracy of B on them (in %)"),
         ("diff", pa.float64(), "acc_a − acc_b (percentage points)"),
-        ("diff_low", pa.float64(), "99.5% conditional exact interval of diff, lower (points)"),
-        ("diff_high", pa.float64(), "99.5% conditional exact interval of diff, upper (points)"),
+        ("diff_low", pa.float64(), "conditional exact interval of diff at the test's level, 1 − threshold "
+                                   "(97.5% for m = 2), lower (points)"),
+        ("diff_high", pa.float64(), "the same interval, upper (points)"),
         ("a_only", pa.int64(), "samples right by A only (discordant)"),
         ("b_only", pa.int64(), "samples right by B only (discordant)"),
         ("p_value", pa.float64(), "exact McNemar test (two-sided binomial on the discordant samples)"),
@@ -87,7 +88,9 @@ def paired_rows(run_a: str, run_b: str, a: EvalResult, b: EvalResult, pa_: dict,
             if any(k not in pb or pb[k][1] != split for k in keys):
                 raise ClipcurateError(f"benchmark {bench!r}: the two evaluations used different splits; "
                                       f"rerun `clipcurate eval --compare {run_a} {run_b}`")
-            res = stats.mcnemar([pa_[k][0] for k in keys], [pb[k][0] for k in keys])
+            # the interval at the level the test uses (1 − alpha / m): it excludes 0 when the
+            # difference is significant, rather than at §5's fixed 99.5 %
+            res = stats.mcnemar([pa_[k][0] for k in keys], [pb[k][0] for k in keys], level=1 - threshold)
             rows.append({"run_a": run_a, "run_b": run_b, "model_a": a.tag, "model_b": b.tag, "benchmark": bench, "split": split, "n": res["n"],
                          "acc_a": res["acc_a"], "acc_b": res["acc_b"], "diff": res["diff"],
                          "diff_low": res["diff_low"], "diff_high": res["diff_high"], "a_only": res["a_only"],
@@ -107,7 +110,8 @@ def compare_blocks(rows: list[dict], run_a: str, run_b: str, a: EvalResult, b: E
         ("ul", [f"A = train run {run_a} ({a.tag}), B = train run {run_b} ({b.tag}); same recipe and seed",
                 f"per-model reports: ../{a.tag}/report.html, ../{b.tag}/report.html"]),
         ("p", "Per benchmark and split, the two models on the same samples. Difference: acc(A) − acc(B) in "
-              "points, 99.5% conditional exact interval; p: exact McNemar test on the samples only one model "
+              "points, conditional exact interval at the test's level (1 − threshold); p: exact McNemar test on "
+              "the samples only one model "
               "gets right. If contamination helps, A beats B on Overlap and the two are close on Clean."),
         ("table", ["benchmark", "split", "n", "A", "B", "A − B", "interval", "right by A only", "right by B only",
                    "p (McNemar)", "threshold", "significant"],
