@@ -11,10 +11,10 @@ import pytest
 from clipcurate.run import runner as runmod
 
 REPO = Path(__file__).resolve().parents[1]
-# The tiny demo's decontamination list finds 8 of its 20 planted copies (docs/detector.md: the
-# 64 px texture-style copies give SIFT no keypoints and the 30-step detector no margin); the issue's
-# goal of 0.80 is not reached there, so the floor guards what holds.
-DEMO_RECALL_FLOOR = 0.35
+# The tiny demo's decontamination list finds 49 of its 80 planted copies (its detector trains 30
+# steps; the 0.80 goal is the default world's, asserted by test_default_demo_world_...): the floor
+# guards what holds there.
+DEMO_RECALL_FLOOR = 0.55
 
 
 @pytest.fixture
@@ -86,6 +86,19 @@ def test_example_demo_pipeline_is_the_one_the_demo_runs():
     assert "embed" in [s["run"] for s in p.steps]
 
 
+def decontam_vs_planted(ws: Path) -> tuple[float, float, int]:
+    """(precision, recall, planted copies) of overlap/decontam.parquet against world/truth.parquet."""
+    from clipcurate.core.uid import pair_uid
+
+    truth = pq.read_table(ws / "world" / "truth.parquet").to_pylist()
+    ok = {p["uid"] for f in (ws / "pool" / "manifest").glob("*.parquet") for p in pq.read_table(f).to_pylist()
+          if p["status"] == "success"}
+    planted = {pair_uid(t["url"], t["caption"]) for t in truth} & ok
+    flagged = set(pq.read_table(ws / "overlap" / "decontam.parquet").column("pool_uid").to_pylist())
+    hit = len(flagged & planted)
+    return hit / max(1, len(flagged)), hit / max(1, len(planted)), len(planted)
+
+
 def _run_cli(*args):
     """The CLI in process, its stdout and stderr captured (for a module-scoped fixture: no capsys)."""
     import contextlib
@@ -132,16 +145,8 @@ def test_demo_tiny_end_to_end_then_skips(tiny_demo, cli):
     assert {p["status"] for p in pool} >= {"success"}
     assert "planted copies in the pool" in out and "decontamination list vs planted copies" in out
     # floors of the decontamination list against world/truth.parquet (measured, not the summary's text)
-    from clipcurate.core.uid import pair_uid
-
-    truth = pq.read_table(ws / "world" / "truth.parquet").to_pylist()
-    ok = {p["uid"] for f in (ws / "pool" / "manifest").glob("*.parquet") for p in pq.read_table(f).to_pylist()
-          if p["status"] == "success"}
-    planted = {pair_uid(t["url"], t["caption"]) for t in truth} & ok
-    flagged = set(pq.read_table(ws / "overlap" / "decontam.parquet").column("pool_uid").to_pylist())
-    assert len(planted) >= 10
-    assert len(flagged & planted) / max(1, len(flagged)) >= 0.95  # precision of the list
-    assert len(flagged & planted) / len(planted) >= DEMO_RECALL_FLOOR
+    precision, recall, n = decontam_vs_planted(ws)
+    assert n >= 10 and precision >= 0.95 and recall >= DEMO_RECALL_FLOOR, (precision, recall)
     assert (next((ws / "eval").glob("*/figure17.png"))).stat().st_size > 0
     # the decisions the demo made are marked as automatic
     recs = [json.loads(line) for line in (ws / "review" / "decisions.jsonl").read_text().splitlines()]
@@ -187,3 +192,21 @@ def test_demo_same_seed_same_machine_writes_identical_tables(tiny_demo, tmp_path
     assert len(tables) == 3  # the same checkpoints: their hashes name the same eval/ folders
     for f in tables:
         assert pq.read_table(f).to_pandas().equals(pq.read_table(ws2 / f.relative_to(ws)).to_pandas()), f
+
+
+@pytest.mark.slow
+def test_default_demo_world_decontamination_reaches_the_goal(tmp_path):
+    """The default `clipcurate demo` (small world, seed 0): the decontamination list holds at least
+    80 % of the planted copies at precision 0.95 or more, against world/truth.parquet. The §5 and
+    counterfactual lines are printed; their significance is the demo's to show (docs/eval.md)."""
+    import os
+
+    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("CLIPCURATE_")]}
+    try:
+        code, out, err = _run_cli("demo", "--workspace", tmp_path / "demo")
+    finally:
+        os.environ.update(saved)
+    assert code == 0, err[-3000:]
+    precision, recall, n = decontam_vs_planted(tmp_path / "demo")
+    assert n >= 200 and precision >= 0.95 and recall >= 0.80, (precision, recall, n)
+    assert "counterfactual" in out and "§5" in out
