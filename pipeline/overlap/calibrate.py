@@ -376,8 +376,8 @@ def expansion_check(cs: CalibSet, rule: Rule, values: dict, truth: np.ndarray, q
     """Query expansion (:mod:`clipcurate.overlap.expand`) on the held-apart half: each planted copy
     the rule found for its source queries every other image of the calibration pool with the same
     rule (a pool image scored higher against another query is left to that one). A pool image it
-    takes is right when it is a copy of the same source (sources with two
-    copies), wrong otherwise — except a distractor left out as a suspected real copy of that source
+    takes is right when it is a copy of the same source (sources planted twice), wrong otherwise —
+    except a distractor left out as a suspected real copy of that source
     (:mod:`clipcurate.overlap.honest`). None when the rule decides nothing."""
     if rule.threshold is None:
         return None

@@ -77,7 +77,7 @@ def expand(ws: Workspace, rows: list[dict], rule: Rule) -> int:
                 added += 1
     if found:
         log(f"overlap: query expansion decided {added} more pair(s) overlap: copies of the copies found for "
-            f"{len(found)} benchmark sample(s), {len(scored)} pool-pool pairs scored")
+            f"{len(found)} benchmark sample(s), {len(scored)} pool-pool pairs considered")
     return added
 
 
