@@ -34,6 +34,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from clipcurate.core import manifest as mf
+from clipcurate.core.errors import ClipcurateError
 from clipcurate.core.uid import pair_uid
 from clipcurate.core.workspace import Workspace
 import clipcurate.download.pool  # noqa: F401  (registers the pool manifest)
@@ -124,4 +125,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ClipcurateError as exc:  # a missing or unfinished workspace: one line, exit 1
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -34,8 +34,8 @@ from clipcurate.core.io import read_json
 from clipcurate.core.workspace import Workspace
 from clipcurate.detector import load_descriptor
 from clipcurate.overlap.captions import text_matches, text_similarity
-from clipcurate.overlap.hashes import compute_hashes, hamming, hash_lookup, iter_pool_tar, open_image, \
-    pair_hash_distances, pdq_table, read_bench
+from clipcurate.overlap.hashes import compute_hashes, iter_pool_tar, open_image, pair_hash_distances, pdq_table, \
+    read_bench
 from clipcurate.overlap.inputs import load_bench, model_tags, pool_shards, pool_uids
 from clipcurate.overlap.keypoints import KeypointCache
 from clipcurate.overlap.verify import PairVerifier, keypoint_votes, pack, pdq_distance_matrix, pdq_variants
@@ -542,20 +542,19 @@ def pool_pair_signals(ws: Workspace, pairs: list[tuple[str, str]], names=POOL_PA
             if a in at and b in at:
                 o["score_detector"] = float(pv[at[a]] @ pv[at[b]])
     if opts["hashes"] and {"phash", "dhash", "pdq"} & set(names):
-        table = hash_lookup(ws, "pool", ensure=False)
+        ph, dh = pair_hash_distances(ws, [b for _, b in pairs], [a for a, _ in pairs], ensure=False)
         p_uid, _, p_arr = pdq_table(ws, "pool", ensure=False)
         pdq = dict(zip(p_uid, p_arr))
-        for o, (a, b) in zip(out, pairs):
-            ha, hb = table.get(a, (None, None)), table.get(b, (None, None))
-            o["phash_dist"] = None if ha[0] is None or hb[0] is None else int(hamming(ha[0], hb[0]))
-            o["dhash_dist"] = None if ha[1] is None or hb[1] is None else int(hamming(ha[1], hb[1]))
+        for o, (a, b), x, y in zip(out, pairs, ph, dh):
+            o["phash_dist"], o["dhash_dist"] = x, y
             if a in pdq and b in pdq:
                 o["pdq_dist"] = int(pdq_distance_matrix(pdq[a][:1], pdq[b][None])[0, 0])
     if opts["keypoints"] and opts["keypoint_method"] == "sift" and {"keypoints", "kp_ncc"} & set(names):
-        data = _images_by_uid(ws, {u for o, p in zip(out, pairs) if verify_if is None or verify_if(o) for u in p})
+        todo = [(o, p) for o, p in zip(out, pairs) if verify_if is None or verify_if(o)]
+        data = _images_by_uid(ws, {u for _, p in todo for u in p})
         verifier, decoded = PairVerifier(), {}
-        for o, (a, b) in zip(out, pairs):
-            if a not in data or b not in data or (verify_if is not None and not verify_if(o)):
+        for o, (a, b) in todo:
+            if a not in data or b not in data:
                 continue
             try:
                 for u in (a, b):
